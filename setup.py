@@ -1,0 +1,37 @@
+"""prag: Parametric RAG with a fused multi-document LoRA kernel.
+
+`kernels/` installs as `prag_kernels` (not `kernels`, which would shadow
+Hugging Face's `kernels` package that transformers probes at import time).
+"""
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+VERSION = re.search(r'__version__ = "(.+)"', Path("prag_core/__init__.py").read_text()).group(1)
+
+setup(
+    name="prag",
+    version=VERSION,
+    description="Parametric RAG: per-document LoRA pairs applied by one fused Triton kernel",
+    python_requires=">=3.10",
+    packages=["prag_kernels", "prag_core"],
+    package_dir={"prag_kernels": "kernels", "prag_core": "prag_core"},
+    package_data={"prag_core": ["data/*.jsonl"]},
+    install_requires=[
+        # torch is a lower bound only: an existing torch is never replaced.
+        "torch>=2.9",
+        "triton>=3.4",
+        "transformers>=5.24",
+        "safetensors>=0.8",
+        "rank_bm25>=0.2.2",
+        "gguf>=0.19",
+        "accelerate>=1.15",
+        "tqdm>=4.70",
+    ],
+    extras_require={
+        "test": ["pytest>=9.0", "pytest-benchmark>=5.2"],
+        "bench": ["pytest-benchmark>=5.2", "matplotlib>=3.8"],
+    },
+    entry_points={"console_scripts": ["prag=prag_core.cli:main"]},
+)
