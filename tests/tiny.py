@@ -31,3 +31,49 @@ def tiny_llama(seed=0, layers=2, hidden=32, intermediate=48, vocab=None):
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+def _common(vocab, hidden, intermediate, layers):
+    return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def _tiny_configs(vocab, hidden, intermediate, layers):
+    """model_type -> tiny config of each architecture the injection layer supports."""
+    import transformers as tf
+
+    c = _common(vocab, hidden, intermediate, layers)
+    head = dict(head_dim=hidden // 4)
+    sliding = dict(sliding_window=8)  # smaller than the test prompts, so the sliding layers really slide
+    return {
+        "llama": lambda: tf.LlamaConfig(**c),
+        "mistral": lambda: tf.MistralConfig(**c, **sliding),
+        "qwen2": lambda: tf.Qwen2Config(**c),
+        "qwen3": lambda: tf.Qwen3Config(**c, **head),
+        "gemma": lambda: tf.GemmaConfig(**c, **head),
+        "gemma2": lambda: tf.Gemma2Config(**c, **head, **sliding),
+        "gemma3_text": lambda: tf.Gemma3TextConfig(**c, **head, **sliding),
+        "gemma3": lambda: tf.Gemma3Config(  # the multimodal wrapper AutoModelForCausalLM gives for Gemma 3 >= 4B
+            text_config=dict(**c, **head, **sliding), mm_tokens_per_image=4, image_token_index=vocab - 1,
+            boi_token_index=vocab - 3, eoi_token_index=vocab - 2,
+            vision_config=dict(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               image_size=28, patch_size=14)),
+        "olmo2": lambda: tf.Olmo2Config(**c),
+        "granite": lambda: tf.GraniteConfig(**c, mlp_bias=True, embedding_multiplier=2.0, residual_multiplier=0.5,
+                                            logits_scaling=4.0, attention_multiplier=0.3),
+        "phi3": lambda: tf.Phi3Config(**c),
+        "gpt2": lambda: tf.GPT2Config(vocab_size=vocab, n_embd=hidden, n_inner=intermediate, n_layer=layers,
+                                      n_head=4, n_positions=512, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    }
+
+
+TINY_ARCHS = tuple(_tiny_configs(8, 8, 8, 1))
+
+
+def tiny_model(model_type="llama", seed=0, layers=2, hidden=32, intermediate=48, vocab=None):
+    """A tiny random causal LM of the given architecture (a key of TINY_ARCHS), fp32, eval mode."""
+    torch.manual_seed(seed)
+    vocab = vocab or len(tiny_tokenizer())
+    config = _tiny_configs(vocab, hidden, intermediate, layers)[model_type]()
+    return AutoModelForCausalLM.from_config(config).eval()
