@@ -1,0 +1,135 @@
+"""Reading a corpus and a question set (JSONL, DESIGN §4.4), and atomic file writes.
+
+corpus.jsonl:  {"id": str, "text": str, "title"?: str}            other keys ignored
+qa.jsonl:      {"id": str, "question": str, "answers": [str, ...]}  other keys ignored
+
+Every problem is reported as one `CorpusError` line that names the file, the
+line and the field, so the CLI can print it without a traceback. Blank lines
+are skipped.
+"""
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class CorpusError(ValueError):
+    """Bad corpus or question file; the message names file:line and field."""
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+    title: str | None
+    sha256: str  # of `text`, so a changed text is re-encoded
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    answers: list[str]
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _records(path):
+    """Yield (line number, JSON object) for every non-blank line, then check ids are unique."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such file")
+    first_line = {}
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise CorpusError(f"{path}:{lineno}: not valid UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CorpusError(f"{path}:{lineno}: malformed JSON ({err.msg}, column {err.colno})") from None
+            if not isinstance(obj, dict):
+                raise CorpusError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            where = f"{path}:{lineno}"
+            doc_id = _string(obj, "id", where)
+            if doc_id in first_line:
+                raise CorpusError(f"{where}: duplicate id {doc_id!r} (first on line {first_line[doc_id]})")
+            first_line[doc_id] = lineno
+            yield where, obj
+    if not first_line:
+        raise CorpusError(f"{path}: no records (the file is empty)")
+
+
+def _string(obj, field, where, required=True):
+    """The non-blank string obj[field]; None if optional and absent or null."""
+    value = obj.get(field)
+    if value is None and not required:
+        return None
+    if field not in obj:
+        raise CorpusError(f"{where}: missing field {field!r}")
+    if not isinstance(value, str):
+        raise CorpusError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise CorpusError(f"{where}: field {field!r} is empty")
+    return value
+
+
+def read_corpus(path) -> list[Document]:
+    """The documents of a corpus.jsonl file, in file order."""
+    docs = []
+    for where, obj in _records(path):
+        text = _string(obj, "text", where)
+        docs.append(Document(id=obj["id"], text=text, title=_string(obj, "title", where, required=False),
+                             sha256=text_sha256(text)))
+    return docs
+
+
+def read_questions(path) -> list[Question]:
+    """The questions of a qa.jsonl file, in file order."""
+    questions = []
+    for where, obj in _records(path):
+        question = _string(obj, "question", where)
+        answers = obj.get("answers")
+        if not isinstance(answers, list):
+            problem = "missing" if "answers" not in obj else f"must be a list, got {type(answers).__name__}"
+            raise CorpusError(f"{where}: field 'answers' {problem}")
+        if not answers:
+            raise CorpusError(f"{where}: field 'answers' is an empty list")
+        for i, alias in enumerate(answers):
+            if not isinstance(alias, str) or not alias.strip():
+                raise CorpusError(f"{where}: field 'answers[{i}]' must be a non-empty string, got {alias!r}")
+        questions.append(Question(id=obj["id"], question=question, answers=list(answers)))
+    return questions
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the whole new one, never a part.
+
+    A temporary file in the same directory is written, flushed to disk, then
+    renamed over `path` (os.replace is atomic within one file system).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_jsonl_atomic(path, rows) -> None:
+    """Write an iterable of JSON-serialisable rows, one per line, atomically."""
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

@@ -1,0 +1,117 @@
+"""Corpus and question files: what is read, and a one-line error naming file:line:field for each bad input."""
+import hashlib
+import json
+
+import pytest
+
+from prag_core.corpus import (CorpusError, Document, Question, read_corpus, read_questions, write_jsonl_atomic,
+                              write_text_atomic)
+
+
+def _write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_read_corpus(tmp_path):
+    path = _write(tmp_path / "c.jsonl", [
+        json.dumps({"id": "a", "text": "Alpha text.", "title": "Alpha", "extra": 1}),
+        "",  # blank lines are skipped
+        json.dumps({"id": "b", "text": "Bêta — ünïcode", "title": None}),
+        json.dumps({"id": "c", "text": "Gamma."}),
+    ])
+    docs = read_corpus(path)
+    assert [d.id for d in docs] == ["a", "b", "c"]
+    assert docs[0] == Document("a", "Alpha text.", "Alpha", hashlib.sha256(b"Alpha text.").hexdigest())
+    assert docs[1].title is None and docs[2].title is None
+    assert docs[1].sha256 == hashlib.sha256("Bêta — ünïcode".encode()).hexdigest()
+
+
+def test_read_questions(tmp_path):
+    path = _write(tmp_path / "q.jsonl", [
+        json.dumps({"id": "q1", "question": "Who?", "answers": ["Ann", "Ann Lee"], "doc_id": "x"}),
+        json.dumps({"id": "q2", "question": "When?", "answers": ["1900"]}),
+    ])
+    assert read_questions(path) == [Question("q1", "Who?", ["Ann", "Ann Lee"]), Question("q2", "When?", ["1900"])]
+
+
+GOOD_DOC = json.dumps({"id": "ok", "text": "fine"})
+GOOD_Q = json.dumps({"id": "ok", "question": "fine?", "answers": ["yes"]})
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ('{"id": "x", "text": ', r":2: malformed JSON"),
+    ('["x", "text"]', r":2: expected a JSON object, got list"),
+    ('{"text": "no id"}', r":2: missing field 'id'"),
+    ('{"id": 7, "text": "numeric id"}', r":2: field 'id' must be a string, got int"),
+    ('{"id": "  ", "text": "blank id"}', r":2: field 'id' is empty"),
+    ('{"id": "x"}', r":2: missing field 'text'"),
+    ('{"id": "x", "text": ""}', r":2: field 'text' is empty"),
+    ('{"id": "x", "text": " \\n "}', r":2: field 'text' is empty"),
+    ('{"id": "x", "text": null}', r":2: field 'text' must be a string, got NoneType"),
+    ('{"id": "x", "text": ["a"]}', r":2: field 'text' must be a string, got list"),
+    ('{"id": "x", "text": "t", "title": 3}', r":2: field 'title' must be a string, got int"),
+    ('{"id": "x", "text": "t", "title": ""}', r":2: field 'title' is empty"),
+    ('{"id": "ok", "text": "again"}', r":2: duplicate id 'ok' \(first on line 1\)"),
+])
+def test_corpus_errors(tmp_path, bad, expected):
+    path = _write(tmp_path / "c.jsonl", [GOOD_DOC, bad])
+    with pytest.raises(CorpusError, match=str(path).replace(".", r"\.") + expected) as err:
+        read_corpus(path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ('{"id": "x", "answers": ["a"]}', r":2: missing field 'question'"),
+    ('{"id": "x", "question": "", "answers": ["a"]}', r":2: field 'question' is empty"),
+    ('{"id": "x", "question": "q?"}', r":2: field 'answers' missing"),
+    ('{"id": "x", "question": "q?", "answers": "a"}', r":2: field 'answers' must be a list, got str"),
+    ('{"id": "x", "question": "q?", "answers": []}', r":2: field 'answers' is an empty list"),
+    ('{"id": "x", "question": "q?", "answers": ["a", 5]}', r":2: field 'answers\[1\]' must be a non-empty string"),
+    ('{"id": "x", "question": "q?", "answers": ["a", " "]}', r":2: field 'answers\[1\]' must be a non-empty"),
+    ('{"id": "ok", "question": "q?", "answers": ["a"]}', r":2: duplicate id 'ok' \(first on line 1\)"),
+    ('"just a string"', r":2: expected a JSON object, got str"),
+])
+def test_question_errors(tmp_path, bad, expected):
+    path = _write(tmp_path / "q.jsonl", [GOOD_Q, bad])
+    with pytest.raises(CorpusError, match=str(path).replace(".", r"\.") + expected):
+        read_questions(path)
+
+
+def test_duplicate_id_after_blank_lines_names_both_lines(tmp_path):
+    path = _write(tmp_path / "c.jsonl", [GOOD_DOC, "", "  ", GOOD_DOC])
+    with pytest.raises(CorpusError, match=r"c\.jsonl:4: duplicate id 'ok' \(first on line 1\)"):
+        read_corpus(path)
+
+
+def test_file_level_errors(tmp_path):
+    with pytest.raises(CorpusError, match=r"missing\.jsonl: no such file"):
+        read_corpus(tmp_path / "missing.jsonl")
+    with pytest.raises(CorpusError, match="no such file"):
+        read_questions(tmp_path)  # a directory is not a corpus file
+    with pytest.raises(CorpusError, match=r"empty\.jsonl: no records"):
+        read_corpus(_write(tmp_path / "empty.jsonl", ["", "   "]))
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(GOOD_DOC.encode() + b'\n{"id": "x", "text": "caf\xe9"}\n')
+    with pytest.raises(CorpusError, match=r"latin1\.jsonl:2: not valid UTF-8"):
+        read_corpus(latin1)
+
+
+def test_write_jsonl_atomic_round_trip(tmp_path):
+    path = tmp_path / "sub" / "rows.jsonl"
+    rows = [{"id": "a", "text": "ünïcode"}, {"id": "b", "text": "two"}]
+    write_jsonl_atomic(path, rows)
+    assert [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] == rows
+    assert [d.id for d in read_corpus(path)] == ["a", "b"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["rows.jsonl"]  # no temporary file left
+
+
+def test_failed_atomic_write_keeps_old_file(tmp_path):
+    path = tmp_path / "f.txt"
+    write_text_atomic(path, "old")
+    with pytest.raises(TypeError):
+        write_jsonl_atomic(path, [{"ok": 1}, {"bad": object()}])  # fails while serialising
+    with pytest.raises(TypeError):
+        write_text_atomic(path, b"bytes are not text")  # fails while writing the temporary file
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
