@@ -1,0 +1,294 @@
+"""Drop-in FFN replacement for Hugging Face causal LMs.
+
+`inject(model)` swaps every FFN projection for an `InjectedLinear`, in place. It
+keeps the original weight and bias Parameters under the same attribute names, so
+`state_dict()` keys and tied weights do not change. With no documents active it
+computes exactly what the original module computed (bit-identical). Inside
+`use_documents(model, docs)` it computes, through prag_kernels.fused_lora_linear,
+
+    y = x Wᵀ + bias + scale · Σ_{j ∈ S(row)} (x B_j) A_jᵀ
+
+where S(row) is every document of `docs` (one set for the whole batch), or the
+row's own set when `docs` is one list per batch row. Weights are never touched.
+
+Activation is per call, not shared state: a ContextVar maps each injected layer
+to the documents active for it, so threads and asyncio tasks running the same
+model with different documents do not interfere. Nesting: an inner context
+replaces the outer one for the model it names (`use_documents(model, [])`
+switches documents off inside); other models keep theirs. Leaving a context,
+also by exception, restores the outer state.
+
+`merged_documents(model, docs)` is the merge baseline: W += scale·Σ_j A_j B_jᵀ in
+place, restored bit-exactly on exit. It mutates shared weights, so it is not
+thread-safe; it works on injected and plain models alike.
+"""
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from prag_kernels import fused_lora_linear
+
+try:
+    from prag_kernels import merge_lora_, restore_
+except ImportError:  # TODO(issue 3): use prag_kernels' merge baseline once it lands; same math meanwhile.
+    def merge_lora_(weight, lora_a, lora_b, scale):
+        backup = weight.detach().clone()
+        weight.add_(scale * torch.einsum("dor,dir->oi", lora_a, lora_b).to(weight.dtype))
+        return backup
+
+    def restore_(weight, backup):
+        weight.copy_(backup)
+
+GATED = ("gate_proj", "up_proj", "down_proj")
+# model_type -> (path of the decoder-layer list, FFN projections under each layer's `.mlp`),
+# the last projection being the one that reads the intermediate activations.
+ARCHITECTURES = {
+    "llama": ("model.layers", GATED),
+    "mistral": ("model.layers", GATED),
+    "qwen2": ("model.layers", GATED),
+    "qwen3": ("model.layers", GATED),
+    "gemma": ("model.layers", GATED),
+    "gemma2": ("model.layers", GATED),
+    "gemma3_text": ("model.layers", GATED),
+    "gemma3": ("model.language_model.layers", GATED),
+    "olmo2": ("model.layers", GATED),
+    "granite": ("model.layers", GATED),
+    "phi3": ("model.layers", ("gate_up_proj", "down_proj")),
+    "gpt2": ("transformer.h", ("c_fc", "c_proj")),
+}
+
+# layer -> the _Documents active for it in this context, or None (documents switched off)
+_ACTIVE: ContextVar[dict] = ContextVar("prag_active_documents", default={})
+
+
+def architecture(model_type):
+    """(layer-list path, FFN projection names) of a supported model_type; ValueError otherwise."""
+    if model_type not in ARCHITECTURES:
+        raise ValueError(f"unsupported architecture {model_type!r}; supported: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[model_type]
+
+
+def ffn_paths(model_type, num_layers, targets=None):
+    """Module paths of the FFN projections of a `num_layers` model, layer by layer.
+
+    targets: the projection names to keep (default: all of the architecture's)."""
+    layers_path, projections = architecture(model_type)
+    targets = projections if targets is None else tuple(targets)
+    unknown = [t for t in targets if t not in projections]
+    if unknown or not targets:
+        raise ValueError(f"targets {list(targets)} for {model_type!r}: choose from {list(projections)}")
+    return [f"{layers_path}.{i}.mlp.{p}" for i in range(num_layers) for p in projections if p in targets]
+
+
+def ffn_module_paths(model, targets=None):
+    """Module paths of `model`'s FFN projections (the ones inject swaps), layer by layer."""
+    model_type = model.config.model_type
+    layers_path, _ = architecture(model_type)
+    return ffn_paths(model_type, len(model.get_submodule(layers_path)), targets)
+
+
+def weight_out_in(module):
+    """The (out, in) view of a projection's weight; GPT-2's Conv1D (and its injected form) stores (in, out)."""
+    transposed = isinstance(module, Conv1D) or getattr(module, "transposed", False)
+    return module.weight.T if transposed else module.weight
+
+
+class InjectedLinear(nn.Module):
+    """One FFN projection: the frozen base weight plus the documents active in the current context."""
+
+    def __init__(self, original, path):
+        super().__init__()
+        if type(original) not in (nn.Linear, Conv1D):
+            raise ValueError(f"{path} is a {type(original).__name__}; only nn.Linear and Conv1D can be injected")
+        self.path = path
+        self.transposed = isinstance(original, Conv1D)
+        self.out_features, self.in_features = weight_out_in(original).shape
+        self.weight = original.weight  # the same Parameter objects: state_dict and tied weights unchanged
+        self.register_parameter("bias", original.bias)
+        object.__setattr__(self, "original", original)  # kept for eject, not registered as a submodule
+
+    def extra_repr(self):
+        return (f"{self.path}: in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}{', conv1d' if self.transposed else ''}")
+
+    def forward(self, x):
+        docs = _ACTIVE.get().get(self)
+        if docs is None:
+            if self.transposed:  # exactly Conv1D.forward: bias + x W, W stored (in, out)
+                return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(*x.shape[:-1], -1)
+            return F.linear(x, self.weight, self.bias)
+        lora_a, lora_b, row_docs = docs.operands(self, x)
+        y = fused_lora_linear(x.reshape(-1, x.shape[-1]), weight_out_in(self), self.bias,
+                              lora_a, lora_b, docs.scale, row_docs)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def _swap_points(model):
+    """(parent module, attribute name, module path) of every FFN projection."""
+    for path in ffn_module_paths(model):
+        parent, name = path.rsplit(".", 1)
+        yield model.get_submodule(parent), name, path
+
+
+def inject(model):
+    """Swap every FFN projection of `model` for an InjectedLinear, in place; returns `model`.
+
+    Injecting an injected model changes nothing. Raises ValueError for an unsupported architecture."""
+    for parent, name, path in _swap_points(model):
+        if not isinstance(getattr(parent, name), InjectedLinear):
+            setattr(parent, name, InjectedLinear(getattr(parent, name), path))
+    return model
+
+
+def eject(model):
+    """Put the original modules back (with the current weight/bias Parameters); returns `model`."""
+    for parent, name, _ in _swap_points(model):
+        layer = getattr(parent, name)
+        if isinstance(layer, InjectedLinear):
+            # reattach the Parameters in case something (e.g. a dtype/device move) replaced them
+            layer.original.weight, layer.original.bias = layer.weight, layer.bias
+            setattr(parent, name, layer.original)
+    return model
+
+
+def _document_sets(docs):
+    """(distinct documents, row index) from docs given as one set for the batch or one set per row.
+
+    The row index is a (batch, J) long tensor into the distinct documents, -1 = empty slot, or None
+    when one set serves the whole batch."""
+    docs = list(docs)
+    per_row = [isinstance(d, (list, tuple)) for d in docs]
+    if any(per_row) and not all(per_row):
+        raise ValueError("docs must be a list of documents or a list of per-row document lists, not a mix")
+    flat = [d for row in docs for d in row] if any(per_row) else docs
+    if not all(hasattr(d, "pairs") and hasattr(d, "alpha") for d in flat):
+        raise ValueError("docs must hold DocParams (objects with .pairs and .alpha)")
+    if not any(per_row):
+        return docs, None
+    distinct, position = [], {}
+    for row in docs:
+        for d in row:
+            if id(d) not in position:
+                position[id(d)] = len(distinct)
+                distinct.append(d)
+    if not distinct:
+        return [], None
+    index = torch.full((len(docs), max(len(row) for row in docs)), -1, dtype=torch.long)
+    for i, row in enumerate(docs):
+        index[i, :len(row)] = torch.tensor([position[id(d)] for d in row], dtype=torch.long)
+    return distinct, index
+
+
+def _check_documents(modules, docs, scale):
+    """The scale to use, after checking that the documents fit the model and each other."""
+    if not docs:
+        return 0.0
+    paths = set(docs[0].pairs)
+    for i, d in enumerate(docs):
+        if set(d.pairs) != paths:
+            raise ValueError(f"document {i} covers other modules than document 0; documents used together "
+                             f"must share their target projections")
+        for path, (a, b) in d.pairs.items():
+            if path not in modules:
+                raise ValueError(f"document {i}: {path} is not an FFN projection of this model "
+                                 f"(see ffn_module_paths)")
+            out, inp = weight_out_in(modules[path]).shape
+            r = docs[0].pairs[path][0].shape[1]
+            if a.shape != (out, r) or b.shape != (inp, r):
+                raise ValueError(f"document {i}: {path} has A {tuple(a.shape)}, B {tuple(b.shape)}; "
+                                 f"expected A ({out}, {r}), B ({inp}, {r})")
+    if scale is not None:
+        return float(scale)
+    alphas = sorted({float(d.alpha) for d in docs})
+    if len(alphas) > 1:
+        raise ValueError(f"documents have different alpha {alphas}; pass scale= explicitly")
+    return alphas[0]
+
+
+def _stack(docs, path, like):
+    """(D, out, r) and (D, in, r) stacks of the documents' pairs for `path`, on `like`'s device and dtype."""
+    lora_a = torch.stack([d.pairs[path][0] for d in docs]).to(like.device, like.dtype)
+    lora_b = torch.stack([d.pairs[path][1] for d in docs]).to(like.device, like.dtype)
+    return lora_a, lora_b
+
+
+class _Documents:
+    """One context's documents for one model, prepared on entry: per layer the stacked pairs, and for
+    per-row sets the (batch, J) index into them. Trainable documents (tensors requiring grad) are
+    stacked on every call instead, so gradients reach them and optimizer steps are seen."""
+
+    def __init__(self, docs, scale, row_index, layers):
+        self.docs, self.scale, self.row_index = docs, scale, row_index
+        self.trainable = any(t.requires_grad for d in docs for pair in d.pairs.values() for t in pair)
+        self.stacks = {} if self.trainable else {layer: _stack(docs, layer.path, layer.weight) for layer in layers}
+        self.rows = {}  # (device, tokens per row) -> per-token row_docs
+
+    def operands(self, layer, x):
+        """lora_a, lora_b and row_docs (M, J) for one call of `layer` on x (batch, ..., in)."""
+        lora_a, lora_b = _stack(self.docs, layer.path, layer.weight) if self.trainable else self.stacks[layer]
+        if self.row_index is None:
+            return lora_a, lora_b, None
+        if x.shape[0] != self.row_index.shape[0]:
+            raise ValueError(f"{self.row_index.shape[0]} per-row document sets for a batch of {x.shape[0]} rows "
+                             f"(beam search and num_return_sequences grow the batch: give one set per row)")
+        per_row = x[0].numel() // x.shape[-1]  # the current sequence length: 1 in cached decode steps
+        key = (x.device, per_row)
+        if key not in self.rows:
+            self.rows[key] = self.row_index.to(x.device).repeat_interleave(per_row, dim=0)
+        return lora_a, lora_b, self.rows[key]
+
+
+def _ffn_modules(model):
+    return {path: model.get_submodule(path) for path in ffn_module_paths(model)}
+
+
+@contextmanager
+def use_documents(model, docs, scale=None):
+    """Activate documents for the calls (forward, generate) made inside the block, via the fused kernel.
+
+    docs: a list of DocParams applied to every batch row, or one list per batch row (rows may
+    differ in length, or be empty). scale: α; default the documents' alpha (they must agree).
+    The model must be injected. Gradients flow to documents whose tensors require grad."""
+    modules = _ffn_modules(model)
+    layers = list(modules.values())
+    if not all(isinstance(m, InjectedLinear) for m in layers):
+        raise ValueError("the model is not injected: call prag_core.inject.inject(model) first")
+    distinct, row_index = _document_sets(docs)
+    scale = _check_documents(modules, distinct, scale)
+    covered = [m for m in layers if distinct and m.path in distinct[0].pairs]
+    state = _Documents(distinct, scale, row_index, covered)
+    active = dict(_ACTIVE.get())
+    active.update({m: None for m in layers})
+    active.update({m: state for m in covered})
+    token = _ACTIVE.set(active)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+@contextmanager
+def merged_documents(model, docs, scale=None):
+    """The merge baseline: W += scale · A_cat B_catᵀ (= scale · Σ_j A_j B_jᵀ) in place for every projection the
+    documents cover, restored bit-exactly on exit, also by exception. Same arguments as use_documents,
+    except that per-row sets are an error. Not thread-safe: the weights are shared."""
+    distinct, row_index = _document_sets(docs)
+    if row_index is not None:
+        raise ValueError("merged_documents takes one document set for the whole batch, not one per row")
+    modules = _ffn_modules(model)
+    scale = _check_documents(modules, distinct, scale)
+    backups = []
+    try:
+        with torch.no_grad():
+            for path in (distinct[0].pairs if distinct else ()):
+                weight = weight_out_in(modules[path])
+                backups.append((weight, merge_lora_(weight, *_stack(distinct, path, weight), scale)))
+        yield
+    finally:
+        with torch.no_grad():
+            for weight, backup in reversed(backups):
+                restore_(weight, backup)
