@@ -14,6 +14,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+# The shipped fictional dev set (used by `prag demo` and the parametrization sweep).
+DEMO_CORPUS = Path(__file__).parent / "data" / "demo_corpus.jsonl"
+DEMO_QUESTIONS = Path(__file__).parent / "data" / "demo_qa.jsonl"
+
 
 class CorpusError(ValueError):
     """Bad corpus or question file; the message names file:line and field."""
@@ -110,8 +114,8 @@ def read_questions(path) -> list[Question]:
     return questions
 
 
-def write_text_atomic(path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the whole new one, never a part.
+def write_bytes_atomic(path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part.
 
     A temporary file in the same directory is written, flushed to disk, then
     renamed over `path` (os.replace is atomic within one file system).
@@ -120,14 +124,19 @@ def write_text_atomic(path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_text_atomic(path, text: str) -> None:
+    """write_bytes_atomic for UTF-8 text."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_jsonl_atomic(path, rows) -> None:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from prag_core.corpus import (CorpusError, Document, Question, read_corpus, read_questions, write_jsonl_atomic,
-                              write_text_atomic)
+from prag_core.corpus import (CorpusError, Document, Question, read_corpus, read_questions, write_bytes_atomic,
+                              write_jsonl_atomic, write_text_atomic)
 
 
 def _write(path, lines):
@@ -112,6 +112,26 @@ def test_failed_atomic_write_keeps_old_file(tmp_path):
     with pytest.raises(TypeError):
         write_jsonl_atomic(path, [{"ok": 1}, {"bad": object()}])  # fails while serialising
     with pytest.raises(TypeError):
-        write_text_atomic(path, b"bytes are not text")  # fails while writing the temporary file
+        write_bytes_atomic(path, "text is not bytes")  # fails while writing the temporary file
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_demo_dev_set_is_well_formed():
+    """The shipped fictional dev set: ≥ 12 documents of 60–120 words, 3 questions each, answers in the text."""
+    from prag_core.corpus import DEMO_CORPUS, DEMO_QUESTIONS
+    from prag_core.metrics import acc
+
+    docs = {d.id: d for d in read_corpus(DEMO_CORPUS)}
+    questions = read_questions(DEMO_QUESTIONS)
+    doc_of = {json.loads(line)["id"]: json.loads(line)["doc_id"]
+              for line in DEMO_QUESTIONS.read_text(encoding="utf-8").splitlines()}
+    assert len(docs) >= 12 and len(questions) >= 36
+    assert all(60 <= len(d.text.split()) <= 120 and d.title for d in docs.values())
+    assert sorted(doc_of.values()) == sorted(3 * list(docs))  # 3 questions per document, no unknown doc_id
+    for q in questions:
+        assert 1 <= len(q.answers[0].split()) <= 3, q.id
+        assert acc(docs[doc_of[q.id]].text, q.answers[:1]) == 1.0, q.id  # the main answer is stated in the text
+    for doc_id in docs:  # 3 distinct facts per document
+        firsts = [q.answers[0].lower() for q in questions if doc_of[q.id] == doc_id]
+        assert len(set(firsts)) == 3, doc_id

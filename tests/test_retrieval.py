@@ -1,0 +1,194 @@
+"""BM25 retrieval: tokenizer, ranking, ties, save/load, errors, and the demo dev set's retrievability."""
+import json
+
+import numpy as np
+import pytest
+from rank_bm25 import BM25Okapi
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from prag_core.corpus import DEMO_CORPUS, DEMO_QUESTIONS, Document, read_corpus, text_sha256
+from prag_core.retrieval import BM25Index, RetrievalError, corpus_sha256, tokenize
+
+
+def _doc(doc_id, text, title=None):
+    return Document(doc_id, text, title, text_sha256(text))
+
+
+DOCS = [
+    _doc("light", "The lighthouse on Quillan Point was built in 1847 by Oswin Tarrow.", "Velmora Lighthouse"),
+    _doc("toad", "A small amphibian of Lake Ombrin whose skin glows orange at night.", "Pellacine glowtoad"),
+    _doc("mill", "Marta Quenby invented a spinning machine in Lorvick in 1903."),
+    _doc("ice", "Orvanta Ice Works carves ice sculptures; its mascot is a walrus named Pim."),
+    _doc("gem", "Zephyrite is a pale blue gemstone from the Corvath mine."),
+    _doc("river", "The Tessel is the longest river of Ostrevan; it flows to the eastern sea."),
+]
+
+
+@pytest.fixture(scope="module")
+def index():
+    return BM25Index.build(DOCS)
+
+
+def test_tokenize():
+    assert tokenize("Velmora's Lighthouse, built in 1847!") == ["velmora", "s", "lighthouse", "built", "in", "1847"]
+    assert tokenize("snake_case—and/slash") == ["snake", "case", "and", "slash"]
+    assert tokenize("Привет, МИР; Ωμέγα") == ["привет", "мир", "ωμέγα"]  # any script, lowercased
+    assert tokenize("Café") == tokenize("Cafe\u0301") == ["café"]  # composed == decomposed accent
+    assert tokenize(" ?!… ") == []
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("Who built the Velmora Lighthouse?", "light"),     # "velmora" is only in the title
+    ("What color does the Pellacine glowtoad glow?", "toad"),
+    ("Who invented the machine in Lorvick?", "mill"),
+    ("What is the name of the walrus mascot?", "ice"),
+    ("Which mine produces zephyrite?", "gem"),
+    ("Where does the Tessel river flow?", "river"),
+])
+def test_distinctive_queries_find_their_document(index, query, expected):
+    results = index.search(query, k=3)
+    assert results[0][0] == expected
+    assert results[0][1] > results[1][1] >= results[2][1]
+
+
+def test_case_and_punctuation_do_not_matter(index):
+    assert index.search("ZEPHYRITE!!! corvath-MINE?", k=6) == index.search("zephyrite corvath mine", k=6)
+
+
+def test_scores_equal_rank_bm25_okapi_over_title_and_text(index):
+    tokens = [tokenize(f"{d.title}\n{d.text}" if d.title else d.text) for d in DOCS]
+    query = "lighthouse built 1903 walrus the the unseenword"  # repeated and unknown terms too
+    expected = BM25Okapi(tokens).get_scores(tokenize(query))
+    got = dict(index.search(query, k=len(DOCS)))
+    assert [got[d.id] for d in DOCS] == list(expected)  # same float operations, so equal, not just close
+    assert max(expected) > 0
+
+
+def test_k_larger_than_corpus_returns_every_document_ranked(index):
+    results = index.search("orange glowtoad", k=50)
+    assert len(results) == len(DOCS) == len(index)
+    assert sorted(doc_id for doc_id, _ in results) == sorted(d.id for d in DOCS)
+    assert [s for _, s in results] == sorted((s for _, s in results), reverse=True)
+
+
+def test_ties_keep_corpus_order():
+    # (a term in exactly half the documents gets idf 0 in Okapi, hence the fillers)
+    twins = [_doc("b", "same words here"), _doc("a", "other text entirely"), _doc("c", "same words here"),
+             _doc("d", "unrelated filler"), _doc("e", "more filler"), _doc("f", "last filler")]
+    index = BM25Index.build(twins)
+    results = index.search("same words", k=3)
+    assert [d for d, _ in results] == ["b", "c", "a"] and results[0][1] == results[1][1] > 0
+    # no document shares a term: all scores 0, corpus order
+    assert index.search("nothing matches", k=4) == [("b", 0.0), ("a", 0.0), ("c", 0.0), ("d", 0.0)]
+
+
+def test_bad_queries(index):
+    for query in ("", "   ", "?!…"):
+        with pytest.raises(RetrievalError, match="empty query"):
+            index.search(query)
+    with pytest.raises(RetrievalError, match="k must be at least 1"):
+        index.search("zephyrite", k=0)
+    with pytest.raises(RetrievalError, match="empty corpus"):
+        BM25Index.build([])
+
+
+def test_save_load_round_trip(index, tmp_path):
+    path = tmp_path / "w" / "bm25.safetensors"
+    index.save(path)
+    loaded = BM25Index.load(path)
+    assert loaded.ids == index.ids and loaded.corpus_sha256 == index.corpus_sha256 == corpus_sha256(DOCS)
+    for query in ("Velmora lighthouse 1847", "walrus mascot Pim", "pale blue gem", "river sea in the"):
+        assert loaded.search(query, k=len(DOCS)) == index.search(query, k=len(DOCS))  # identical floats
+    assert [p.name for p in path.parent.iterdir()] == ["bm25.safetensors"]  # atomic write leaves no temp file
+
+
+def test_unicode_ids_and_terms_survive_save(tmp_path):
+    docs = [_doc("doc-é", "Ωμέγα café"), _doc("文書", "東京 river"), _doc("x", "filler words"), _doc("y", "more")]
+    BM25Index.build(docs).save(tmp_path / "i.safetensors")
+    loaded = BM25Index.load(tmp_path / "i.safetensors")
+    assert loaded.search("CAFÉ", k=1)[0][0] == "doc-é" and loaded.search("東京", k=1)[0][0] == "文書"
+
+
+def test_documents_without_words(tmp_path):
+    index = BM25Index.build([_doc("p", "?!"), _doc("w", "real words"), _doc("x", "other"), _doc("y", "more")])
+    assert index.search("words", k=2)[0][0] == "w"
+    with pytest.raises(RetrievalError, match="no document has a single word"):
+        BM25Index.build([_doc("p", "?!"), _doc("q", "…")])
+
+
+def test_corpus_sha256_tracks_text_title_and_order():
+    base = corpus_sha256(DOCS)
+    assert corpus_sha256(list(DOCS)) == base
+    assert corpus_sha256(DOCS[::-1]) != base
+    assert corpus_sha256([_doc("light", DOCS[0].text + " ", DOCS[0].title)] + DOCS[1:]) != base
+    assert corpus_sha256([_doc("light", DOCS[0].text, "Other title")] + DOCS[1:]) != base
+
+
+def _resave(index, path, meta=None, arrays=None):
+    """Save the index, then rewrite its file with some header fields / tensors changed (None deletes)."""
+    index.save(path)
+    with safe_open(str(path), framework="np") as f:
+        header = f.metadata()
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    for store, changes in ((header, meta or {}), (tensors, arrays or {})):
+        for key, value in changes.items():
+            if value is None:
+                del store[key]
+            else:
+                store[key] = value
+    save_file(tensors, str(path), metadata=header)
+
+
+@pytest.mark.parametrize("meta, arrays, expected", [
+    ({"format": "other"}, None, r"not a prag BM25 index \(field 'format'"),
+    ({"version": "99"}, None, r"field 'version' is '99', this prag reads '1'; rebuild the index"),
+    ({"tokenizer": "old"}, None, r"field 'tokenizer' is 'old'.*rebuild the index"),
+    ({"ids": None}, None, r"header field 'ids' is missing or malformed"),
+    ({"vocab": "[not json"}, None, r"header field .* is missing or malformed"),
+    ({"k1": "fast"}, None, r"header field .* is missing or malformed"),
+    (None, {"postings_tf": None}, r"tensor 'postings_tf' is missing"),
+    (None, {"doc_len": np.ones(5, dtype=np.int64)}, r"tensor 'doc_len' is int64\[5\], expected int64\[6\]"),
+    (None, {"idf": np.ones(1, dtype=np.float32)}, r"tensor 'idf' is float32\[1\], expected float64"),
+    (None, {"postings_ptr": np.zeros(1, dtype=np.int64)}, r"tensor 'postings_ptr' is int64\[1\]"),
+])
+def test_load_rejects_bad_files(index, tmp_path, meta, arrays, expected):
+    path = tmp_path / "bm25.safetensors"
+    _resave(index, path, meta, arrays)
+    with pytest.raises(RetrievalError, match=r"bm25\.safetensors: " + expected):
+        BM25Index.load(path)
+
+
+def test_load_rejects_bad_postings(index, tmp_path):
+    path = tmp_path / "bm25.safetensors"
+    index.save(path)
+    with safe_open(str(path), framework="np") as f:
+        ptr, docs = f.get_tensor("postings_ptr"), f.get_tensor("postings_doc")
+    _resave(index, path, arrays={"postings_ptr": ptr[::-1].copy()})
+    with pytest.raises(RetrievalError, match="'postings_ptr' is not a valid offset table"):
+        BM25Index.load(path)
+    _resave(index, path, arrays={"postings_doc": np.where(docs == 0, len(DOCS), docs).astype(np.int32)})
+    with pytest.raises(RetrievalError, match="'postings_doc' holds a document index out of range"):
+        BM25Index.load(path)
+
+
+def test_load_unreadable_files(tmp_path):
+    with pytest.raises(RetrievalError, match=r"nope\.safetensors: no such BM25 index file"):
+        BM25Index.load(tmp_path / "nope.safetensors")
+    (tmp_path / "old.json").write_text('{"format": "prag-bm25", "ids": []}')
+    with pytest.raises(RetrievalError, match=r"old\.json: unreadable BM25 index"):
+        BM25Index.load(tmp_path / "old.json")
+    BM25Index.build(DOCS).save(tmp_path / "cut.safetensors")
+    data = (tmp_path / "cut.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])  # a file cut short
+    with pytest.raises(RetrievalError, match=r"cut\.safetensors: unreadable BM25 index"):
+        BM25Index.load(tmp_path / "cut.safetensors")
+
+
+def test_every_demo_question_retrieves_its_own_document():
+    """Guards the shipped dev set: PRAG can only help if retrieval brings the right document."""
+    index = BM25Index.build(read_corpus(DEMO_CORPUS))
+    questions = [json.loads(line) for line in DEMO_QUESTIONS.read_text(encoding="utf-8").splitlines()]
+    misses = [(q["id"], index.search(q["question"], k=3)) for q in questions
+              if q["doc_id"] not in [doc_id for doc_id, _ in index.search(q["question"], k=3)]]
+    assert not misses
