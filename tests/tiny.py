@@ -77,3 +77,17 @@ def tiny_model(model_type="llama", seed=0, layers=2, hidden=32, intermediate=48,
     vocab = vocab or len(tiny_tokenizer())
     config = _tiny_configs(vocab, hidden, intermediate, layers)[model_type]()
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+def random_doc_params(model, n=1, seed=0, rank=2, alpha=16.0, targets=None, std=0.02):
+    """n documents with random non-zero A and B (not trainable) for `model`; DocParams.init gives A = 0."""
+    from prag_core.doc_params import DocParams
+
+    gen = torch.Generator().manual_seed(seed)
+    docs = []
+    for _ in range(n):
+        doc = DocParams.init(model, rank, alpha, targets=targets)
+        for path, (a, b) in doc.pairs.items():
+            doc.pairs[path] = (torch.randn(a.shape, generator=gen) * std, torch.randn(b.shape, generator=gen) * std)
+        docs.append(doc)
+    return docs
