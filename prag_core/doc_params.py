@@ -12,7 +12,6 @@ tensor and raises DocParamsError naming the file and the field or tensor.
 import hashlib
 import json
 import math
-import os
 import re
 import threading
 from collections import OrderedDict
@@ -21,8 +20,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
+from .corpus import write_bytes_atomic
 from .inject import architecture, ffn_module_paths, ffn_paths, weight_out_in
 
 FORMAT = "prag.doc_params"
@@ -123,13 +123,7 @@ class DocParams:
             tensors[f"{p}.lora_a"] = a.detach().to("cpu").contiguous()
             tensors[f"{p}.lora_b"] = b.detach().to("cpu").contiguous()
         _validate(path, metadata, tensors)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_bytes_atomic(path, safetensors_bytes(tensors, metadata=metadata))
 
     @classmethod
     def load(cls, path, fingerprint=None, device="cpu", dtype=None):

@@ -10,27 +10,18 @@ whose weight is stored (in, out); the LoRA tensors keep the same shapes). Our do
 reproduces them exactly: scaling · lora_B @ lora_A = α · A_cat B_catᵀ.
 """
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
+from .corpus import write_bytes_atomic, write_text_atomic
 from .doc_params import FINGERPRINT_FIELDS
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 # PEFT matches target_modules by module-name suffix; GPT-2's attention also has a c_proj
 TARGET_PREFIX = {"gpt2": "mlp."}
-
-
-def _atomic_write(path, write):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _check(docs):
@@ -91,7 +82,6 @@ def export_peft(doc_params_list, out_dir, base_model_name_or_path=None):
         "revision": None,
     }
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    _atomic_write(out / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    write_bytes_atomic(out / WEIGHTS_NAME, safetensors_bytes(tensors, metadata={"format": "pt"}))
+    write_text_atomic(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return out
