@@ -150,6 +150,44 @@ def test_two_threads_same_model_different_documents():
             assert torch.allclose(got, alone[i], rtol=1e-6, atol=1e-6)
 
 
+def test_asyncio_tasks_keep_their_own_documents():
+    import asyncio
+
+    model = inject(tiny_model("qwen3"))
+    docs = random_doc_params(model, 2, seed=12)
+    ids = prompts(batch=1)
+    alone = []
+    for doc in docs:
+        with use_documents(model, [doc]):
+            alone.append(logits(model, ids))
+
+    async def task(doc):
+        out = []
+        with use_documents(model, [doc]):
+            for _ in range(3):
+                await asyncio.sleep(0)  # let the other task run, inside its own context
+                out.append(logits(model, ids))
+        return out
+
+    async def both():
+        return await asyncio.gather(task(docs[0]), task(docs[1]))
+
+    for i, outs in enumerate(asyncio.run(both())):
+        assert all(torch.equal(got, alone[i]) for got in outs)
+
+
+def test_bf16_model_with_fp32_documents():
+    model = inject(tiny_model("mistral").to(torch.bfloat16))
+    docs = random_doc_params(model, 3, seed=4)
+    base = logits(model, prompts()).float()
+    with use_documents(model, docs):
+        fused = logits(model, prompts())
+    with merged_documents(model, docs):
+        merged = logits(model, prompts()).float()
+    assert fused.dtype == torch.bfloat16
+    assert rel(fused.float(), merged) < 1.5e-2 and rel(fused.float(), base) > 3e-2
+
+
 def test_exceptions_restore_everything():
     model = inject(tiny_model("gemma2"))
     ids = prompts()
