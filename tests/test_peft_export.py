@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 from safetensors import safe_open
 from tiny import random_doc_params, tiny_model
 
