@@ -1,0 +1,60 @@
+"""Evaluation: answer a question set in several modes, score it, write results.json (DESIGN §4.4).
+
+results.json:
+    {"modes": {MODE: {"em", "f1", "acc", "latency_s", "n"}},
+     "questions": [{"id", "mode", "prediction", "em", "f1", "acc", "docs", "latency_s"}, ...]}
+
+A mode's em / f1 / acc / latency_s are means over its questions; a question's
+latency_s is its share of its batch's wall time (batch time / batch size), so
+batched modes show the per-question cost of batched serving.
+"""
+import json
+
+from tqdm.auto import tqdm
+
+from .corpus import write_text_atomic
+from .metrics import scores
+from .pipeline import MODES
+
+METRICS = ("em", "f1", "acc", "latency_s")
+
+
+def evaluate(pipeline, questions, modes=MODES, update="fused", batch_size=1, progress=True):
+    """Answer `questions` (corpus.Question list) in every mode; returns the results.json dict."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    rows = []
+    with tqdm(total=len(modes) * len(questions), unit="q", disable=not progress) as bar:
+        for mode in modes:
+            bar.set_description(mode)
+            for start in range(0, len(questions), batch_size):
+                batch = questions[start:start + batch_size]
+                answers = pipeline.answer([q.question for q in batch], mode, update)
+                for q, a in zip(batch, answers):
+                    rows.append({"id": q.id, "mode": mode, "prediction": a.prediction,
+                                 **scores(a.prediction, q.answers), "docs": a.docs, "latency_s": a.latency_s})
+                bar.update(len(batch))
+    return {"modes": summarize(rows, modes), "questions": rows}
+
+
+def summarize(rows, modes):
+    """Per mode: the mean of every metric over its rows, and their count."""
+    summary = {}
+    for mode in modes:
+        mine = [r for r in rows if r["mode"] == mode]
+        summary[mode] = {k: sum(r[k] for r in mine) / len(mine) if mine else 0.0 for k in METRICS}
+        summary[mode]["n"] = len(mine)
+    return summary
+
+
+def table(summary):
+    """The per-mode table printed on stdout."""
+    lines = [f"{'mode':<9} {'EM':>6} {'F1':>6} {'acc':>6} {'latency/q':>10} {'n':>4}"]
+    for mode, s in summary.items():
+        lines.append(f"{mode:<9} {s['em']:>6.3f} {s['f1']:>6.3f} {s['acc']:>6.3f} {s['latency_s']:>9.3f}s {s['n']:>4}")
+    return "\n".join(lines)
+
+
+def write_results(path, results):
+    """results.json, written atomically."""
+    write_text_atomic(path, json.dumps(results, indent=1, ensure_ascii=False) + "\n")

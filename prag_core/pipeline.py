@@ -1,0 +1,155 @@
+"""Retrieve-Update-Generate: answer questions in one of four modes.
+
+    vanilla  the question alone
+    rag      the retrieved passages in the prompt
+    prag     the retrieved documents' LoRA pairs, question alone
+    combine  pairs and passages
+
+Update methods for the pair modes: `fused` (the kernel computes x Wᵀ + α Σ_j (x B_j) A_jᵀ,
+weights untouched; each batch row uses its own retrieved documents) and `merge`
+(W += α Σ_j A_j B_jᵀ, generate, restore exactly; one document set at a time, so
+merge answers a batch one question after the other).
+
+Every mode uses the same prompt (prompts.qa_messages, the one the pairs are trained
+on) and the same answer format: the assistant turn is primed with ANSWER_PREFIX
+("The answer is"), greedy decoding continues it, and the answer is that
+continuation cut at the first newline or sentence end, where a sentence ends at
+'.', '!' or '?' followed by whitespace or the end of the text (so "3.5" and
+"v2.1" stay whole; an abbreviation such as "Dr. Vale" is cut after "Dr", a loss
+we accept for one simple rule). Generation of a row stops once its cut point is
+known, so short answers cost a few tokens.
+"""
+import re
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from .inject import inject, merged_documents, use_documents
+from .prompts import ANSWER_PREFIX, qa_messages, render
+
+MODES = ("vanilla", "rag", "prag", "combine")
+UPDATES = ("fused", "merge")
+_ANSWER_END = re.compile(r"[.!?](?=\s|$)|\n")
+
+
+class PipelineError(ValueError):
+    """A question or knowledge base the pipeline cannot serve; one line naming what is wrong."""
+
+
+@dataclass
+class Answer:
+    question: str
+    mode: str
+    prediction: str
+    docs: list = field(default_factory=list)  # retrieved document ids, best first
+    latency_s: float = 0.0  # wall time of the question's share of its batch
+
+
+def cut_answer(text: str) -> str:
+    """The answer proper: the text up to the first newline or sentence end, stripped."""
+    match = _ANSWER_END.search(text)
+    return (text[:match.start()] if match else text).strip()
+
+
+def prompt_ids(tokenizer, question, passages=None):
+    """Token ids of the chat prompt, ending with the primed assistant prefix."""
+    return tokenizer(render(tokenizer, qa_messages(question, passages)) + ANSWER_PREFIX,
+                     add_special_tokens=False)["input_ids"]
+
+
+class _AnswerComplete(StoppingCriteria):
+    """Per row: done once the continuation holds an answer end with at least one character after it
+    (a '.' at the very end may still become "3.5")."""
+
+    def __init__(self, tokenizer, prompt_width):
+        self.tokenizer, self.prompt_width = tokenizer, prompt_width
+
+    def __call__(self, input_ids, scores, **kwargs):
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+        done = [any(m.group() == "\n" or m.end() < len(t) for m in _ANSWER_END.finditer(t)) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class Pipeline:
+    """Answers questions over one knowledge base: a model, a BM25 index, document parameters, passages.
+
+    store: a mapping from document id to DocParams (a dict, or the work directory's lazy store view).
+    documents_text: a mapping from document id to its passage text (for rag and combine)."""
+
+    def __init__(self, model, tokenizer, index, store, documents_text, top_k=3, max_new_tokens=32):
+        if tokenizer.pad_token_id is None:
+            raise PipelineError("the tokenizer has no pad token (load_model sets one)")
+        self.model = inject(model)
+        self.tokenizer = tokenizer
+        self.index = index
+        self.store = store
+        self.documents_text = documents_text
+        self.top_k = top_k
+        self.max_new_tokens = max_new_tokens
+
+    def retrieve(self, question):
+        """The ids of the top_k documents for `question`, best first."""
+        return [doc_id for doc_id, _ in self.index.search(question, k=self.top_k)]
+
+    def answer(self, questions, mode="prag", update="fused"):
+        """One Answer per question. fused answers the whole list in one generate call (the caller picks
+        the batch size); merge answers it one question at a time."""
+        if mode not in MODES:
+            raise PipelineError(f"mode: unknown {mode!r}; choose from {', '.join(MODES)}")
+        if update not in UPDATES:
+            raise PipelineError(f"update: unknown {update!r}; choose from {', '.join(UPDATES)}")
+        for q in questions:
+            if not isinstance(q, str) or not q.strip():
+                raise PipelineError(f"question: empty ({q!r})")
+        if update == "merge" and mode in ("prag", "combine") and len(questions) > 1:
+            return [a for q in questions for a in self.answer([q], mode, update)]
+        start = time.perf_counter()
+        doc_ids = [self.retrieve(q) if mode != "vanilla" else [] for q in questions]
+        with_passages = mode in ("rag", "combine")
+        prompts = [prompt_ids(self.tokenizer, q, [self._text(d) for d in ids] if with_passages else None)
+                   for q, ids in zip(questions, doc_ids)]
+        with self._update(mode, update, doc_ids):
+            texts = self._generate(prompts)
+        per_question = (time.perf_counter() - start) / len(questions)
+        return [Answer(q, mode, cut_answer(t), ids, per_question) for q, t, ids in zip(questions, texts, doc_ids)]
+
+    def _text(self, doc_id):
+        if doc_id not in self.documents_text:
+            raise PipelineError(f"document {doc_id!r} is in the index but not in the corpus; rebuild the work directory")
+        return self.documents_text[doc_id]
+
+    def _params(self, doc_id):
+        if doc_id not in self.store:
+            raise PipelineError(f"document {doc_id!r} was retrieved but is not in the parameter store; "
+                                f"run `prag build` again to encode it")
+        return self.store[doc_id]
+
+    def _update(self, mode, update, doc_ids):
+        """The context that applies each row's documents (pair modes), else nothing."""
+        if mode not in ("prag", "combine"):
+            return nullcontext()
+        params = [[self._params(d) for d in ids] for ids in doc_ids]
+        if update == "merge":
+            return merged_documents(self.model, params[0])
+        # One set for the batch when there is one row (the kernel's plain path), else one set per row.
+        return use_documents(self.model, params[0] if len(params) == 1 else params)
+
+    @torch.inference_mode()
+    def _generate(self, prompts):
+        """Greedy continuation of each prompt, batched with left padding."""
+        pad = self.tokenizer.pad_token_id
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p):] = torch.tensor(p)
+            mask[row, width - len(p):] = 1
+        device = self.model.device
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                  max_new_tokens=self.max_new_tokens, do_sample=False,
+                                  stopping_criteria=StoppingCriteriaList([_AnswerComplete(self.tokenizer, width)]),
+                                  pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
+        return self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)

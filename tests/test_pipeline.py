@@ -1,0 +1,123 @@
+"""The Retrieve-Update-Generate pipeline on a tiny random model: modes, update methods, batching, errors."""
+import string
+
+import pytest
+import torch
+from tiny import random_doc_params, tiny_llama, tiny_tokenizer
+
+from prag_core.corpus import Document, text_sha256
+from prag_core.pipeline import MODES, Pipeline, PipelineError, _AnswerComplete, cut_answer, prompt_ids
+from prag_core.prompts import ANSWER_PREFIX
+from prag_core.retrieval import BM25Index
+
+TEXTS = {
+    "bridge": "The Orlan Bridge crosses the river Tesk. The engineer Corin Vale designed it in 1903.",
+    "toad": "The glowtoad lives in the marshes around Lake Ombrin and glows orange at night.",
+    "mill": "Marta Quenby invented the threadmill in her workshop in Lorvick.",
+    "lamp": "The Velmora lighthouse lamp shines green over the fog of Dresk.",
+    "bell": "The bell of Harrow Abbey was cast from melted coins in the year 1420.",
+}
+QUESTIONS = ["Who designed the Orlan Bridge?", "Where does the glowtoad live?",
+             "Who invented the threadmill?", "What color is the lighthouse lamp?", "When was the bell cast?"]
+
+
+def ascii_only(model, tokenizer):
+    """Let the random model write only lowercase letters, spaces, '.', '\\n' and end-of-turn, so decoded
+    answers are plain text (different raw bytes cannot hide behind the same replacement character)."""
+    allowed = set(string.ascii_lowercase + " .\n")
+    model.generation_config.suppress_tokens = [
+        i for i in range(len(tokenizer)) if i != tokenizer.eos_token_id and tokenizer.decode([i]) not in allowed]
+    return model
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    tokenizer = tiny_tokenizer()
+    # float64: batched and unbatched (or fused and merged) runs round differently; in float64 the
+    # differences stay far below the gaps between the random model's logits.
+    model = ascii_only(tiny_llama(seed=1).double(), tokenizer)
+    docs = [Document(i, t, None, text_sha256(t)) for i, t in TEXTS.items()]
+    store = dict(zip(TEXTS, random_doc_params(model, n=len(TEXTS), seed=3, std=0.3)))
+    return Pipeline(model, tokenizer, BM25Index.build(docs), store, TEXTS, top_k=2, max_new_tokens=10)
+
+
+def predictions(answers):
+    return [a.prediction for a in answers]
+
+
+def test_cut_answer_at_first_newline_or_sentence_end():
+    assert cut_answer(" Oswin Tarrow. He built it") == "Oswin Tarrow"
+    assert cut_answer(" 3.5 metres. Or more") == "3.5 metres"
+    assert cut_answer(" in 1847.") == "in 1847"
+    assert cut_answer(" green\nThe lamp") == "green"
+    assert cut_answer(" yes! And") == "yes"
+    assert cut_answer(" no end") == "no end"
+
+
+def test_generation_stops_once_the_cut_is_known():
+    tok = tiny_tokenizer()
+    prompt = tok("prompt", add_special_tokens=False)["input_ids"]
+    stop = _AnswerComplete(tok, len(prompt))
+    rows = [" Vale. It", " 3.", " 3.5", " green\n", " no end"]
+    done = [bool(stop(torch.tensor([prompt + tok(r, add_special_tokens=False)["input_ids"]]), None)) for r in rows]
+    assert done == [True, False, False, True, False]
+
+
+def test_prompt_holds_passages_only_in_rag_modes(pipe):
+    tok = pipe.tokenizer
+    with_passages = tok.decode(prompt_ids(tok, "Who designed it?", [TEXTS["bridge"], TEXTS["toad"]]))
+    alone = tok.decode(prompt_ids(tok, "Who designed it?"))
+    assert with_passages.endswith(ANSWER_PREFIX) and alone.endswith(ANSWER_PREFIX)
+    assert TEXTS["bridge"] in with_passages and TEXTS["toad"] in with_passages
+    assert "Corin" not in alone and "Who designed it?" in alone
+
+
+def test_retrieval_and_documents_used_per_mode(pipe):
+    expected = [[d for d, _ in pipe.index.search(q, k=2)] for q in QUESTIONS]
+    assert [e[0] for e in expected] == list(TEXTS)  # each question finds its own document first
+    for mode in MODES:
+        answers = pipe.answer(QUESTIONS, mode)
+        assert [a.docs for a in answers] == ([[]] * len(QUESTIONS) if mode == "vanilla" else expected)
+        assert all(a.mode == mode and a.latency_s > 0 for a in answers)
+
+
+def test_documents_change_the_answers(pipe):
+    vanilla, rag = predictions(pipe.answer(QUESTIONS, "vanilla")), predictions(pipe.answer(QUESTIONS, "rag"))
+    prag, combine = predictions(pipe.answer(QUESTIONS, "prag")), predictions(pipe.answer(QUESTIONS, "combine"))
+    assert prag != vanilla and combine != rag
+    assert all(p.strip() == p and "\n" not in p for p in vanilla + rag + prag + combine)
+
+
+@pytest.mark.parametrize("mode", ["prag", "combine"])
+def test_fused_and_merge_give_the_same_answers(pipe, mode):
+    weights = [p.detach().clone() for p in pipe.model.parameters()]
+    fused = predictions([pipe.answer([q], mode, "fused")[0] for q in QUESTIONS])
+    merged = predictions(pipe.answer(QUESTIONS, mode, "merge"))  # merge answers one question at a time
+    assert merged == fused
+    assert all(torch.equal(w, p) for w, p in zip(weights, pipe.model.parameters()))  # restored exactly
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_batched_answers_equal_batch_size_one(pipe, mode):
+    batched = pipe.answer(QUESTIONS, mode)
+    if mode != "vanilla":
+        assert len({tuple(a.docs) for a in batched}) == len(QUESTIONS)  # every row has its own documents
+    assert predictions(batched) == predictions([pipe.answer([q], mode)[0] for q in QUESTIONS])
+
+
+def test_document_missing_from_the_store_is_named(pipe):
+    partial = Pipeline(pipe.model, pipe.tokenizer, pipe.index, {k: v for k, v in pipe.store.items() if k != "toad"},
+                       TEXTS, top_k=1)
+    assert partial.answer([QUESTIONS[0]], "rag")[0].docs == ["bridge"]  # passages need no parameters
+    with pytest.raises(PipelineError, match="'toad'.*not in the parameter store"):
+        partial.answer([QUESTIONS[1]], "prag")
+
+
+@pytest.mark.parametrize("question, mode, update, message", [
+    ("  ", "prag", "fused", "question: empty"),
+    ("Who?", "magic", "fused", "mode: unknown 'magic'"),
+    ("Who?", "prag", "lazy", "update: unknown 'lazy'"),
+])
+def test_bad_requests(pipe, question, mode, update, message):
+    with pytest.raises(PipelineError, match=message):
+        pipe.answer([question], mode, update)
