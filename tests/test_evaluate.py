@@ -1,0 +1,64 @@
+"""The evaluation loop: batching, scores per question and per mode, the results.json format, the table."""
+import json
+
+import pytest
+
+from prag_core.corpus import Question
+from prag_core.evaluate import evaluate, table, write_results
+from prag_core.pipeline import Answer
+
+QUESTIONS = [Question("q1", "Who built it?", ["Oswin Tarrow", "Tarrow"]),
+             Question("q2", "When?", ["1847"]),
+             Question("q3", "What color?", ["green"])]
+# mode -> prediction per question, and the scores they must get (hand-computed, SQuAD normalisation)
+PREDICTIONS = {"vanilla": ["Alessandro", "2018", "a deep green light"],
+               "prag": ["tarrow", "1847", "The green"]}
+EXPECTED = {"vanilla": {"em": 0.0, "f1": (0 + 0 + 2 * (1 / 3) * 1 / (1 / 3 + 1)) / 3, "acc": 1 / 3},
+            "prag": {"em": 1.0, "f1": 1.0, "acc": 1.0}}
+
+
+class Scripted:
+    """A pipeline double that answers from PREDICTIONS and records the batches it was given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def answer(self, questions, mode, update):
+        self.calls.append((mode, update, len(questions)))
+        row = {q.question: i for i, q in enumerate(QUESTIONS)}
+        return [Answer(q, mode, PREDICTIONS[mode][row[q]], ["d" + str(row[q])], 0.5 * (row[q] + 1))
+                for q in questions]
+
+
+def test_scores_per_question_and_per_mode():
+    pipe = Scripted()
+    results = evaluate(pipe, QUESTIONS, modes=["vanilla", "prag"], update="merge", batch_size=2, progress=False)
+    assert pipe.calls == [("vanilla", "merge", 2), ("vanilla", "merge", 1), ("prag", "merge", 2), ("prag", "merge", 1)]
+    assert set(results) == {"modes", "questions"}
+    for mode, expected in EXPECTED.items():
+        summary = results["modes"][mode]
+        assert set(summary) == {"em", "f1", "acc", "latency_s", "n"}
+        assert summary["n"] == 3 and summary["latency_s"] == pytest.approx(1.0)
+        for key, value in expected.items():
+            assert summary[key] == pytest.approx(value), (mode, key)
+    rows = results["questions"]
+    assert [(r["id"], r["mode"]) for r in rows] == [(q.id, m) for m in ("vanilla", "prag") for q in QUESTIONS]
+    assert all(set(r) == {"id", "mode", "prediction", "em", "f1", "acc", "docs", "latency_s"} for r in rows)
+    assert rows[3] == {"id": "q1", "mode": "prag", "prediction": "tarrow", "em": 1.0, "f1": 1.0, "acc": 1.0,
+                       "docs": ["d0"], "latency_s": 0.5}
+
+
+def test_results_file_round_trips_and_the_table_lists_every_mode(tmp_path):
+    results = evaluate(Scripted(), QUESTIONS, modes=["prag", "vanilla"], progress=False)
+    write_results(tmp_path / "out" / "results.json", results)
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["results.json"]  # no temp file left
+    lines = table(results["modes"]).splitlines()
+    assert lines[0].split() == ["mode", "EM", "F1", "acc", "latency/q", "n"]
+    assert lines[1].split() == ["prag", "1.000", "1.000", "1.000", "1.000s", "3"]
+    assert lines[2].split()[0] == "vanilla" and lines[2].split()[2] == f"{EXPECTED['vanilla']['f1']:.3f}"
+
+
+def test_batch_size_must_be_positive():
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        evaluate(Scripted(), QUESTIONS, batch_size=0, progress=False)
