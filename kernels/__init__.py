@@ -1,9 +1,29 @@
-"""prag_kernels: the fused multi-document LoRA linear and its reference.
+"""prag_kernels: the fused multi-document LoRA linear, its reference, the merge baseline.
 
     fused_lora_linear(x, weight, bias, lora_a, lora_b, scale, row_docs=None)
-        = x Wᵀ + bias + scale · Σ_j (x B_j) A_jᵀ
-"""
-from .reference import reference_fused_lora_linear
-from .fused_lora import fused_lora_linear
+        = x Wᵀ + bias + scale · Σ_j (x B_j) A_jᵀ        (DESIGN §4.1; see its docstring)
 
-__all__ = ["fused_lora_linear", "reference_fused_lora_linear"]
+One Triton launch on CUDA (fused_lora_triton.py), three GEMMs in plain torch elsewhere
+(torch_path.py), differentiable through autograd.py; reference.py is the specification.
+
+Fast entry for callers that cache the stacked documents (the injection layer):
+
+    fused_lora_linear_cat(x, weight, bias, a_cat, b_cat, scale, row_mask=None)
+        a_cat (out, R) = [A_1 … A_k], b_cat (in, R) = [B_1 … B_k], row_mask (M or B, R) or None
+        = x Wᵀ + bias + scale · ((x b_cat) ⊙ row_mask) a_catᵀ
+
+It skips the per-call (D, n, r) -> (n, D·r) copies and the row_docs range check (a host
+sync on CUDA). Merge baseline: merge_lora_(weight, lora_a, lora_b, scale) -> backup, then
+restore_(weight, backup) puts the original weight back bit-exactly.
+
+The raw paths (x 2-D, arguments already valid, optional out= to write into), for tests
+and benchmarks: fused_lora_linear_torch, and fused_lora_linear_triton (None without Triton).
+"""
+from .fused_lora import fused_lora_linear, fused_lora_linear_cat
+from .fused_lora import lora_linear_triton as fused_lora_linear_triton
+from .merge import merge_lora_, restore_
+from .reference import reference_fused_lora_linear
+from .torch_path import lora_linear_torch as fused_lora_linear_torch
+
+__all__ = ["fused_lora_linear", "fused_lora_linear_cat", "reference_fused_lora_linear", "merge_lora_", "restore_",
+           "fused_lora_linear_triton", "fused_lora_linear_torch"]

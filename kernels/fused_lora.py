@@ -1,19 +1,75 @@
-"""Placeholder dispatcher: the torch path until the Triton kernel lands (issue 3)."""
+"""The public op: check the arguments, pick a path (Triton on CUDA, torch elsewhere), add autograd when needed."""
 import torch
 import torch.nn.functional as F
 
+from .autograd import FusedLoRALinear
+from .checks import check_operands, check_row_docs, check_row_mask
+from .torch_path import lora_linear_torch
 
-def fused_lora_linear(x, weight, bias, lora_a, lora_b, scale, row_docs=None):
-    y = F.linear(x, weight, bias)
-    if lora_a.shape[0] == 0:
-        return y
-    d, out, r = lora_a.shape
-    if row_docs is None:
-        b_cat = lora_b.permute(1, 0, 2).reshape(-1, d * r)
-        a_cat = lora_a.permute(1, 0, 2).reshape(out, d * r)
-        return y + scale * (x @ b_cat) @ a_cat.T
-    shrink = torch.einsum("mi,dir->mdr", x, lora_b)
-    mask = torch.zeros(x.shape[0], d + 1, dtype=x.dtype, device=x.device)
-    mask.scatter_add_(1, (row_docs.long() % (d + 1)).clamp(max=d), torch.ones_like(row_docs, dtype=x.dtype))
-    shrink = shrink * mask[:, :d, None]
-    return y + scale * shrink.reshape(x.shape[0], d * r) @ lora_a.permute(1, 0, 2).reshape(out, d * r).T
+try:
+    from .fused_lora_triton import MAX_RANK, lora_linear_triton
+except ImportError:  # no Triton on this machine: the torch path everywhere
+    MAX_RANK, lora_linear_triton = 0, None
+
+
+def fused_lora_linear(x, weight, bias, lora_a, lora_b, scale, row_docs=None, *, backend=None):
+    """y = x Wᵀ + bias + scale · Σ_{d ∈ S(m)} (x[m] B_d) A_dᵀ, weights untouched.
+
+    x         (..., in)   floating; leading dims are flattened to M rows and restored on y
+    weight    (out, in)   bias (out,) or None; x's dtype and device (so are lora_a, lora_b)
+    lora_a    (D, out, r) the D documents' A;  lora_b (D, in, r) their B
+    scale     float       α
+    row_docs  None: every row uses all D documents (S(m) = all);
+              int (M, J): row m uses the documents row_docs[m, :], -1 = empty slot, a document
+              listed twice counts twice; for x (B, T, in) also (B, J): one set per batch element
+    backend   None (Triton for CUDA tensors when importable, else torch), "torch" or "triton"
+    returns   (..., out) in x's dtype, fp32 accumulation.
+
+    Zero documents is exactly F.linear(x, weight, bias). Differentiable w.r.t. x, lora_a,
+    lora_b (and weight, bias if they require grad)."""
+    check_operands(x, weight, bias, lora_a, lora_b)
+    if row_docs is not None:
+        check_row_docs(x, row_docs, lora_a.shape[0])
+    return _run(x, weight, bias, lora_a, lora_b, scale, row_docs, None, backend)
+
+
+def fused_lora_linear_cat(x, weight, bias, a_cat, b_cat, scale, row_mask=None, *, backend=None):
+    """The same op on documents already stacked along rank: the fast entry for a caller that caches them.
+
+    a_cat (out, R) = [A_1 … A_k], b_cat (in, R) = [B_1 … B_k] (any strides), row_mask None (every
+    row uses every column) or (M, R) / (B, R) in x's dtype: how many times row (or batch element)
+    uses rank column j, e.g. 1 for its documents' columns and 0 elsewhere. No host sync, no copy
+    of the adapters: on the CPU it is three GEMMs and a multiply."""
+    if a_cat.dim() != 2 or a_cat.shape[0] != weight.shape[0]:
+        raise ValueError(f"a_cat: expected (out={weight.shape[0]}, R), got shape {tuple(a_cat.shape)}")
+    if b_cat.dim() != 2 or b_cat.shape[1] != a_cat.shape[1]:
+        raise ValueError(f"b_cat: expected (in, R={a_cat.shape[1]}), got shape {tuple(b_cat.shape)}")
+    lora_a, lora_b = a_cat.unsqueeze(0), b_cat.unsqueeze(0)  # one "document" of rank R: views, no copy
+    check_operands(x, weight, bias, lora_a, lora_b, names=("a_cat", "b_cat"))
+    if row_mask is not None:
+        check_row_mask(x, row_mask, a_cat.shape[1])
+    return _run(x, weight, bias, lora_a, lora_b, scale, None, row_mask, backend)
+
+
+def _run(x, weight, bias, lora_a, lora_b, scale, row_docs, row_mask, backend):
+    impl = _pick(x, lora_a, backend)
+    if lora_a.shape[0] * lora_a.shape[2] == 0:
+        return F.linear(x, weight, bias)  # exactly nn.Linear
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or lora_a.requires_grad
+                                    or lora_b.requires_grad or (bias is not None and bias.requires_grad)):
+        y = FusedLoRALinear.apply(x2, weight, bias, lora_a, lora_b, scale, row_docs, row_mask, impl)
+    else:
+        y = impl(x2, weight, bias, lora_a, lora_b, scale, row_docs, row_mask)
+    return y if x.dim() == 2 else y.view(*x.shape[:-1], y.shape[-1])
+
+
+def _pick(x, lora_a, backend):
+    if backend is None:
+        use_triton = x.is_cuda and lora_linear_triton is not None and lora_a.shape[0] * lora_a.shape[2] <= MAX_RANK
+        return lora_linear_triton if use_triton else lora_linear_torch
+    if backend == "torch":
+        return lora_linear_torch
+    if backend == "triton" and lora_linear_triton is not None:
+        return lora_linear_triton
+    raise ValueError(f"backend: expected None, 'torch' or 'triton' (installed), got {backend!r}")

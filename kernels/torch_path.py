@@ -1,0 +1,54 @@
+"""The fused LoRA linear in plain torch: the CPU path (and any device without Triton).
+
+Stacking the D documents along rank turns the sum into one low-rank product:
+
+    A_cat = [A_1 … A_D] (out, R),  B_cat = [B_1 … B_D] (in, R),  R = D·r
+    y = x Wᵀ + bias + scale · (s ⊙ w) A_catᵀ,   s = x B_cat (M, R)
+
+where w (M, R) says how many times row m uses rank column j: all ones without
+row_docs, else w[m, j] = #{slots k : row_docs[m, k] = j // r} (a document listed
+twice counts twice; -1 matches nothing). Three GEMMs and no Python loop over
+rows or documents: the base addmm, the shrink x·B_cat and an addmm_ for the expand.
+"""
+import torch
+
+
+def cat_rank(t):
+    """(D, n, r) -> (n, D·r): the documents side by side along rank (a view when D == 1)."""
+    return t.transpose(0, 1).reshape(t.shape[1], -1)
+
+
+def split_rank(t, n_docs):
+    """(n, D·r) -> (D, n, r): the inverse of cat_rank, as a view."""
+    return t.view(t.shape[0], n_docs, -1).transpose(0, 1)
+
+
+def column_mask(row_docs, n_docs, rank, dtype):
+    """(G, J) document ids -> (G, D·rank) counts: w[g, j] = #{k : row_docs[g, k] = j // rank}."""
+    col_doc = torch.arange(n_docs * rank, device=row_docs.device) // rank
+    return (row_docs.unsqueeze(-1) == col_doc).sum(1, dtype=dtype)
+
+
+def row_weights(row_docs, row_mask, lora_a, dtype):
+    """The (G, R) column weights of either row selection, or None when every row uses everything."""
+    if row_docs is not None:
+        return column_mask(row_docs, lora_a.shape[0], lora_a.shape[2], dtype)
+    return row_mask
+
+
+def apply_rows(t, weights):
+    """t (M, R) ⊙ weights (G, R), each weight row serving M/G consecutive rows of t; in place."""
+    if weights is not None:
+        t.view(weights.shape[0], -1, t.shape[1]).mul_(weights.unsqueeze(1))
+    return t
+
+
+def lora_linear_torch(x, weight, bias, lora_a, lora_b, scale, row_docs=None, row_mask=None, out=None):
+    """y (M, out) for x (M, in); arguments as prag_kernels.fused_lora_linear, already checked.
+
+    row_docs (G, J) ids or row_mask (G, R) column weights (at most one), G dividing M; out: an
+    optional (M, out) tensor to write y into."""
+    wt = weight.T
+    y = torch.mm(x, wt, out=out) if bias is None else torch.addmm(bias, x, wt, out=out)
+    shrink = apply_rows(x @ cat_rank(lora_b), row_weights(row_docs, row_mask, lora_a, x.dtype))
+    return y.addmm_(shrink, cat_rank(lora_a).T, alpha=scale)
