@@ -58,3 +58,20 @@ def table(summary):
 def write_results(path, results):
     """results.json, written atomically."""
     write_text_atomic(path, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+
+
+def run(workdir, questions_path, modes=MODES, update="fused", batch_size=1, out=None, device=None):
+    """`prag eval`: check the inputs, answer every question in every mode, print the table, write results."""
+    from .corpus import read_questions
+    from .pipeline import Pipeline, check_request
+
+    for mode in modes:
+        check_request(mode=mode, update=update)
+    questions = read_questions(questions_path)  # before the model loads: a bad line fails fast
+    pipeline = Pipeline.open(workdir, device=device)
+    results = evaluate(pipeline, questions, modes, update, batch_size)
+    print(table(results["modes"]))
+    if out is not None:
+        write_results(out, results)
+        print(f"wrote {out}")
+    return results

@@ -19,10 +19,13 @@ continuation cut at the first newline or sentence end, where a sentence ends at
 we accept for one simple rule). Generation of a row stops once its cut point is
 known, so short answers cost a few tokens.
 """
+import json
 import re
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -60,6 +63,16 @@ def prompt_ids(tokenizer, question, passages=None):
                      add_special_tokens=False)["input_ids"]
 
 
+def check_request(question=None, mode=None, update=None):
+    """PipelineError for an empty question or an unknown mode or update method (those given)."""
+    if question is not None and (not isinstance(question, str) or not question.strip()):
+        raise PipelineError(f"question: empty ({question!r})")
+    if mode is not None and mode not in MODES:
+        raise PipelineError(f"mode: unknown {mode!r}; choose from {', '.join(MODES)}")
+    if update is not None and update not in UPDATES:
+        raise PipelineError(f"update: unknown {update!r}; choose from {', '.join(UPDATES)}")
+
+
 class _AnswerComplete(StoppingCriteria):
     """Per row: done once the continuation holds an answer end with at least one character after it
     (a '.' at the very end may still become "3.5")."""
@@ -90,6 +103,13 @@ class Pipeline:
         self.top_k = top_k
         self.max_new_tokens = max_new_tokens
 
+    @classmethod
+    def open(cls, workdir, device=None, top_k=3, max_new_tokens=32):
+        """The pipeline of a work directory written by `prag build`: its model (from W/config.json),
+        BM25 index, corpus passages and parameter store, checked against each other."""
+        model, tokenizer, index, store, texts = _open_workdir(Path(workdir), device)
+        return cls(model, tokenizer, index, store, texts, top_k, max_new_tokens)
+
     def retrieve(self, question):
         """The ids of the top_k documents for `question`, best first."""
         return [doc_id for doc_id, _ in self.index.search(question, k=self.top_k)]
@@ -97,13 +117,9 @@ class Pipeline:
     def answer(self, questions, mode="prag", update="fused"):
         """One Answer per question. fused answers the whole list in one generate call (the caller picks
         the batch size); merge answers it one question at a time."""
-        if mode not in MODES:
-            raise PipelineError(f"mode: unknown {mode!r}; choose from {', '.join(MODES)}")
-        if update not in UPDATES:
-            raise PipelineError(f"update: unknown {update!r}; choose from {', '.join(UPDATES)}")
+        check_request(mode=mode, update=update)
         for q in questions:
-            if not isinstance(q, str) or not q.strip():
-                raise PipelineError(f"question: empty ({q!r})")
+            check_request(question=q)
         if update == "merge" and mode in ("prag", "combine") and len(questions) > 1:
             return [a for q in questions for a in self.answer([q], mode, update)]
         start = time.perf_counter()
@@ -153,3 +169,40 @@ class Pipeline:
                                   stopping_criteria=StoppingCriteriaList([_AnswerComplete(self.tokenizer, width)]),
                                   pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
         return self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+
+
+class _StoredDocuments(Mapping):
+    """A work directory's parameter store as a mapping id -> DocParams, read on first use (and kept in
+    doc_params' LRU cache), each file checked against the serving model's fingerprint."""
+
+    def __init__(self, files, fingerprint, device):
+        self.files, self.fingerprint, self.device = files, fingerprint, device
+
+    def __getitem__(self, doc_id):
+        return load_cached(self.files[doc_id], device=self.device, fingerprint=self.fingerprint)
+
+    def __iter__(self):
+        return iter(self.files)
+
+    def __len__(self):
+        return len(self.files)
+
+
+def _open_workdir(workdir, device):
+    """(model, tokenizer, index, store, passages) of a built work directory, or a one-line PipelineError."""
+    config_file = workdir / "config.json"
+    if not workdir.is_dir():
+        raise PipelineError(f"{workdir}: no such work directory; create it with "
+                            f"`prag build --corpus corpus.jsonl --workdir {workdir}`")
+    if not config_file.is_file():
+        raise PipelineError(f"{workdir}: not a prag work directory (no config.json); run `prag build` into it")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PipelineError(f"{config_file}: unreadable ({err})") from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_model(config.get("model"), device=device)
+    index = BM25Index.load(workdir / "index.safetensors")
+    passages = {doc.id: doc.text for doc in read_corpus(workdir / "corpus.jsonl")}
+    store = _StoredDocuments(..., model_fingerprint(model), device)
+    return model, tokenizer, index, store, passages
