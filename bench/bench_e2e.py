@@ -1,0 +1,93 @@
+"""Suite 3, end to end on the demo corpus, through prag_core.pipeline.Pipeline.answer.
+
+    Full runs use the demo's work directory ($PRAG_BENCH_WORKDIR, default $PRAG_CACHE/demo, what
+    `prag demo` builds), building it first if needed (not timed).
+
+    mode        one question at a time (retrieve top-k, update, generate until the answer's
+                first sentence end, restore), cycling over the demo questions: vanilla, rag,
+                prag and combine (fused), and prag with merge; prompt and answer lengths recorded
+    throughput  the same QUESTIONS answered `batch` at a time (1, 4, 16), each row with its own
+                retrieved documents in one generate call (fused); merge answers one at a time
+"""
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+from common import SMOKE, documents, rounds, tiny_llama, tiny_tokenizer
+from prag_core.corpus import DEMO_CORPUS, DEMO_QUESTIONS, read_corpus, read_questions
+from prag_core.model import cache_dir
+from prag_core.pipeline import MODES, Pipeline, prompt_ids
+from prag_core.retrieval import BM25Index
+
+MODE_CASES = [(m, "fused") for m in MODES] + [("prag", "merge")]
+PER_MODE = 1 if SMOKE else 8  # questions timed per mode (one round each), after one warm-up question
+QUESTIONS = 4 if SMOKE else 16
+BATCHES = (1, 4) if SMOKE else (1, 4, 16)
+THROUGHPUT_CASES = [("fused", b) for b in BATCHES] + [("merge", 1)]
+
+
+@lru_cache(maxsize=1)
+def setting():
+    """(model name, pipeline, question texts) over the demo corpus, built once."""
+    corpus = read_corpus(DEMO_CORPUS)
+    questions = [q.question for q in read_questions(DEMO_QUESTIONS)]
+    if SMOKE:  # random pairs on a tiny model: exercises the code, measures nothing
+        model = tiny_llama()
+        store = dict(zip((d.id for d in corpus), documents(model, len(corpus))))
+        pipeline = Pipeline(model, tiny_tokenizer(), BM25Index.build(corpus), store, {d.id: d.text for d in corpus},
+                            max_new_tokens=8)
+        return "tiny random Llama", pipeline, questions
+    # the demo's work directory (`prag demo` builds it); built here first if missing, outside the timings
+    from prag_core.build import build
+
+    workdir = Path(os.environ.get("PRAG_BENCH_WORKDIR") or cache_dir() / "demo")
+    build(DEMO_CORPUS, workdir)
+    pipeline = Pipeline.open(workdir)
+    for doc in corpus:  # read every document's pairs now, so no timing pays a first load from disk
+        pipeline.store[doc.id]
+    return "SmolLM2-135M", pipeline, questions
+
+
+def describe(benchmark, kind, **fields):
+    name, pipeline, _ = setting()
+    benchmark.group = f"e2e {kind}"
+    benchmark.extra_info.update(suite="e2e", kind=kind, model=name, top_k=pipeline.top_k, **fields)
+
+
+@pytest.mark.parametrize("mode,update", MODE_CASES, ids=[f"{m}-{u}" for m, u in MODE_CASES])
+def test_mode(benchmark, mode, update):
+    _, pipeline, questions = setting()
+    tokenizer = pipeline.tokenizer
+    asked = iter(questions[::3][:PER_MODE + 1])  # about different documents; the first one warms up
+    prompts, answers = [], []
+
+    def next_question():
+        q = next(asked)
+        passages = [pipeline.documents_text[d] for d in pipeline.retrieve(q)] if mode in ("rag", "combine") else None
+        prompts.append(len(prompt_ids(tokenizer, q, passages)))
+        return ([q], mode, update), {}
+
+    def answer(batch, mode, update):
+        answers.append(pipeline.answer(batch, mode, update)[0].prediction)
+
+    describe(benchmark, "mode", mode=mode, update=update)
+    benchmark.pedantic(answer, setup=next_question, rounds=PER_MODE, warmup_rounds=1)
+    prompts, answers = prompts[1:], answers[1:]  # without the warm-up question
+    benchmark.extra_info.update(prompt_tokens=sum(prompts) / len(prompts),
+                                answer_tokens=sum(len(tokenizer(a, add_special_tokens=False)["input_ids"])
+                                                  for a in answers) / len(answers))
+
+
+@pytest.mark.parametrize("update,batch", THROUGHPUT_CASES, ids=[f"{u}-batch{b}" for u, b in THROUGHPUT_CASES])
+def test_throughput(benchmark, update, batch):
+    _, pipeline, questions = setting()
+    chosen = questions[:QUESTIONS]
+
+    def answer_all():
+        for start in range(0, len(chosen), batch):
+            pipeline.answer(chosen[start:start + batch], "prag", update)
+
+    describe(benchmark, "throughput", update=update, batch=batch, questions=len(chosen))
+    benchmark.pedantic(answer_all, rounds=rounds(2), warmup_rounds=0)

@@ -1,0 +1,67 @@
+"""bench/: the four suites run end to end in smoke mode, and the report states targets from the numbers."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+from report import write_report  # noqa: E402
+
+SUITES = ("kernel", "update", "e2e", "offline")
+
+
+@pytest.mark.slow
+def test_run_all_smoke(tmp_path):
+    """run_all.py --smoke: every suite runs, the report has a table per suite, the targets, and both plots."""
+    done = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--smoke", "--threads", "1",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    md = list(tmp_path.glob("*-smoke.md"))
+    assert len(md) == 1, list(tmp_path.iterdir())
+    text = md[0].read_text()
+    assert "Not run" not in text
+    for title in ("## 1. Kernel", "## 2. Update cost", "## 3. End to end", "## 4. Offline cost"):
+        section = text.split(title, 1)[1].split("\n## ", 1)[0]
+        assert "|---|" in section or "per document" in section, title
+    assert "whole question: fused ≤ 1.1× vanilla" in text and "prag whole-question time < rag's" in text
+    suites = {b["extra_info"]["suite"] for b in json.loads(md[0].with_suffix(".json").read_text())["benchmarks"]}
+    assert suites == set(SUITES)
+    for png in (md[0].with_name(md[0].stem + "-model-size.png"), md[0].with_name(md[0].stem + "-documents.png")):
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, png
+
+
+def _bench(extra, median, rounds=3):
+    stats = {"median": median, "q1": median * 0.9, "q3": median * 1.1, "rounds": rounds}
+    return {"extra_info": extra, "stats": stats}
+
+
+def test_report_states_targets_from_medians(tmp_path):
+    """Known medians in, the right ratios and met / not met verdicts out."""
+    model = dict(suite="update", model="M", layers_used=2, layers_full=4, ffn_params_per_layer=10**6, new_tokens=20)
+    benchmarks = [
+        _bench({**model, "kind": "question", "method": "vanilla", "docs": 0}, 1.00),
+        _bench({**model, "kind": "question", "method": "fused", "docs": 3}, 1.05),  # 1.05× vanilla: met
+        _bench({**model, "kind": "question", "method": "merge", "docs": 3}, 1.50),
+        _bench({**model, "kind": "update", "method": "fused", "docs": 3}, 0.001),
+        _bench({**model, "kind": "update", "method": "merge", "docs": 3}, 0.040),
+        _bench(dict(suite="offline", kind="train", model="M", group=1, docs=8, rank=2, default_epochs=10,
+                    sequences_per_doc=5, mean_tokens=100), 8.0),  # 1 s per document
+        _bench(dict(suite="offline", kind="train", model="M", group=4, docs=8, rank=2, default_epochs=10,
+                    sequences_per_doc=5, mean_tokens=100), 6.0),  # 0.75 s per document: 1.33×, not met
+        _bench(dict(suite="offline", kind="reference", model="M", pad_to=3000, steps=2, sequences_per_doc=5),
+               4.0),  # 2 s per step -> 10 s per document: 13.3× the batched 0.75 s, met
+    ]
+    raw = tmp_path / "raw.json"
+    raw.write_text(json.dumps({"machine_info": {"cpu_model": "Test CPU", "cpu_count": 2}, "benchmarks": benchmarks}))
+    text = write_report(raw, tmp_path / "out").read_text()
+    assert "| M, whole question: fused ≤ 1.1× vanilla | met (1.05 s vs 1 s: 1.05×) |" in text
+    assert "| M, whole question: fused < merge | met (1.05 s vs 1.5 s: 0.70×) |" in text
+    assert "≥ 1.5× the documents/s of sequential | **not met** (1.33×) |" in text
+    assert "faster than the padded reference recipe (same sequences, one epoch each) | met (750 ms vs 10 s: 13.3×) |" \
+        in text
+    assert "| 40 ms [36 ms–44 ms] | 1 ms [900 µs–1.1 ms] | 40.00× | 20 ms | 80 ms |" in text  # full depth = 20 ms × 4
+    assert (tmp_path / "out" / "test-cpu-2cpu-model-size.png").is_file()
