@@ -13,6 +13,61 @@ class UserError(Exception):
     """An error caused by input; printed as one line, exit status 2."""
 
 
+def _add_build(sub):
+    from .train import DTYPES, TrainConfig
+
+    p = sub.add_parser("build", help="index + augment + encode a corpus into a work directory (resumable)")
+    p.add_argument("--corpus", required=True, help="corpus.jsonl: {id, text, title?} per line")
+    p.add_argument("--workdir", required=True, help="work directory to create or resume")
+    p.add_argument("--model", default=None, help="model name or path (default: embedded SmolLM2-135M)")
+    p.add_argument("--rank", type=_positive_int, default=TrainConfig.rank, help="LoRA rank r per document")
+    p.add_argument("--alpha", type=float, default=TrainConfig.alpha, help="α per document")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="AdamW learning rate")
+    p.add_argument("--epochs", type=_positive_int, default=TrainConfig.epochs, help="passes over a document's sequences")
+    p.add_argument("--targets", default=None, help="FFN projections to train, comma-separated (default: all)")
+    p.add_argument("--dtype", default=TrainConfig.dtype, choices=list(DTYPES), help="model and pair dtype")
+    p.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of the shared B init")
+    p.add_argument("--construction", default=TrainConfig.construction, choices=["prag", "cross"],
+                   help="training sequences: prag (PRAG's 5) or cross (every version x every QA pair)")
+    p.add_argument("--batch-docs", type=_positive_int, default=4, help="documents trained together in one batch")
+    p.add_argument("--augmenter", default="model", choices=["model", "fallback"],
+                   help="who writes rewrites and QA pairs: the model, or the deterministic fallback only")
+    p.add_argument("--n-rewrites", type=int, default=1, help="rewrites per document")
+    p.add_argument("--n-qa", type=_positive_int, default=3, help="question/answer pairs per document")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=cmd_build)
+
+
+def cmd_build(args):
+    import warnings
+
+    import torch
+
+    from .build import BuildError, build
+    from .store import StoreError
+    from .train import TrainConfig
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"prag: warning: {message}", file=sys.stderr)
+
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None
+    try:
+        config = TrainConfig(rank=args.rank, alpha=args.alpha, lr=args.lr, epochs=args.epochs, targets=targets,
+                             dtype=args.dtype, seed=args.seed, construction=args.construction)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        try:
+            summary = build(args.corpus, args.workdir, args.model, config, batch_docs=args.batch_docs,
+                            augmenter=args.augmenter, n_rewrites=args.n_rewrites, n_qa=args.n_qa,
+                            device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except (BuildError, StoreError) as err:
+            raise UserError(str(err)) from None
+    print(summary)
+
+
 def _add_ask(sub):
     p = sub.add_parser("ask", help="answer one question from a work directory")
     p.add_argument("--workdir", required=True, help="work directory written by `prag build`")
@@ -77,6 +132,7 @@ def build_parser():
         prog="prag", description="Parametric RAG: documents as LoRA pairs, applied by one fused kernel.")
     parser.add_argument("--version", action="version", version=f"prag {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_build(sub)
     _add_demo(sub)
     _add_ask(sub)
     _add_eval(sub)

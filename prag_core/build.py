@@ -1,0 +1,156 @@
+"""`prag build`: corpus -> BM25 index + augmentations + one trained LoRA pair set per document.
+
+A work directory W holds one knowledge base:
+
+    W/config.json         model, training config, augmentation settings (read by `prag ask/eval`)
+    W/corpus.jsonl        the documents as built (see truncation below)
+    W/index.safetensors   BM25 index over title + text
+    W/augment.jsonl       augmentation cache (augment.AugmentCache)
+    W/store/              parameter store (store.Store): manifest.json + one .safetensors per document
+
+Resumable: every file is written atomically, documents already in the store (same
+text, same model, same training config) are skipped, and augmentations are cached,
+so re-running after a kill, or after editing a few documents, redoes only what is
+missing or changed.
+
+Long documents: a document whose text has more than `max_passage_tokens(...)`
+tokens (two fifths of the model's context after a 256-token reserve: the
+augmentation prompt holds the passage, an example and a 1.5x-long rewrite) is
+truncated to that many tokens, with a warning naming its corpus line; the
+truncated text is what is augmented, trained and put in W/corpus.jsonl.
+"""
+import dataclasses
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .augment import LMGenerator, augment_documents
+from .corpus import read_corpus, text_sha256, write_jsonl_atomic, write_text_atomic
+from .doc_params import model_fingerprint
+from .inject import ffn_module_paths, inject
+from .model import load_model
+from .retrieval import BM25Index
+from .samples import CONSTRUCTIONS, build_samples
+from .store import Store
+from .train import DTYPES, TrainConfig, train_documents
+
+AUGMENTERS = ("model", "fallback")
+
+
+class BuildError(ValueError):
+    """Build settings that cannot work (unknown augmenter or construction, targets the model lacks); one line."""
+# Test hook: end the process abruptly (os._exit, like a kill) after this many documents were written.
+EXIT_AFTER_ENV = "PRAG_BUILD_EXIT_AFTER"
+
+
+def max_passage_tokens(model, tokenizer):
+    """How many tokens of a document fit: (context - 256) * 2/5, the context being the smaller of the
+    model's position limit and the tokenizer's model_max_length."""
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 2048
+    if tokenizer.model_max_length and tokenizer.model_max_length < 1e9:
+        context = min(context, tokenizer.model_max_length)
+    return max(16, (context - 256) * 2 // 5)
+
+
+def _line_of(path, doc_id):
+    """The corpus line holding `doc_id` (for warnings)."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip() and json.loads(line).get("id") == doc_id:
+                return lineno
+    return "?"
+
+
+def fit_documents(docs, tokenizer, limit, corpus_path):
+    """The documents with every text cut to `limit` tokens; a warning names each cut document's line."""
+    fitted = []
+    for doc in docs:
+        ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"]
+        if len(ids) > limit:
+            warnings.warn(f"{corpus_path}:{_line_of(corpus_path, doc.id)}: document {doc.id!r} has {len(ids)} "
+                          f"tokens, more than the {limit} that fit the model's context; truncated to {limit}",
+                          stacklevel=2)
+            text = tokenizer.decode(ids[:limit], skip_special_tokens=True).strip()
+            doc = dataclasses.replace(doc, text=text)
+        fitted.append(doc)
+    return fitted
+
+
+@dataclasses.dataclass
+class BuildSummary:
+    documents: int       # in the corpus
+    encoded: int         # trained in this run (the rest were already in the store)
+    fallbacks: int       # encoded documents whose augmentation used the deterministic fallback
+    seconds: float       # wall time of augmenting + training the encoded documents
+    store_bytes: int
+
+    def __str__(self):
+        per_doc = f"{self.seconds / self.encoded:.1f} s per document" if self.encoded else "nothing to encode"
+        return (f"built {self.documents} documents ({self.encoded} encoded now, {self.documents - self.encoded} "
+                f"already in the store; {self.fallbacks} with fallback augmentation), {per_doc}, "
+                f"store {self.store_bytes / 2**20:.2f} MiB on disk")
+
+
+def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augmenter="model", n_rewrites=1,
+          n_qa=3, device="cpu", progress=True):
+    """Build (or resume) the work directory `workdir` from `corpus` (a corpus.jsonl path) with `model`
+    (a name or path for load_model; None = the embedded SmolLM2). Returns a BuildSummary.
+
+    Raises CorpusError (bad corpus), ModelLoadError, StoreError (a store built for another model) or
+    BuildError (bad settings) before anything in `workdir` is changed."""
+    if augmenter not in AUGMENTERS:
+        raise BuildError(f"augmenter: unknown {augmenter!r}; choose from {', '.join(AUGMENTERS)}")
+    if config.construction not in CONSTRUCTIONS:
+        raise BuildError(f"construction: unknown {config.construction!r}; choose from {', '.join(CONSTRUCTIONS)}")
+    if batch_docs < 1 or n_qa < 1 or n_rewrites < 0:
+        raise BuildError(f"batch_docs ({batch_docs}) and n_qa ({n_qa}) must be ≥ 1, n_rewrites ({n_rewrites}) ≥ 0")
+    corpus, workdir = Path(corpus), Path(workdir)
+    docs = read_corpus(corpus)
+    lm, tokenizer = load_model(model, dtype=DTYPES[config.dtype], device=device)
+    inject(lm)
+    try:
+        ffn_module_paths(lm, config.targets)
+    except ValueError as err:
+        raise BuildError(f"targets: {err}") from None
+    store = Store(workdir / "store", model_fingerprint(lm), config.to_dict())
+    if model and Path(model).exists():  # so `prag ask/eval` find it from any directory
+        model = str(Path(model).resolve())
+    settings = {"model": model, **config.to_dict(), "augmenter": augmenter, "n_rewrites": n_rewrites, "n_qa": n_qa}
+    write_text_atomic(workdir / "config.json", json.dumps(settings, indent=1) + "\n")
+
+    fitted = fit_documents(docs, tokenizer, max_passage_tokens(lm, tokenizer), corpus)
+    write_jsonl_atomic(workdir / "corpus.jsonl",
+                       [{"id": d.id, "text": d.text, **({"title": d.title} if d.title else {})} for d in fitted])
+    BM25Index.build(fitted).save(workdir / "index.safetensors")
+
+    pending = [(doc, fit) for doc, fit in zip(docs, fitted) if not store.done(doc)]
+    store.retain([d.id for d in docs])
+    store.flush()
+    start = time.perf_counter()
+    generator = LMGenerator(lm, tokenizer) if augmenter == "model" else None
+    # the augmentation cache is keyed by the text actually augmented
+    augs = augment_documents([dataclasses.replace(f, sha256=text_sha256(f.text)) for _, f in pending], generator,
+                             workdir / "augment.jsonl", n_rewrites=n_rewrites, n_qa=n_qa)
+    exit_after = int(os.environ.get(EXIT_AFTER_ENV, "0"))
+    written = 0
+    with tqdm(total=len(docs), initial=len(docs) - len(pending), desc="encode", unit="doc",
+              disable=not progress) as bar:
+        for start_g in range(0, len(pending), batch_docs):
+            group = list(zip(pending, augs))[start_g:start_g + batch_docs]
+            samples = [build_samples(fit.text, aug, tokenizer, config.construction) for (_, fit), aug in group]
+            params = train_documents(lm, tokenizer, samples, config, progress=progress)
+            for ((doc, _), _), p in zip(group, params):
+                store.put(doc, p)
+                written += 1
+                if written == exit_after:
+                    os._exit(17)
+            store.flush()
+            bar.set_postfix(loss=f"{sum(p.meta['losses'][-1] for p in params) / len(params):.3f}")
+            bar.update(len(group))
+    return BuildSummary(len(docs), len(pending), sum(a.source == "fallback" for a in augs),
+                        time.perf_counter() - start, store.size_bytes())
+
