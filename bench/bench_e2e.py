@@ -3,19 +3,19 @@
     Full runs use the demo's work directory ($PRAG_BENCH_WORKDIR, default $PRAG_CACHE/demo, what
     `prag demo` builds), building it first if needed (not timed).
 
-    mode        one question at a time (retrieve top-k, update, generate until the answer's
-                first sentence end, restore), cycling over the demo questions: vanilla, rag,
-                prag and combine (fused), and prag with merge; prompt and answer lengths recorded
+    modes       one question at a time (retrieve top-k, update, generate until the answer's
+                first sentence end, restore), each question in every mode: vanilla, rag, prag
+                and combine (fused), and prag with merge; prompt and answer lengths recorded
     throughput  the same QUESTIONS answered `batch` at a time (1, 4, 16), each row with its own
                 retrieved documents in one generate call (fused); merge answers one at a time
+
+Variants run interleaved, round by round (common.interleave), so their ratios hold on a shared machine.
 """
 import os
 from functools import lru_cache
 from pathlib import Path
 
-import pytest
-
-from common import SMOKE, documents, rounds, tiny_llama, tiny_tokenizer
+from common import SMOKE, documents, interleave, rounds, tiny_llama, tiny_tokenizer
 from prag_core.corpus import DEMO_CORPUS, DEMO_QUESTIONS, read_corpus, read_questions
 from prag_core.model import cache_dir
 from prag_core.pipeline import MODES, Pipeline, prompt_ids
@@ -50,44 +50,46 @@ def setting():
     return "SmolLM2-135M", pipeline, questions
 
 
-def describe(benchmark, kind, **fields):
+def describe(benchmark, kind):
     name, pipeline, _ = setting()
     benchmark.group = f"e2e {kind}"
-    benchmark.extra_info.update(suite="e2e", kind=kind, model=name, top_k=pipeline.top_k, **fields)
+    benchmark.extra_info.update(suite="e2e", kind=kind, model=name, top_k=pipeline.top_k)
 
 
-@pytest.mark.parametrize("mode,update", MODE_CASES, ids=[f"{m}-{u}" for m, u in MODE_CASES])
-def test_mode(benchmark, mode, update):
+def test_modes(benchmark):
+    """Round k asks question k in every mode (interleaved); the first round warms up."""
     _, pipeline, questions = setting()
+    asked = questions[::3][:PER_MODE + 1]  # about different documents
     tokenizer = pipeline.tokenizer
-    asked = iter(questions[::3][:PER_MODE + 1])  # about different documents; the first one warms up
-    prompts, answers = [], []
+    said = {f"{mode}-{update}": [] for mode, update in MODE_CASES}
 
-    def next_question():
-        q = next(asked)
-        passages = [pipeline.documents_text[d] for d in pipeline.retrieve(q)] if mode in ("rag", "combine") else None
-        prompts.append(len(prompt_ids(tokenizer, q, passages)))
-        return ([q], mode, update), {}
+    def variant(mode, update):
+        passages = mode in ("rag", "combine")
+        prompts = [len(prompt_ids(tokenizer, q, [pipeline.documents_text[d] for d in pipeline.retrieve(q)]
+                                  if passages else None)) for q in asked[1:]]
 
-    def answer(batch, mode, update):
-        answers.append(pipeline.answer(batch, mode, update)[0].prediction)
+        def ask(k):
+            said[f"{mode}-{update}"].append(pipeline.answer([asked[k]], mode, update)[0].prediction)
+        return {"mode": mode, "update": update, "prompt_tokens": sum(prompts) / len(prompts)}, ask
 
-    describe(benchmark, "mode", mode=mode, update=update)
-    benchmark.pedantic(answer, setup=next_question, rounds=PER_MODE, warmup_rounds=1)
-    prompts, answers = prompts[1:], answers[1:]  # without the warm-up question
-    benchmark.extra_info.update(prompt_tokens=sum(prompts) / len(prompts),
-                                answer_tokens=sum(len(tokenizer(a, add_special_tokens=False)["input_ids"])
-                                                  for a in answers) / len(answers))
+    describe(benchmark, "mode")
+    interleave(benchmark, {f"{m}-{u}": variant(m, u) for m, u in MODE_CASES}, rounds=PER_MODE, warmup_rounds=1)
+    for name, predictions in said.items():
+        answers = predictions[1:]  # without the warm-up round
+        benchmark.extra_info["variants"][name]["answer_tokens"] = sum(
+            len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers) / len(answers)
 
 
-@pytest.mark.parametrize("update,batch", THROUGHPUT_CASES, ids=[f"{u}-batch{b}" for u, b in THROUGHPUT_CASES])
-def test_throughput(benchmark, update, batch):
+def test_throughput(benchmark):
+    """The same QUESTIONS in batches of 1, 4, 16 (fused, per-row documents) and one at a time by merge."""
     _, pipeline, questions = setting()
     chosen = questions[:QUESTIONS]
 
-    def answer_all():
-        for start in range(0, len(chosen), batch):
-            pipeline.answer(chosen[start:start + batch], "prag", update)
+    def variant(update, batch):
+        def answer_all(_):
+            for start in range(0, len(chosen), batch):
+                pipeline.answer(chosen[start:start + batch], "prag", update)
+        return {"update": update, "batch": batch, "questions": len(chosen)}, answer_all
 
-    describe(benchmark, "throughput", update=update, batch=batch, questions=len(chosen))
-    benchmark.pedantic(answer_all, rounds=rounds(2), warmup_rounds=0)
+    describe(benchmark, "throughput")
+    interleave(benchmark, {f"{u}-batch{b}": variant(u, b) for u, b in THROUGHPUT_CASES}, rounds=rounds(2))

@@ -7,37 +7,29 @@ with Llama-3.2-1B and Llama-3-8B FFN shapes (few layers, see common.LAYERS_USED)
     question  the whole question: update + generate exactly NEW_TOKENS tokens greedily + restore;
               vanilla = the same generation with no documents
 
-Documents are random rank-2 pairs (their values do not change the work; the generation length is fixed).
+The variants of each benchmark run interleaved, round by round (common.interleave), so their
+ratios hold on a machine shared with other work. Documents are random rank-2 pairs: their values
+do not change the work, and the generation length is fixed.
 """
 from functools import lru_cache
 
 import pytest
 import torch
 
-from common import LAYERS_USED, SHAPES, SMOKE, build_model, documents, ffn_params_per_layer, rounds
+from common import LAYERS_USED, SHAPES, SMOKE, build_model, documents, ffn_params_per_layer, interleave, rounds
 from prag_core.inject import merged_documents, use_documents
 
 NEW_TOKENS = 4 if SMOKE else 20
 MODELS = list(SHAPES)
 DOC_COUNTS = (1, 3) if SMOKE else (1, 3, 8)
 MAIN_DOCS = 3
+METHODS = {"update": ("merge", "fused"), "question": ("vanilla", "fused", "merge")}
+# model by model (one alive at a time); the document-count sweep on the first model only
+CASES = [(name, kind, docs) for name in MODELS for kind in METHODS
+         for docs in (DOC_COUNTS if name == MODELS[0] else (MAIN_DOCS,))]
 
 
-def _cases():
-    """(model, kind, method, docs), model by model; the document-count sweep on the first model only."""
-    cases = []
-    for name in MODELS:
-        counts = DOC_COUNTS if name == MODELS[0] else (MAIN_DOCS,)
-        updates = [(m, d) for m in ("fused", "merge") for d in counts]
-        cases += [(name, "update", m, d) for m, d in updates]
-        cases += [(name, "question", m, d) for m, d in [("vanilla", 0)] + updates]
-    return cases
-
-
-CASES = _cases()
-
-
-@lru_cache(maxsize=1)  # one model alive at a time; CASES go model by model
+@lru_cache(maxsize=1)
 def loaded(name):
     """(injected model, prompt ids, {count: documents})."""
     model, prompt = build_model(name)
@@ -51,25 +43,27 @@ def applied(model, method, docs):
     return use_documents(model, docs if method == "fused" else [])
 
 
-@pytest.mark.parametrize("name,kind,method,docs", CASES, ids=[f"{n}-{k}-{m}-{d}docs" for n, k, m, d in CASES])
-def test_update(benchmark, name, kind, method, docs):
+@pytest.mark.parametrize("name,kind,docs", CASES, ids=[f"{n}-{k}-{d}docs" for n, k, d in CASES])
+def test_update(benchmark, name, kind, docs):
     model, prompt, all_docs = loaded(name)
-    chosen = all_docs.get(docs, [])
     mask = torch.ones_like(prompt)
+
+    def variant(method):
+        def apply_and_restore(_):
+            with applied(model, method, all_docs[docs]):
+                pass
+
+        def answer(_):
+            with applied(model, method, all_docs[docs]):
+                model.generate(input_ids=prompt, attention_mask=mask, do_sample=False, pad_token_id=0,
+                               min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS)
+        return {"method": method}, apply_and_restore if kind == "update" else answer
+
     benchmark.group = f"{kind} {name}"
-    benchmark.extra_info.update(suite="update", kind=kind, model=name, method=method, docs=docs,
+    benchmark.extra_info.update(suite="update", kind=kind, model=name, docs=docs,
                                 layers_used=LAYERS_USED.get(name, SHAPES[name][2]), layers_full=SHAPES[name][2],
                                 ffn_params_per_layer=ffn_params_per_layer(name), new_tokens=NEW_TOKENS)
-
-    def apply_and_restore():
-        with applied(model, method, chosen):
-            pass
-
-    def answer():
-        with applied(model, method, chosen):
-            return model.generate(input_ids=prompt, attention_mask=mask, do_sample=False, pad_token_id=0,
-                                  min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS)
-
-    fn, full_rounds = (apply_and_restore, 10) if kind == "update" else (answer, 5 if name == MODELS[0] else 3)
+    full_rounds = 10 if kind == "update" else 5 if docs == MAIN_DOCS and name == MODELS[0] else 3
     with torch.inference_mode():
-        benchmark.pedantic(fn, rounds=rounds(full_rounds), warmup_rounds=0 if SMOKE else 1)
+        interleave(benchmark, {m: variant(m) for m in METHODS[kind]}, rounds(full_rounds),
+                   warmup_rounds=0 if SMOKE else 1)

@@ -9,6 +9,7 @@ in memory and CPU time; per-layer costs are reported next to the totals.
 """
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -64,3 +65,27 @@ def documents(model, n, seed=0):
 def ffn_params_per_layer(shape):
     hidden, intermediate, _ = SHAPES[shape]
     return 3 * hidden * intermediate
+
+
+def interleave(benchmark, variants, rounds, warmup_rounds=0):
+    """Time several variants of one job in alternation, so a busy neighbour slows them alike.
+
+    variants: {name: (fields, fn)}; fn(k) runs the variant once for round k. Every round runs each
+    variant once, in an order rotated by one place per round. Each variant's seconds per round go to
+    benchmark.extra_info["variants"][name] = {**fields, "samples": [...]} (warm-up rounds left out),
+    so the report can take per-variant medians and paired per-round ratios. The benchmark's own
+    statistics time whole rounds. `fields` is read after the runs, so fn may add to it."""
+    names = list(variants)
+    samples = {name: [] for name in names}
+    count = iter(range(rounds + warmup_rounds))
+
+    def one_round():
+        k = next(count)
+        for name in names[k % len(names):] + names[:k % len(names)]:
+            start = time.perf_counter()
+            variants[name][1](k)
+            samples[name].append(time.perf_counter() - start)
+
+    benchmark.pedantic(one_round, rounds=rounds, warmup_rounds=warmup_rounds)
+    benchmark.extra_info["variants"] = {name: {**fields, "samples": samples[name][warmup_rounds:]}
+                                        for name, (fields, _) in variants.items()}

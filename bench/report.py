@@ -11,6 +11,7 @@ import argparse
 import json
 import re
 import shutil
+import statistics
 from pathlib import Path
 
 MODES = ("vanilla", "rag", "prag", "combine")
@@ -20,10 +21,24 @@ COLORS = {"merge": "tab:red", "fused": "tab:blue", "vanilla": "tab:gray"}
 # ---------------------------------------------------------------- reading
 
 def load(path):
-    """(machine_info, commit_info, datetime, rows); a row is a benchmark's extra_info plus its stats."""
+    """(machine_info, commit_info, datetime, rows). A row is a benchmark's extra_info plus its stats; a
+    benchmark of interleaved variants (common.interleave) gives one row per variant, with its samples, its
+    statistics computed from them, and the benchmark's name under "bench" (for paired ratios)."""
     data = json.loads(Path(path).read_text())
-    rows = [{**b["extra_info"], "stats": b["stats"]} for b in data["benchmarks"]]
+    rows = []
+    for b in data["benchmarks"]:
+        common = {k: v for k, v in b["extra_info"].items() if k != "variants"}
+        if "variants" not in b["extra_info"]:
+            rows.append({**common, "stats": b["stats"]})
+        for fields in b["extra_info"].get("variants", {}).values():
+            rows.append({**common, **fields, "stats": sample_stats(fields["samples"]), "bench": b["fullname"]})
     return data["machine_info"], data.get("commit_info", {}), data.get("datetime", ""), rows
+
+
+def sample_stats(samples):
+    """median, q1, q3 and rounds of a list of seconds (pytest-benchmark's quartile method)."""
+    q1, _, q3 = statistics.quantiles(samples, n=4) if len(samples) > 1 else samples * 3
+    return {"median": statistics.median(samples), "q1": q1, "q3": q3, "rounds": len(samples)}
 
 
 def machine_name(info):
@@ -69,6 +84,16 @@ def cell(row):
 
 def ratio(a, b):
     return a / b if a is not None and b else None
+
+
+def paired(a, b):
+    """Time of row a over row b: the median of per-round ratios when both are variants of one interleaved
+    benchmark (same rounds, same moment), else the ratio of their medians."""
+    if a is None or b is None:
+        return None
+    if a.get("bench") is not None and a.get("bench") == b.get("bench"):
+        return statistics.median(x / y for x, y in zip(a["samples"], b["samples"]))
+    return ratio(median(a), median(b))
 
 
 def fmt_x(r):
@@ -128,21 +153,17 @@ def update_section(rows, targets):
     main_docs = 3 if pick(rows, docs=3) else max(r["docs"] for r in rows)
     upd, whole = [], []
     for name in models:
-        mine = pick(rows, model=name)
+        mine = pick(rows, model=name, docs=main_docs)
         r0 = mine[0]
-        merge, fused = one(mine, kind="update", method="merge", docs=main_docs), one(mine, kind="update",
-                                                                                   method="fused", docs=main_docs)
+        merge, fused = (one(mine, kind="update", method=m) for m in ("merge", "fused"))
         per_layer = ratio(median(merge), r0["layers_used"])
         layers = f"{r0['layers_used']}" + ("" if r0["layers_used"] == r0["layers_full"] else f" of {r0['layers_full']}")
         upd.append([name, layers, f"{r0['ffn_params_per_layer'] / 1e6:.3g} M", cell(merge), cell(fused),
-                    fmt_x(ratio(median(merge), median(fused))), fmt_s(per_layer),
+                    fmt_x(paired(merge, fused)), fmt_s(per_layer),
                     fmt_s(per_layer * r0["layers_full"] if per_layer else None)])
-        van = one(mine, kind="question", method="vanilla")
-        qf, qm = one(mine, kind="question", method="fused", docs=main_docs), one(mine, kind="question",
-                                                                                method="merge", docs=main_docs)
-        whole.append([name, layers, cell(van), cell(qf), cell(qm), fmt_x(ratio(median(qf), median(van))),
-                      fmt_x(ratio(median(qm), median(van))), fmt_x(ratio(median(qf), median(qm)))])
-    new_tokens = rows[0]["new_tokens"]
+        van, qf, qm = (one(mine, kind="question", method=m) for m in ("vanilla", "fused", "merge"))
+        whole.append([name, layers, cell(van), cell(qf), cell(qm), fmt_x(paired(qf, van)), fmt_x(paired(qm, van)),
+                      fmt_x(paired(qf, qm))])
     out = [f"## 2. Update cost: merge vs fused ({main_docs} documents, rank 2)\n",
            "*update*: apply the documents and take them off again. merge = `W += α·A_cat B_catᵀ` on every FFN "
            "projection, then the bit-exact restore (`merged_documents`); fused = enter and leave `use_documents` "
@@ -150,31 +171,33 @@ def update_section(rows, targets):
            "(and a 32k vocabulary); *full depth* extrapolates merge's per-layer cost to the real layer count.\n",
            table(["model", "layers", "FFN params/layer", "merge+restore", "fused activation", "merge/fused",
                   "merge per layer", "merge, full depth (extrapolated)"], upd),
-           f"\n*whole question*: update + greedy generation of exactly {new_tokens} tokens + restore; vanilla = "
-           "the same generation without documents.\n",
+           f"\n*whole question*: update + greedy generation of exactly {rows[0]['new_tokens']} tokens + restore; "
+           "vanilla = the same generation without documents. The three run interleaved, and the ratios are "
+           "medians of per-round ratios.\n",
            table(["model", "layers", "vanilla", "fused", "merge", "fused/vanilla", "merge/vanilla", "fused/merge"],
                  whole)]
-    sweep = sorted({r["docs"] for r in pick(rows, model=models[0]) if r["docs"]})
+    sweep = sorted({r["docs"] for r in pick(rows, model=models[0])})
     if len(sweep) > 1:
         lines = []
-        van = median(one(rows, model=models[0], kind="question", method="vanilla"))
         for d in sweep:
-            m = {k: {meth: one(rows, model=models[0], kind=k, method=meth, docs=d) for meth in ("merge", "fused")}
-                 for k in ("update", "question")}
-            lines.append([d, cell(m["update"]["merge"]), cell(m["update"]["fused"]), cell(m["question"]["merge"]),
-                          cell(m["question"]["fused"]), fmt_x(ratio(median(m["question"]["fused"]), van))])
+            m = {(k, meth): one(rows, model=models[0], kind=k, method=meth, docs=d)
+                 for k, meths in (("update", ("merge", "fused")), ("question", ("vanilla", "merge", "fused")))
+                 for meth in meths}
+            lines.append([d, cell(m["update", "merge"]), cell(m["update", "fused"]), cell(m["question", "merge"]),
+                          cell(m["question", "fused"]), fmt_x(paired(m["question", "merge"], m["question", "vanilla"])),
+                          fmt_x(paired(m["question", "fused"], m["question", "vanilla"]))])
         out += [f"\nAgainst the number of documents, on {models[0]}:\n",
-                table(["docs", "update merge", "update fused", "question merge", "question fused",
+                table(["docs", "update merge", "update fused", "question merge", "question fused", "merge/vanilla",
                        "fused/vanilla"], lines)]
-    first = pick(rows, model=models[0])
-    qv = median(one(first, kind="question", method="vanilla"))
-    qf = median(one(first, kind="question", method="fused", docs=main_docs))
-    qm = median(one(first, kind="question", method="merge", docs=main_docs))
-    if None not in (qv, qf, qm):
+    first = pick(rows, model=models[0], kind="question", docs=main_docs)
+    van, qf, qm = (one(first, method=m) for m in ("vanilla", "fused", "merge"))
+    if van and qf and qm:
         targets.append((f"{models[0]}, whole question: fused ≤ 1.1× vanilla",
-                        verdict(qf <= 1.1 * qv, f"{fmt_s(qf)} vs {fmt_s(qv)}: {qf / qv:.2f}×")))
+                        verdict(paired(qf, van) <= 1.1, f"{fmt_s(median(qf))} vs {fmt_s(median(van))}: "
+                                                        f"{paired(qf, van):.2f}×")))
         targets.append((f"{models[0]}, whole question: fused < merge",
-                        verdict(qf < qm, f"{fmt_s(qf)} vs {fmt_s(qm)}: {qf / qm:.2f}×")))
+                        verdict(paired(qf, qm) < 1, f"{fmt_s(median(qf))} vs {fmt_s(median(qm))}: "
+                                                    f"{paired(qf, qm):.2f}×")))
     return "\n".join(out) + "\n"
 
 
@@ -182,33 +205,30 @@ def e2e_section(rows, targets):
     rows = pick(rows, suite="e2e")
     if not rows:
         return "## 3. End to end on the demo corpus\n\nNot run.\n"
-    per_mode = []
-    for mode in MODES:
-        for update in ("fused", "merge"):
-            r = one(rows, kind="mode", mode=mode, update=update)
-            if r:
-                per_mode.append([mode, update if mode in ("prag", "combine") else "–", f"{r['prompt_tokens']:.0f}",
-                                 f"{r['answer_tokens']:.1f}", cell(r)])
+    modes = pick(rows, kind="mode")
+    vanilla = one(modes, mode="vanilla")
+    per_mode = [[r["mode"], r["update"] if r["mode"] in ("prag", "combine") else "–", f"{r['prompt_tokens']:.0f}",
+                 f"{r['answer_tokens']:.1f}", cell(r), fmt_x(paired(r, vanilla))] for r in modes]
     out = ["## 3. End to end on the demo corpus\n",
-           f"One question at a time through `Pipeline.answer` (retrieve top-{rows[0]['top_k']}, update, generate "
-           "until the answer's first sentence end, restore), cycling over the demo questions; "
-           f"{rows[0]['model']}. *prompt tokens*: mean prompt length; *answer tokens*: mean generated tokens.\n",
-           table(["mode", "update", "prompt tokens", "answer tokens", "seconds per question"], per_mode)]
-    thr = []
-    base = None
-    for r in sorted(pick(rows, kind="throughput"), key=lambda r: (r["update"], r["batch"])):
-        qps = r["questions"] / median(r)
-        base = qps if r["batch"] == 1 and r["update"] == "fused" else base
-        thr.append([r["update"], r["batch"], r["questions"], cell(r), f"{qps:.2f}", fmt_x(ratio(qps, base))])
-    if thr:
+           f"Per question through `Pipeline.answer` (retrieve top-{rows[0]['top_k']}, update, generate until the "
+           f"answer's first sentence end, restore), {rows[0]['model']}; each question asked in every mode in turn. "
+           "*prompt tokens*: mean prompt length; *answer tokens*: mean tokens of the cut answer.\n",
+           table(["mode", "update", "prompt tokens", "answer tokens", "seconds per question", "vs vanilla"], per_mode)]
+    thr = pick(rows, kind="throughput")
+    batch1 = one(thr, update="fused", batch=1)
+    lines = [[r["update"], r["batch"], r["questions"], cell(r), f"{r['questions'] / median(r):.2f}",
+              fmt_x(paired(batch1, r))] for r in thr]
+    if lines:
         out += ["\n*Batched serving*: the same questions answered `batch` at a time in one `generate` call, each "
                 "row with its own retrieved documents (per-row fused path); merge can only answer one at a time.\n",
-                table(["update", "batch", "questions", "time for all", "questions/s", "vs fused batch 1"], thr)]
-    prag, rag = one(rows, kind="mode", mode="prag", update="fused"), one(rows, kind="mode", mode="rag")
+                table(["update", "batch", "questions", "time for all", "questions/s", "speed vs fused batch 1"],
+                      lines)]
+    prag, rag = one(modes, mode="prag", update="fused"), one(modes, mode="rag")
     if prag and rag:
         targets.append(("demo corpus: prag whole-question time < rag's",
-                        verdict(median(prag) < median(rag), f"{fmt_s(median(prag))} vs {fmt_s(median(rag))}; "
-                                f"prompts {prag['prompt_tokens']:.0f} vs {rag['prompt_tokens']:.0f} tokens")))
+                        verdict(paired(prag, rag) < 1, f"{fmt_s(median(prag))} vs {fmt_s(median(rag))}: "
+                                f"{paired(prag, rag):.2f}×; prompts {prag['prompt_tokens']:.0f} vs "
+                                f"{rag['prompt_tokens']:.0f} tokens")))
     return "\n".join(out) + "\n"
 
 
@@ -291,8 +311,8 @@ def plot_model_size(rows, path):
     left.legend()
     width = 0.38
     for i, method in enumerate(("fused", "merge")):
-        vals = [ratio(median(one(rows, model=n, kind="question", method=method, docs=docs)),
-                      median(one(rows, model=n, kind="question", method="vanilla"))) for n in models]
+        vals = [paired(one(rows, model=n, kind="question", method=method, docs=docs),
+                       one(rows, model=n, kind="question", method="vanilla", docs=docs)) for n in models]
         right.bar([k + (i - 0.5) * width for k in range(len(models))], vals, width, label=method,
                   color=COLORS[method])
     right.axhline(1.0, color="gray", lw=0.8)
@@ -316,14 +336,16 @@ def plot_documents(rows, path):
     mine = pick(rows, model=name)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for method, marker in (("merge", "o"), ("fused", "s")):
-        for axis, kind, scale in ((left, "update", 1e3), (right, "question", 1.0)):
-            pts = sorted((r["docs"], median(r) * scale) for r in pick(mine, kind=kind, method=method))
-            axis.plot(*zip(*pts), marker=marker, color=COLORS[method], label=method)
-    right.axhline(median(one(mine, kind="question", method="vanilla")), color=COLORS["vanilla"], ls="--",
-                  label="vanilla")
+        pts = sorted((r["docs"], median(r) * 1e3) for r in pick(mine, kind="update", method=method))
+        left.plot(*zip(*pts), marker=marker, color=COLORS[method], label=method)
+        pts = sorted((r["docs"], paired(r, one(mine, kind="question", method="vanilla", docs=r["docs"])))
+                     for r in pick(mine, kind="question", method=method))
+        right.plot(*zip(*pts), marker=marker, color=COLORS[method], label=method)
+    right.axhline(1.0, color=COLORS["vanilla"], lw=0.8)
+    right.axhline(1.1, color=COLORS["vanilla"], lw=0.8, ls="--", label="1.1× target")
     left.set(xlabel="documents (rank 2 each)", ylabel="ms", title=f"{name}: apply + restore", yscale="log")
-    right.set(xlabel="documents (rank 2 each)", ylabel="s",
-              title=f"{name}: whole question ({mine[0]['new_tokens']} tokens)")
+    right.set(xlabel="documents (rank 2 each)", ylabel="whole question / vanilla",
+              title=f"{name}: update + {mine[0]['new_tokens']} tokens + restore")
     right.set_ylim(bottom=0)
     for axis in (left, right):
         axis.legend()
