@@ -16,14 +16,14 @@ It skips the per-call (D, n, r) -> (n, D·r) copies and the row_docs range check
 sync on CUDA). Merge baseline: merge_lora_(weight, lora_a, lora_b, scale) -> backup, then
 restore_(weight, backup) puts the original weight back bit-exactly.
 
-The raw paths (x 2-D, arguments already valid, optional out= to write into), for tests
-and benchmarks: fused_lora_linear_torch, and fused_lora_linear_triton (None without Triton).
+For tests and benchmarks, the raw Triton launcher fused_lora_linear_triton(x (M, in), ...,
+out=None, config=None) (None without Triton): arguments already valid, out= a tensor to
+write y into, config= fixed block sizes instead of autotuning.
 """
 from .fused_lora import fused_lora_linear, fused_lora_linear_cat
 from .fused_lora import lora_linear_triton as fused_lora_linear_triton
 from .merge import merge_lora_, restore_
 from .reference import reference_fused_lora_linear
-from .torch_path import lora_linear_torch as fused_lora_linear_torch
 
 __all__ = ["fused_lora_linear", "fused_lora_linear_cat", "reference_fused_lora_linear", "merge_lora_", "restore_",
-           "fused_lora_linear_triton", "fused_lora_linear_torch"]
+           "fused_lora_linear_triton"]

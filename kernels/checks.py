@@ -40,6 +40,24 @@ def check_operands(x, weight, bias, lora_a, lora_b, names=("lora_a", "lora_b")):
     check_lora(weight, lora_a, lora_b, names)
 
 
+def check_cat(x, weight, bias, a_cat, b_cat):
+    """check_operands for documents already stacked along rank: a_cat (out, R), b_cat (in, R)."""
+    if x.dim() == 0 or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"weight: expected (out, in) with in = x.shape[-1], got {tuple(weight.shape)} "
+                         f"for x of shape {tuple(x.shape)}")
+    if a_cat.dim() != 2 or a_cat.shape[0] != weight.shape[0]:
+        raise ValueError(f"a_cat: expected (out={weight.shape[0]}, R), got shape {tuple(a_cat.shape)}")
+    if b_cat.dim() != 2 or b_cat.shape != (weight.shape[1], a_cat.shape[1]):
+        raise ValueError(f"b_cat: expected (in={weight.shape[1]}, R={a_cat.shape[1]}), got shape {tuple(b_cat.shape)}")
+    if not (x.dtype == weight.dtype == a_cat.dtype == b_cat.dtype) or not (
+            x.device == weight.device == a_cat.device == b_cat.device) or not x.is_floating_point():
+        raise ValueError(f"x, weight, a_cat, b_cat: expected one floating dtype and one device, got "
+                         f"{[(t.dtype, str(t.device)) for t in (x, weight, a_cat, b_cat)]}")
+    if bias is not None and (bias.shape != weight.shape[:1] or bias.dtype != x.dtype or bias.device != x.device):
+        raise ValueError(f"bias: expected ({weight.shape[0]},) {x.dtype} on {x.device}, "
+                         f"got {tuple(bias.shape)} {bias.dtype} on {bias.device}")
+
+
 def row_groups(x, rows, name):
     """Rows of x (M = all leading dims) per row of `rows`: 1 when rows has M rows, or, for x (B, T.., in),
     T.. when rows has one row per batch element B. Anything else is a ValueError naming `rows`."""

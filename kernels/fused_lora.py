@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from .autograd import FusedLoRALinear
-from .checks import check_operands, check_row_docs, check_row_mask
-from .torch_path import lora_linear_torch
+from .checks import check_cat, check_operands, check_row_docs, check_row_mask
+from .torch_path import lora_linear_cat, lora_linear_torch
 
 try:
     from .fused_lora_triton import MAX_RANK, lora_linear_triton
@@ -36,32 +36,51 @@ def fused_lora_linear(x, weight, bias, lora_a, lora_b, scale, row_docs=None, *, 
 def fused_lora_linear_cat(x, weight, bias, a_cat, b_cat, scale, row_mask=None, *, backend=None):
     """The same op on documents already stacked along rank: the fast entry for a caller that caches them.
 
-    a_cat (out, R) = [A_1 … A_k], b_cat (in, R) = [B_1 … B_k] (any strides), row_mask None (every
-    row uses every column) or (M, R) / (B, R) in x's dtype: how many times row (or batch element)
-    uses rank column j, e.g. 1 for its documents' columns and 0 elsewhere. No host sync, no copy
-    of the adapters: on the CPU it is three GEMMs and a multiply."""
-    if a_cat.dim() != 2 or a_cat.shape[0] != weight.shape[0]:
-        raise ValueError(f"a_cat: expected (out={weight.shape[0]}, R), got shape {tuple(a_cat.shape)}")
-    if b_cat.dim() != 2 or b_cat.shape[1] != a_cat.shape[1]:
-        raise ValueError(f"b_cat: expected (in, R={a_cat.shape[1]}), got shape {tuple(b_cat.shape)}")
-    lora_a, lora_b = a_cat.unsqueeze(0), b_cat.unsqueeze(0)  # one "document" of rank R: views, no copy
-    check_operands(x, weight, bias, lora_a, lora_b, names=("a_cat", "b_cat"))
+    a_cat (out, R) = [A_1 … A_k], b_cat (in, R) = [B_1 … B_k] (any strides; on the CPU fastest when
+    a_cat.T is contiguous), row_mask None (every row uses every column) or (M, R) / (B, R) in x's
+    dtype: how many times a row (or batch element) uses rank column j, e.g. 1 for its documents'
+    columns and 0 elsewhere. No host sync, no copy of the adapters: on the CPU without autograd it
+    is F.linear, the shrink GEMM, a multiply (with row_mask) and an addmm_."""
     if row_mask is not None:
-        check_row_mask(x, row_mask, a_cat.shape[1])
-    return _run(x, weight, bias, lora_a, lora_b, scale, None, row_mask, backend)
+        check_row_mask(x, row_mask, a_cat.shape[-1])
+    if backend is None and not x.is_cuda and not _wants_grad(x, weight, bias, a_cat, b_cat):
+        # the hot path (CPU generate): the GEMMs check shapes, dtypes and devices themselves, and
+        # check_cat runs only when they refuse, to name the bad argument
+        try:
+            if a_cat.shape[1] == 0:
+                return F.linear(x, weight, bias)  # exactly nn.Linear
+            return lora_linear_cat(x, weight, bias, a_cat, b_cat, scale, row_mask)
+        except (RuntimeError, IndexError):
+            check_cat(x, weight, bias, a_cat, b_cat)
+            raise
+    check_cat(x, weight, bias, a_cat, b_cat)
+    # one "document" of rank R: views, no copy
+    return _run(x, weight, bias, a_cat.unsqueeze(0), b_cat.unsqueeze(0), scale, None, row_mask, backend)
+
+
+def _flatten(x):
+    return x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+
+
+def _unflatten(x, y):
+    return y if x.dim() == 2 else y.view(*x.shape[:-1], y.shape[-1])
+
+
+def _wants_grad(x, weight, bias, lora_a, lora_b):
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or lora_a.requires_grad
+                                        or lora_b.requires_grad or (bias is not None and bias.requires_grad))
 
 
 def _run(x, weight, bias, lora_a, lora_b, scale, row_docs, row_mask, backend):
     impl = _pick(x, lora_a, backend)
     if lora_a.shape[0] * lora_a.shape[2] == 0:
         return F.linear(x, weight, bias)  # exactly nn.Linear
-    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or lora_a.requires_grad
-                                    or lora_b.requires_grad or (bias is not None and bias.requires_grad)):
+    x2 = _flatten(x)
+    if _wants_grad(x, weight, bias, lora_a, lora_b):
         y = FusedLoRALinear.apply(x2, weight, bias, lora_a, lora_b, scale, row_docs, row_mask, impl)
     else:
         y = impl(x2, weight, bias, lora_a, lora_b, scale, row_docs, row_mask)
-    return y if x.dim() == 2 else y.view(*x.shape[:-1], y.shape[-1])
+    return _unflatten(x, y)
 
 
 def _pick(x, lora_a, backend):

@@ -8,14 +8,16 @@ Stacking the D documents along rank turns the sum into one low-rank product:
 where w (M, R) says how many times row m uses rank column j: all ones without
 row_docs, else w[m, j] = #{slots k : row_docs[m, k] = j // r} (a document listed
 twice counts twice; -1 matches nothing). Three GEMMs and no Python loop over
-rows or documents: the base addmm, the shrink x·B_cat and an addmm_ for the expand.
+rows or documents: the base F.linear, the shrink x·B_cat and an addmm_ for the expand.
+A row that uses no document gets exactly F.linear's values (it adds zeros).
 """
 import torch
+import torch.nn.functional as F
 
 
 def cat_rank(t):
-    """(D, n, r) -> (n, D·r): the documents side by side along rank (a view when D == 1)."""
-    return t.transpose(0, 1).reshape(t.shape[1], -1)
+    """(D, n, r) -> (n, D·r): the documents side by side along rank (a copy unless D == 1)."""
+    return t[0] if t.shape[0] == 1 else t.transpose(0, 1).reshape(t.shape[1], -1)
 
 
 def split_rank(t, n_docs):
@@ -38,17 +40,26 @@ def row_weights(row_docs, row_mask, lora_a, dtype):
 
 def apply_rows(t, weights):
     """t (M, R) ⊙ weights (G, R), each weight row serving M/G consecutive rows of t; in place."""
-    if weights is not None:
-        t.view(weights.shape[0], -1, t.shape[1]).mul_(weights.unsqueeze(1))
+    if weights is None:
+        return t
+    if weights.shape[0] == t.shape[0]:
+        return t.mul_(weights)
+    t.view(weights.shape[0], -1, t.shape[1]).mul_(weights.unsqueeze(1))
     return t
 
 
-def lora_linear_torch(x, weight, bias, lora_a, lora_b, scale, row_docs=None, row_mask=None, out=None):
+def lora_linear_cat(x, weight, bias, a_cat, b_cat, scale, weights=None):
+    """y (..., out) for x (..., in), documents stacked along rank: a_cat (out, R), b_cat (in, R),
+    weights (G, R) or None. Fastest when a_cat.T is contiguous (the addmm_ then reads it in place)."""
+    y = F.linear(x, weight, bias)
+    shrink = apply_rows(x.reshape(-1, x.shape[-1]) @ b_cat, weights)
+    y.view(-1, y.shape[-1]).addmm_(shrink, a_cat.T, alpha=scale)  # view: F.linear's output is contiguous
+    return y
+
+
+def lora_linear_torch(x, weight, bias, lora_a, lora_b, scale, row_docs=None, row_mask=None):
     """y (M, out) for x (M, in); arguments as prag_kernels.fused_lora_linear, already checked.
 
-    row_docs (G, J) ids or row_mask (G, R) column weights (at most one), G dividing M; out: an
-    optional (M, out) tensor to write y into."""
-    wt = weight.T
-    y = torch.mm(x, wt, out=out) if bias is None else torch.addmm(bias, x, wt, out=out)
-    shrink = apply_rows(x @ cat_rank(lora_b), row_weights(row_docs, row_mask, lora_a, x.dtype))
-    return y.addmm_(shrink, cat_rank(lora_a).T, alpha=scale)
+    row_docs (G, J) ids or row_mask (G, R) column weights (at most one), G dividing M."""
+    weights = row_weights(row_docs, row_mask, lora_a, x.dtype)
+    return lora_linear_cat(x, weight, bias, cat_rank(lora_a), cat_rank(lora_b), scale, weights)

@@ -1,0 +1,318 @@
+"""prag_kernels against the float64 reference: the Triton kernel (interpreter without a GPU), the torch
+path, the cat fast entry, autograd, merge/restore and argument checks.
+
+Every case draws fresh random inputs; kernel outputs are poisoned with NaN before the run, so an
+element the kernel leaves unwritten fails the test.
+"""
+import itertools
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prag_kernels import (fused_lora_linear, fused_lora_linear_cat, fused_lora_linear_triton, merge_lora_,
+                          reference_fused_lora_linear, restore_)
+from prag_kernels.fused_lora_triton import _CONFIGS, _configs_for, m_bucket
+from prag_kernels.torch_path import cat_rank, column_mask
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+SMALL_BLOCKS = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)  # several tiles and K steps even at in/out ~40
+
+
+def rel(y, ref):
+    return ((y.double() - ref).norm() / ref.norm()).item()
+
+
+def make_case(seed, m, k, n, docs, rank, bias=True, dtype=torch.float32, rows="none", slots=3):
+    """Random operands sized so the base and the LoRA term are of similar size; rows: none | mixed."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, std=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * std).to(dtype)
+
+    x, weight = rnd(m, k), rnd(n, k, std=k ** -0.5)
+    row_docs = None
+    if rows == "mixed":  # ids in [-1, docs), duplicates allowed, and one row with every slot empty
+        row_docs = torch.randint(-1, max(docs, 1), (m, slots), generator=g) if docs else torch.full((m, slots), -1)
+        row_docs[m // 2] = -1
+    return dict(x=x, weight=weight, bias=rnd(n) if bias else None,
+                lora_a=rnd(docs, n, rank, std=(rank * max(docs, 1)) ** -0.5), lora_b=rnd(docs, k, rank, std=k ** -0.5),
+                scale=1.5, row_docs=row_docs)
+
+
+def reference(case):
+    args = [case[n] if case[n] is None else case[n].double() for n in ("x", "weight", "bias", "lora_a", "lora_b")]
+    return reference_fused_lora_linear(*args, case["scale"], case["row_docs"])
+
+
+def assert_lora_matters(case, ref):
+    """Guard against a vacuous pass: with documents in play the LoRA term moves y well past the tolerance."""
+    if case["lora_a"].shape[0] and (case["row_docs"] is None or (case["row_docs"] >= 0).any()):
+        base = F.linear(*(t if t is None else t.double() for t in (case["x"], case["weight"], case["bias"])))
+        assert rel(base, ref) > 0.05
+
+
+# (M, in, out, documents, rank, bias, row selection, dtype, blocks): every M, rank, document count,
+# row mode, dtype and bias setting appears several times, in/out never a multiple of the block.
+SHAPES = [(1, 33, 47), (3, 47, 33), (17, 33, 47), (130, 40, 35)]
+CASES = [
+    (m, k, n, docs, rank, bias, rows, dtype, blocks)
+    for i, ((m, k, n), (docs, rank), rows, dtype) in enumerate(itertools.product(
+        SHAPES, [(0, 2), (1, 1), (3, 2), (3, 5), (8, 16), (1, 16)], ["none", "mixed"], [torch.float32, torch.float16]))
+    if (i % 3 != 1 or m == 1)  # thin the product (interpreter time), keeping every M=1 case
+    for bias, blocks in [((i // 2) % 2 == 0, "small" if i % 2 else "auto")]
+]
+
+
+def case_id(c):
+    m, k, n, docs, rank, bias, rows, dtype, blocks = c
+    return f"M{m}-{k}x{n}-D{docs}r{rank}-{'bias' if bias else 'nobias'}-{rows}-{str(dtype)[6:]}-{blocks}"
+
+
+@pytest.mark.parametrize("c", CASES, ids=case_id)
+def test_triton_kernel_matches_reference(c):
+    m, k, n, docs, rank, bias, rows, dtype, blocks = c
+    case = make_case(zlib.crc32(case_id(c).encode()), m, k, n, docs, rank, bias, dtype, rows)
+    ref = reference(case)
+    assert_lora_matters(case, ref)
+    out = torch.full((m, n), float("nan"), dtype=dtype)
+    y = fused_lora_linear_triton(**case, out=out, config=SMALL_BLOCKS if blocks == "small" else None)
+    assert y is out and not y.isnan().any()
+    assert rel(y, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("c", CASES, ids=case_id)
+def test_torch_path_and_cat_entry_match_reference(c):
+    m, k, n, docs, rank, bias, rows, dtype, _ = c
+    case = make_case(zlib.crc32(case_id(c).encode()) + 1, m, k, n, docs, rank, bias, dtype, rows)
+    ref = reference(case)
+    assert_lora_matters(case, ref)
+    y = fused_lora_linear(**case, backend="torch")
+    assert y.dtype == dtype and rel(y, ref) < TOL[dtype]
+    # the fast entry on the same documents: stacked along rank, rows as a column mask
+    a_cat, b_cat = cat_rank(case["lora_a"]), cat_rank(case["lora_b"])
+    mask = None if rows == "none" else column_mask(case["row_docs"], docs, rank, dtype)
+    y_cat = fused_lora_linear_cat(case["x"], case["weight"], case["bias"], a_cat, b_cat, case["scale"], mask)
+    assert rel(y_cat, ref) < TOL[dtype]
+
+
+def test_configs_pruned_per_m_bucket():
+    """Decode gets the 16-row tiles, prefill the big ones; the interpreter runs the first of each family."""
+    assert [m_bucket(m) for m in (1, 16, 17, 300, 10**6)] == [16, 16, 32, 512, 4096]
+    for m, want in [(1, {16}), (64, {32, 64}), (4096, {64, 128})]:
+        kept = _configs_for(_CONFIGS, {"M_BUCKET": m_bucket(m)}, R_PAD=16)
+        assert kept and {c.kwargs["BLOCK_M"] for c in kept} <= want
+    big = _configs_for(_CONFIGS, {"M_BUCKET": 4096}, R_PAD=128)
+    assert big and all(c.kwargs["BLOCK_M"] * (c.kwargs["BLOCK_N"] + 128) <= 128 * 272 for c in big)
+    for m in (2, 200):  # the interpreter's default config for a decode and a prefill-sized M
+        case = make_case(m, m, 33, 47, 3, 2, rows="mixed")
+        out = torch.full((m, 47), float("nan"))
+        assert rel(fused_lora_linear_triton(**case, out=out), reference(case)) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_leading_dims_and_per_batch_row_docs(backend):
+    """x (B, T, in) with one document set per batch element (B, J) or per token (B·T, J)."""
+    case = make_case(7, 6, 33, 47, 3, 2, rows="mixed")
+    x = case.pop("x").view(2, 3, 33)
+    per_batch = torch.tensor([[0, 2, -1], [1, 1, -1]])
+    ref = reference(dict(case, x=x.reshape(6, 33), row_docs=per_batch.repeat_interleave(3, 0)))
+    y = fused_lora_linear(x, **dict(case, row_docs=per_batch), backend=backend)
+    assert y.shape == (2, 3, 47) and rel(y.reshape(6, 47), ref) < 1e-5
+    y = fused_lora_linear(x, **dict(case, row_docs=per_batch.repeat_interleave(3, 0)), backend=backend)
+    assert rel(y.reshape(6, 47), ref) < 1e-5
+    mask = column_mask(per_batch, 3, 2, torch.float32)
+    y = fused_lora_linear_cat(x, case["weight"], case["bias"], cat_rank(case["lora_a"]), cat_rank(case["lora_b"]),
+                              case["scale"], mask, backend=None if backend == "torch" else backend)
+    assert rel(y.reshape(6, 47), ref) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_any_strides(backend):
+    """Transposed weight (GPT-2 Conv1D), strided x, permuted adapters: nothing needs to be contiguous."""
+    case = make_case(11, 5, 33, 47, 3, 2, rows="mixed")
+    ref = reference(case)
+    odd = dict(case, x=case["x"].T.contiguous().T, weight=case["weight"].T.contiguous().T,
+               lora_a=case["lora_a"].permute(2, 1, 0).contiguous().permute(2, 1, 0),
+               lora_b=case["lora_b"].transpose(0, 1).contiguous().transpose(0, 1),
+               row_docs=case["row_docs"].T.contiguous().T)
+    assert not any(odd[n].is_contiguous() for n in ("x", "weight", "lora_a", "lora_b", "row_docs"))
+    assert rel(fused_lora_linear(**odd, backend=backend), ref) < 1e-5
+    x3 = odd["x"].unsqueeze(0)  # (1, 5, 33), non-contiguous, with a leading dim
+    y = fused_lora_linear(x3, **{k: v for k, v in odd.items() if k not in ("x", "row_docs")}, backend=backend)
+    assert rel(y[0], reference(dict(case, row_docs=None))) < 1e-5
+
+
+def test_no_documents_is_exactly_linear():
+    """Zero documents (or rank 0) is F.linear bit for bit, through both entries, also with leading dims."""
+    case = make_case(3, 4, 33, 47, 0, 2)
+    x = case.pop("x").view(2, 2, 33)
+    base = F.linear(x, case["weight"], case["bias"])
+    assert torch.equal(fused_lora_linear(x, **case), base)
+    empty_a, empty_b = torch.zeros(47, 0), torch.zeros(33, 0)
+    assert torch.equal(fused_lora_linear_cat(x, case["weight"], case["bias"], empty_a, empty_b, 2.0), base)
+
+
+def test_rows_without_documents_get_the_base_linear_exactly():
+    """Torch path: such rows equal F.linear bit for bit; kernel: they equal its own zero-document output."""
+    case = make_case(5, 9, 33, 47, 3, 2, rows="mixed")
+    case["row_docs"][::3] = -1
+    empty = (case["row_docs"] < 0).all(1)
+    y = fused_lora_linear(**case, backend="torch")
+    assert torch.equal(y[empty], F.linear(case["x"], case["weight"], case["bias"])[empty])
+    assert not torch.equal(y[~empty], F.linear(case["x"], case["weight"], case["bias"])[~empty])
+    y = fused_lora_linear_triton(**case, config=SMALL_BLOCKS)
+    none = dict(case, lora_a=case["lora_a"][:0], lora_b=case["lora_b"][:0], row_docs=None)
+    assert torch.equal(y[empty], fused_lora_linear_triton(**none, config=SMALL_BLOCKS)[empty])
+
+
+def test_a_document_listed_twice_counts_twice():
+    case = make_case(13, 2, 33, 47, 2, 2)
+    twice = fused_lora_linear(**dict(case, row_docs=torch.tensor([[1, 1], [1, -1]])))
+    doubled = fused_lora_linear(**dict(case, scale=2 * case["scale"], lora_a=case["lora_a"][1:],
+                                       lora_b=case["lora_b"][1:]))
+    assert rel(twice[0], doubled[0].double()) < 1e-6
+    assert rel(fused_lora_linear_triton(**dict(case, row_docs=torch.tensor([[1, 1], [1, -1]]))), reference(
+        dict(case, row_docs=torch.tensor([[1, 1], [1, -1]])))) < 1e-5
+
+
+# --- autograd -------------------------------------------------------------------------------------
+
+def leaves(case, names):
+    return {n: case[n].clone().requires_grad_(True) if n in names else case[n] for n in case}
+
+
+@pytest.mark.parametrize("rows", ["none", "mixed"])
+def test_gradcheck_torch_path(rows):
+    case = make_case(17, 4, 6, 5, 3, 2, dtype=torch.float64, rows=rows)
+    names = ("x", "weight", "bias", "lora_a", "lora_b")
+
+    def f(x, weight, bias, lora_a, lora_b):
+        return fused_lora_linear(x, weight, bias, lora_a, lora_b, case["scale"], case["row_docs"], backend="torch")
+
+    assert torch.autograd.gradcheck(f, tuple(case[n].requires_grad_(True) for n in names))
+
+
+def test_gradcheck_cat_entry_per_batch_mask():
+    case = make_case(19, 6, 5, 4, 1, 4, dtype=torch.float64)
+    x = case["x"].view(2, 3, 5).requires_grad_(True)
+    a_cat, b_cat = (cat_rank(case[n]).clone().requires_grad_(True) for n in ("lora_a", "lora_b"))
+    mask = torch.tensor([[1.0, 0.0, 2.0, 1.0], [0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+
+    def f(x, a_cat, b_cat):
+        return fused_lora_linear_cat(x, case["weight"], case["bias"], a_cat, b_cat, 0.7, mask)
+
+    assert torch.autograd.gradcheck(f, (x, a_cat, b_cat))
+
+
+def test_triton_grads_match_reference_grads():
+    case = make_case(23, 9, 33, 47, 3, 2, rows="mixed")
+    names = ("x", "lora_a", "lora_b")
+    as_double = {n: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for n, v in case.items()}
+    ours, ref = leaves(case, names), leaves(as_double, names)
+    g = torch.randn(9, 47, generator=torch.Generator().manual_seed(0))
+    fused_lora_linear(**ours, backend="triton").backward(g)
+    reference_fused_lora_linear(**ref).backward(g.double())
+    for n in names:
+        assert rel(ours[n].grad, ref[n].grad) < 1e-5, n
+
+
+def test_a_rows_loss_reaches_only_its_documents():
+    case = leaves(make_case(29, 3, 8, 6, 3, 2), ("lora_a", "lora_b"))
+    case["row_docs"] = torch.tensor([[0, -1], [2, 2], [-1, -1]])
+    y = fused_lora_linear(**case)
+    y[0].sum().backward(retain_graph=True)  # row 0 uses document 0 only
+    for n in ("lora_a", "lora_b"):
+        assert case[n].grad[0].abs().sum() > 0 and not case[n].grad[1:].any()
+        case[n].grad = None
+    y[2].sum().backward()  # row 2 uses nothing
+    assert not case["lora_a"].grad.any() and not case["lora_b"].grad.any()
+
+
+# --- merge baseline -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+def test_merge_then_restore_is_bit_exact(dtype, tol):
+    case = make_case(31, 1, 40, 24, 3, 2, dtype=dtype)
+    weight = case["weight"].T.contiguous().T  # a transposed view, like GPT-2's Conv1D weight
+    original = weight.clone()
+    backup = merge_lora_(weight, case["lora_a"], case["lora_b"], 16.0)
+    delta = 16.0 * torch.einsum("dor,dir->oi", case["lora_a"].double(), case["lora_b"].double())
+    assert rel(weight, original.double() + delta) < tol and not torch.equal(weight, original)
+    restore_(weight, backup)
+    assert torch.equal(weight.view(torch.int16 if dtype != torch.float32 else torch.int32),
+                       original.view(torch.int16 if dtype != torch.float32 else torch.int32))
+
+
+def test_merged_linear_equals_fused():
+    case = make_case(37, 5, 33, 47, 3, 2)
+    weight = case["weight"].clone()
+    backup = merge_lora_(weight, case["lora_a"], case["lora_b"], case["scale"])
+    assert rel(F.linear(case["x"], weight, case["bias"]), reference(case)) < 1e-5
+    restore_(weight, backup)
+    assert torch.equal(weight, case["weight"])
+
+
+# --- bad arguments --------------------------------------------------------------------------------
+
+def _bad(case, **change):
+    return dict(case, **change)
+
+
+BAD = [
+    ("weight", lambda c: _bad(c, weight=c["weight"][:, :-1])),
+    ("bias", lambda c: _bad(c, bias=c["bias"][:-1])),
+    ("lora_a", lambda c: _bad(c, lora_a=c["lora_a"][:, :-1])),
+    ("lora_b", lambda c: _bad(c, lora_b=c["lora_b"][:, :-1])),
+    ("rank", lambda c: _bad(c, lora_b=c["lora_b"][:, :, :1])),
+    ("documents", lambda c: _bad(c, lora_b=c["lora_b"][:2])),
+    ("lora_a", lambda c: _bad(c, lora_a=c["lora_a"].half())),
+    ("row_docs", lambda c: _bad(c, row_docs=torch.tensor([[0], [3], [1]]))),
+    ("row_docs", lambda c: _bad(c, row_docs=torch.tensor([[0], [-2], [1]]))),
+    ("row_docs", lambda c: _bad(c, row_docs=torch.zeros(4, 1, dtype=torch.long))),
+    ("row_docs", lambda c: _bad(c, row_docs=torch.zeros(3, 1))),
+    ("row_docs", lambda c: _bad(c, row_docs=torch.zeros(3, dtype=torch.long))),
+    ("backend", lambda c: _bad(c, backend="cuda")),
+]
+
+
+@pytest.mark.parametrize("name,change", BAD, ids=[f"{i}-{b[0]}" for i, b in enumerate(BAD)])
+def test_bad_arguments_name_the_argument(name, change):
+    case = make_case(41, 3, 8, 6, 3, 2)
+    with pytest.raises(ValueError, match=name):
+        fused_lora_linear(**change(case))
+
+
+BAD_CAT = [
+    ("a_cat", lambda c: _bad(c, a_cat=c["a_cat"][:-1])),
+    ("b_cat", lambda c: _bad(c, b_cat=c["b_cat"][:, :-1])),
+    ("b_cat", lambda c: _bad(c, b_cat=c["b_cat"][:-1])),
+    ("weight", lambda c: _bad(c, x=c["x"][:, :-1])),
+    ("b_cat", lambda c: _bad(c, b_cat=c["b_cat"].double())),
+    ("row_mask", lambda c: _bad(c, row_mask=torch.ones(2, 6))),
+    ("row_mask", lambda c: _bad(c, row_mask=torch.ones(3, 5))),
+    ("row_mask", lambda c: _bad(c, row_mask=torch.ones(3, 6, dtype=torch.float64))),
+]
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("name,change", BAD_CAT, ids=[f"{i}-{b[0]}" for i, b in enumerate(BAD_CAT)])
+def test_bad_cat_arguments_name_the_argument(name, change, grad):
+    """Both the no-grad hot path (checks run when a GEMM refuses) and the autograd path."""
+    case = make_case(43, 3, 8, 6, 3, 2)
+    cat = dict(x=case["x"].requires_grad_(grad), weight=case["weight"], bias=case["bias"],
+               a_cat=cat_rank(case["lora_a"]), b_cat=cat_rank(case["lora_b"]), scale=2.0)
+    with pytest.raises(ValueError, match=name):
+        fused_lora_linear_cat(**change(cat))
+
+
+def test_bad_launcher_and_merge_arguments():
+    case = make_case(47, 3, 8, 6, 9, 16)  # total rank 144 > 128: too wide for the kernel's shrink tile
+    with pytest.raises(ValueError, match="lora_b"):
+        fused_lora_linear_triton(**case)
+    assert rel(fused_lora_linear(**case), reference(case)) < 1e-5  # the torch path has no such limit
+    with pytest.raises(ValueError, match="lora_a"):
+        merge_lora_(case["weight"].clone(), case["lora_a"][:, 1:], case["lora_b"], 1.0)
+    with pytest.raises(ValueError, match="backup"):
+        restore_(case["weight"].clone(), case["weight"][1:])
