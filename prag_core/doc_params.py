@@ -112,18 +112,23 @@ class DocParams:
 
     def save(self, path):
         """Write the §4.3 safetensors file atomically (temp file + rename), after the checks load makes."""
-        path = Path(path)
+        metadata, tensors = self.encode(path)
+        write_bytes_atomic(path, safetensors_bytes(tensors, metadata=metadata))
+
+    def encode(self, where):
+        """(metadata, tensors) of the §4.3 file, checked as load checks them; `where` names it in errors.
+        (Also what a store shard holds per document.)"""
         header = {"format": FORMAT, "format_version": FORMAT_VERSION, "alpha": self.alpha, **self.meta}
         try:
             metadata = {k: json.dumps(v, sort_keys=True) for k, v in header.items()}
         except TypeError as err:
-            raise DocParamsError(f"{path}: metadata is not JSON-serialisable ({err})") from err
+            raise DocParamsError(f"{where}: metadata is not JSON-serialisable ({err})") from err
         tensors = {}
         for p, (a, b) in self.pairs.items():
             tensors[f"{p}.lora_a"] = a.detach().to("cpu").contiguous()
             tensors[f"{p}.lora_b"] = b.detach().to("cpu").contiguous()
-        _validate(path, metadata, tensors)
-        write_bytes_atomic(path, safetensors_bytes(tensors, metadata=metadata))
+        _validate(where, metadata, tensors)
+        return metadata, tensors
 
     @classmethod
     def load(cls, path, fingerprint=None, device="cpu", dtype=None):
@@ -138,11 +143,16 @@ class DocParams:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError, ValueError) as err:
             raise DocParamsError(f"{path}: not a readable safetensors file ({err})") from err
-        alpha, meta, pairs = _validate(path, metadata, tensors)
+        return cls.decode(path, metadata, tensors, fingerprint, device, dtype)
+
+    @classmethod
+    def decode(cls, where, metadata, tensors, fingerprint=None, device="cpu", dtype=None):
+        """The DocParams of (metadata, tensors) as `encode` gives them, checked like `load` (errors name `where`)."""
+        alpha, meta, pairs = _validate(where, metadata, tensors)
         if fingerprint is not None:
             for key in FINGERPRINT_FIELDS:
                 if meta["fingerprint"].get(key) != fingerprint.get(key):
-                    raise DocParamsError(f"{path}: fingerprint.{key} is {meta['fingerprint'].get(key)!r}, "
+                    raise DocParamsError(f"{where}: fingerprint.{key} is {meta['fingerprint'].get(key)!r}, "
                                          f"the model's is {fingerprint.get(key)!r} (trained for another model)")
         pairs = {p: (a.to(device, dtype), b.to(device, dtype)) for p, (a, b) in pairs.items()}
         return cls(pairs, alpha, meta)
