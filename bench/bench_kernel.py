@@ -4,20 +4,23 @@ Providers, for x (M, in), W (out, in), D documents of rank 2 stacked as A (D, ou
     base     F.linear(x, W)                                  the projection alone, no documents
     fused    prag_kernels.fused_lora_linear(x, W, None, A, B, α)
     unfused  F.linear(x, W) + α·(x B_cat) A_catᵀ             three separate ops, B_cat/A_cat built per call
+The three run interleaved (common.interleave): each round calls every provider n times in a row (n
+calibrated so a provider takes about 10 ms per round), and the samples are seconds per call.
 The GPU counterpart is bench/gpu_kernels.py (CUDA events), which run_all.py runs when a GPU is present.
 """
+import time
 from functools import lru_cache
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from common import ALPHA, RANK, SHAPES, SMOKE
+from common import ALPHA, RANK, SHAPES, SMOKE, interleave
 from prag_kernels import fused_lora_linear
 
 MS = (1, 8) if SMOKE else (1, 8, 64, 512)
 DOCS = (1, 3) if SMOKE else (1, 3, 8)
-CASES = [("base", 0)] + [(p, d) for p in ("fused", "unfused") for d in DOCS]
+CASES = [(shape, m, docs) for shape in SHAPES for m in MS for docs in DOCS]  # shape by shape
 
 
 @lru_cache(maxsize=1)  # one shape's weight alive at a time; tests are ordered shape by shape
@@ -46,16 +49,36 @@ PROVIDERS = {
     "fused": lambda x, w, a, b: fused_lora_linear(x, w, None, a, b, ALPHA),
     "unfused": lambda x, w, a, b: unfused(x, w, a, b, ALPHA),
 }
+ROUND_S = 0.01  # target seconds of base calls per round: enough calls to dwarf the timer's overhead
+BUDGET_S = 3.0  # target seconds per benchmark, which sets the rounds (between 5 and 15)
 
 
-@pytest.mark.parametrize("provider,docs", CASES, ids=[f"{p}-{d}docs" for p, d in CASES])
-@pytest.mark.parametrize("m", MS, ids=[f"M{m}" for m in MS])
-@pytest.mark.parametrize("shape", list(SHAPES))
-def test_kernel(benchmark, shape, m, provider, docs):
+def seconds(call):
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+@pytest.mark.parametrize("shape,m,docs", CASES, ids=[f"{s}-M{m}-{d}docs" for s, m, d in CASES])
+def test_kernel(benchmark, shape, m, docs):
     x, w, lora_a, lora_b = operands(shape, m, docs)
-    fn = PROVIDERS[provider]
+    calls = {p: (lambda fn=fn: fn(x, w, lora_a, lora_b)) for p, fn in PROVIDERS.items()}
+
+    def variant(provider, n):
+        def run(_):
+            for _ in range(n):
+                calls[provider]()
+        return {"provider": provider}, run
+
     benchmark.group = f"kernel {shape} M={m}"
-    benchmark.extra_info.update(suite="kernel", shape=shape, m=m, provider=provider, docs=docs, rank=RANK,
-                                in_features=w.shape[1], out_features=w.shape[0])
     with torch.inference_mode():
-        benchmark(fn, x, w, lora_a, lora_b)
+        for call in calls.values():
+            call()  # warm-up
+        once = {p: seconds(c) for p, c in calls.items()}
+        n = max(1, round(ROUND_S / max(once["base"], 1e-7)))
+        full = max(5, min(15, int(BUDGET_S / (n * sum(once.values())))))
+        benchmark.extra_info.update(suite="kernel", shape=shape, m=m, docs=docs, rank=RANK, calls_per_round=n,
+                                    in_features=w.shape[1], out_features=w.shape[0])
+        interleave(benchmark, {p: variant(p, n) for p in PROVIDERS}, rounds=1 if SMOKE else full, warmup_rounds=1)
+    for v in benchmark.extra_info["variants"].values():
+        v["samples"] = [t / n for t in v["samples"]]  # seconds per call
