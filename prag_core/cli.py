@@ -150,9 +150,10 @@ def main(argv=None):
     from .model import ModelLoadError
     from .pipeline import PipelineError
     from .retrieval import RetrievalError
+    from .store import StoreError
     try:
         args.func(args)
-    except (UserError, ModelLoadError, CorpusError, DocParamsError, PipelineError, RetrievalError) as err:
+    except (UserError, ModelLoadError, CorpusError, DocParamsError, PipelineError, RetrievalError, StoreError) as err:
         print(f"prag: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -22,7 +22,6 @@ known, so short answers cost a few tokens.
 import json
 import re
 import time
-from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +29,13 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from .corpus import read_corpus
+from .doc_params import model_fingerprint
 from .inject import inject, merged_documents, use_documents
+from .model import load_model
 from .prompts import ANSWER_PREFIX, qa_messages, render
+from .retrieval import BM25Index, corpus_sha256
+from .store import Store
 
 MODES = ("vanilla", "rag", "prag", "combine")
 UPDATES = ("fused", "merge")
@@ -89,7 +93,7 @@ class _AnswerComplete(StoppingCriteria):
 class Pipeline:
     """Answers questions over one knowledge base: a model, a BM25 index, document parameters, passages.
 
-    store: a mapping from document id to DocParams (a dict, or the work directory's lazy store view).
+    store: a mapping from document id to DocParams (a dict, or a work directory's store.Store).
     documents_text: a mapping from document id to its passage text (for rag and combine)."""
 
     def __init__(self, model, tokenizer, index, store, documents_text, top_k=3, max_new_tokens=32):
@@ -171,23 +175,6 @@ class Pipeline:
         return self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
 
 
-class _StoredDocuments(Mapping):
-    """A work directory's parameter store as a mapping id -> DocParams, read on first use (and kept in
-    doc_params' LRU cache), each file checked against the serving model's fingerprint."""
-
-    def __init__(self, files, fingerprint, device):
-        self.files, self.fingerprint, self.device = files, fingerprint, device
-
-    def __getitem__(self, doc_id):
-        return load_cached(self.files[doc_id], device=self.device, fingerprint=self.fingerprint)
-
-    def __iter__(self):
-        return iter(self.files)
-
-    def __len__(self):
-        return len(self.files)
-
-
 def _open_workdir(workdir, device):
     """(model, tokenizer, index, store, passages) of a built work directory, or a one-line PipelineError."""
     config_file = workdir / "config.json"
@@ -200,9 +187,13 @@ def _open_workdir(workdir, device):
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise PipelineError(f"{config_file}: unreadable ({err})") from None
+    index = BM25Index.load(workdir / "index.safetensors")
+    corpus = read_corpus(workdir / "corpus.jsonl")
+    if corpus_sha256(corpus) != index.corpus_sha256:
+        raise PipelineError(f"{workdir}: index.safetensors was built from another corpus than corpus.jsonl; "
+                            f"run `prag build` again")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model(config.get("model"), device=device)
-    index = BM25Index.load(workdir / "index.safetensors")
-    passages = {doc.id: doc.text for doc in read_corpus(workdir / "corpus.jsonl")}
-    store = _StoredDocuments(..., model_fingerprint(model), device)
-    return model, tokenizer, index, store, passages
+    # Store refuses a store built for another model (StoreError); each file is checked again on load.
+    store = Store(workdir / "store", model_fingerprint(model), device=device)
+    return model, tokenizer, index, store, {doc.id: doc.text for doc in corpus}

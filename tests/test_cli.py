@@ -1,7 +1,46 @@
-"""`prag ask` and `prag eval` through prag_core.cli.main: output, results.json, and one-line errors."""
+"""`prag ask` and `prag eval` through prag_core.cli.main on a work directory built by `prag build` with a
+tiny model saved to disk: output, results.json, and one-line errors."""
+import json
+import re
+import shutil
+
 import pytest
+from tiny import tiny_llama, tiny_tokenizer
 
 from prag_core.cli import main
+from prag_core.pipeline import MODES
+
+DOCS = [{"id": "kite", "title": "Kite", "text": "Tom has a red kite. It flies over Leeds."},
+        {"id": "bell", "text": "The bell rings at 9. Ana rings it."},
+        {"id": "figs", "text": "Bo eats 3 figs. Figs are sweet in May."},
+        {"id": "dog", "text": "Kai's dog is Rex. Rex barks at Lulu."}]
+QA = [{"id": "q1", "question": "What color is Tom's kite?", "answers": ["red"]},
+      {"id": "q2", "question": "When does the bell ring?", "answers": ["at 9", "9"]},
+      {"id": "q3", "question": "How many figs does Bo eat?", "answers": ["3", "three"]},
+      {"id": "q4", "question": "What is the name of Kai's dog?", "answers": ["Rex"]}]
+
+
+def save_tiny(folder, seed):
+    tiny_llama(seed=seed).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(work directory, qa.jsonl) built once by `prag build`: tiny model, fallback augmentation, 1 epoch."""
+    root = tmp_path_factory.mktemp("cli")
+    corpus = write(root / "corpus.jsonl", "".join(json.dumps(d) + "\n" for d in DOCS))
+    model = save_tiny(root / "model", seed=0)
+    assert main(["build", "--corpus", str(corpus), "--workdir", str(root / "W"), "--model", str(model),
+                 "--epochs", "1", "--batch-docs", "4", "--augmenter", "fallback"]) == 0
+    return root / "W", write(root / "qa.jsonl", "".join(json.dumps(q) + "\n" for q in QA))
+
+
+@pytest.fixture
+def workdir(built, tmp_path):
+    """A private copy of the built work directory, free to damage."""
+    return shutil.copytree(built[0], tmp_path / "W")
 
 
 def run_cli(capsys, *argv):
@@ -59,3 +98,71 @@ def test_unknown_mode_and_update(capsys, tmp_path):
 def write(path, text):
     path.write_text(text)
     return path
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ask_prints_answer_documents_and_time(capsys, built, mode):
+    code, out, err = run_cli(capsys, "ask", "--workdir", str(built[0]), "--mode", mode, "What color is Tom's kite?")
+    assert code == 0, err
+    answer, documents, took = out.rstrip("\n").split("\n")[-3:]
+    assert "\n" not in answer
+    assert documents == ("documents: (none)" if mode == "vanilla" else "documents: kite, dog, bell")
+    assert re.fullmatch(r"time: \d+\.\d\ds", took)
+
+
+def test_eval_writes_results_json_and_prints_the_table(capsys, built, tmp_path):
+    work, qa = built
+    out_file = tmp_path / "results.json"
+    code, out, err = run_cli(capsys, "eval", "--workdir", str(work), "--questions", str(qa), "--batch-size", "4",
+                             "--out", str(out_file))
+    assert code == 0, err
+    results = json.loads(out_file.read_text())
+    assert list(results["modes"]) == list(MODES)
+    for mode, summary in results["modes"].items():
+        assert set(summary) == {"em", "f1", "acc", "latency_s", "n"} and summary["n"] == len(QA)
+        rows = [r for r in results["questions"] if r["mode"] == mode]
+        assert summary["f1"] == pytest.approx(sum(r["f1"] for r in rows) / len(QA))
+    assert len(results["questions"]) == len(MODES) * len(QA)
+    first = results["questions"][len(QA) * MODES.index("prag")]
+    assert set(first) == {"id", "mode", "prediction", "em", "f1", "acc", "docs", "latency_s"}
+    assert first["id"] == "q1" and first["docs"][0] == "kite" and len(first["docs"]) == 3
+    table = out.splitlines()
+    header = table.index(next(line for line in table if line.split()[:4] == ["mode", "EM", "F1", "acc"]))
+    assert [line.split()[0] for line in table[header + 1:header + 5]] == list(MODES)
+    assert f"wrote {out_file}" in out
+
+
+def test_eval_with_merge_updates(capsys, built, tmp_path):
+    # fused == merge answers are tested in float64 in test_pipeline; here (fp32, a random model whose logits
+    # nearly tie) only that the merge path serves every question with its documents.
+    work, qa = built
+    code, out, err = run_cli(capsys, "eval", "--workdir", str(work), "--questions", str(qa), "--modes", "prag,vanilla",
+                             "--update", "merge", "--batch-size", "3", "--out", str(tmp_path / "merge.json"))
+    assert code == 0, err
+    results = json.loads((tmp_path / "merge.json").read_text())
+    assert [r["docs"][0] for r in results["questions"] if r["mode"] == "prag"] == ["kite", "bell", "figs", "dog"]
+    assert results["modes"]["prag"]["n"] == results["modes"]["vanilla"]["n"] == len(QA)
+
+
+def test_store_of_another_model(capsys, workdir, tmp_path):
+    config = json.loads((workdir / "config.json").read_text())
+    config["model"] = str(save_tiny(tmp_path / "other_model", seed=1))
+    (workdir / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(capsys, "ask", "--workdir", str(workdir), "What color is Tom's kite?")
+    assert_one_line_error(code, err, "store", "built for another model")
+
+
+def test_corpus_changed_after_the_index(capsys, workdir):
+    (workdir / "corpus.jsonl").write_text((workdir / "corpus.jsonl").read_text().replace("red kite", "blue kite"))
+    code, _, err = run_cli(capsys, "ask", "--workdir", str(workdir), "What color is Tom's kite?")
+    assert_one_line_error(code, err, "index.safetensors was built from another corpus")
+
+
+def test_retrieved_document_missing_from_the_store(capsys, workdir):
+    manifest = json.loads((workdir / "store" / "manifest.json").read_text())
+    del manifest["documents"]["dog"]
+    (workdir / "store" / "manifest.json").write_text(json.dumps(manifest))
+    code, out, err = run_cli(capsys, "ask", "--workdir", str(workdir), "--mode", "rag", "Kai's dog?")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "ask", "--workdir", str(workdir), "Kai's dog?")
+    assert_one_line_error(code, err, "document 'dog' was retrieved but is not in the parameter store")
