@@ -14,7 +14,6 @@ appended (one write per line, flushed) after every batch, so a killed run keeps
 what it finished; a re-run reads it back and only a changed text is redone.
 """
 import json
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .corpus import write_jsonl_atomic
+from .corpus import append_line, write_jsonl_atomic
 from .metrics import acc, normalize_answer
 from .prompts import PROMPT_VERSION, qa_pairs_messages, render, rewrite_messages
 
@@ -241,14 +240,14 @@ class AugmentCache:
 
     def put(self, sha256, aug):
         self.entries[sha256] = aug
-        line = json.dumps({"sha256": sha256, "settings": self.settings, **asdict(aug)}, ensure_ascii=False) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, line.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_line(self.path, json.dumps({"sha256": sha256, "settings": self.settings, **asdict(aug)},
+                                          ensure_ascii=False) + "\n")
+
+
+def cache_settings(generator, n_rewrites=1, n_qa=3, retries=2):
+    """What an augmentation depends on besides its text: the second half of its cache key."""
+    return {"generator": generator.name if generator is not None else "fallback", "n_rewrites": n_rewrites,
+            "n_qa": n_qa, "retries": retries, "prompt_version": PROMPT_VERSION}
 
 
 def augment_documents(docs, generator, cache_path, n_rewrites=1, n_qa=3, retries=2, batch_size=8):
@@ -256,9 +255,7 @@ def augment_documents(docs, generator, cache_path, n_rewrites=1, n_qa=3, retries
 
     Documents missing from the cache are augmented `batch_size` at a time, each batch appended to the cache
     as soon as it is done. generator None = the deterministic fallback only."""
-    settings = {"generator": generator.name if generator is not None else "fallback", "n_rewrites": n_rewrites,
-                "n_qa": n_qa, "retries": retries, "prompt_version": PROMPT_VERSION}
-    cache = AugmentCache(cache_path, settings)
+    cache = AugmentCache(cache_path, cache_settings(generator, n_rewrites, n_qa, retries))
     todo = [d for d in {d.sha256: d for d in docs}.values() if cache.get(d.sha256) is None]
     with tqdm(total=len(todo), desc="augment", unit="doc", disable=not todo) as bar:
         for start in range(0, len(todo), batch_size):

@@ -134,6 +134,19 @@ def write_bytes_atomic(path, data: bytes) -> None:
         raise
 
 
+def append_line(path, line: str) -> None:
+    """Append one line (ending in a newline) with a single write, then fsync: a crash can tear only the
+    file's last line, which readers detect (no trailing newline) and drop."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_text_atomic(path, text: str) -> None:
     """write_bytes_atomic for UTF-8 text."""
     write_bytes_atomic(path, text.encode("utf-8"))
