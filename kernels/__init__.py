@@ -13,7 +13,13 @@ Fast entry for callers that cache the stacked documents (the injection layer):
         = x Wᵀ + bias + scale · ((x b_cat) ⊙ row_mask) a_catᵀ
 
 It skips the per-call (D, n, r) -> (n, D·r) copies and the row_docs range check (a host
-sync on CUDA). Merge baseline: merge_lora_(weight, lora_a, lora_b, scale) -> backup, then
+sync on CUDA), and on the CPU its checks run only when a GEMM refuses the operands. Build
+the operands once per document set: a_cat = torch.cat([A_1.T, …]).T (so a_cat.T is
+contiguous: the expand reads it in place), b_cat = torch.cat([B_1, …], dim=1), and for
+per-row sets row_mask = column_mask(row_docs (B, J), D, r, x.dtype), one row per batch
+element, which serves x (B, T, in) for any T.
+
+Merge baseline: merge_lora_(weight, lora_a, lora_b, scale) -> backup, then
 restore_(weight, backup) puts the original weight back bit-exactly.
 
 For tests and benchmarks, the raw Triton launcher fused_lora_linear_triton(x (M, in), ...,
@@ -24,6 +30,7 @@ from .fused_lora import fused_lora_linear, fused_lora_linear_cat
 from .fused_lora import lora_linear_triton as fused_lora_linear_triton
 from .merge import merge_lora_, restore_
 from .reference import reference_fused_lora_linear
+from .torch_path import column_mask
 
-__all__ = ["fused_lora_linear", "fused_lora_linear_cat", "reference_fused_lora_linear", "merge_lora_", "restore_",
-           "fused_lora_linear_triton"]
+__all__ = ["fused_lora_linear", "fused_lora_linear_cat", "column_mask", "reference_fused_lora_linear",
+           "merge_lora_", "restore_", "fused_lora_linear_triton"]

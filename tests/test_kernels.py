@@ -5,7 +5,10 @@ Every case draws fresh random inputs; kernel outputs are poisoned with NaN befor
 element the kernel leaves unwritten fails the test.
 """
 import itertools
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +16,10 @@ import torch.nn.functional as F
 
 from prag_kernels import (fused_lora_linear, fused_lora_linear_cat, fused_lora_linear_triton, merge_lora_,
                           reference_fused_lora_linear, restore_)
-from prag_kernels.fused_lora_triton import _CONFIGS, _configs_for, m_bucket
+from prag_kernels.fused_lora_triton import _CONFIGS, _configs_for, _fused_lora_autotuned, m_bucket
 from prag_kernels.torch_path import cat_rank, column_mask
 
+ROOT = Path(__file__).resolve().parents[1]
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 SMALL_BLOCKS = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)  # several tiles and K steps even at in/out ~40
 
@@ -98,17 +102,18 @@ def test_torch_path_and_cat_entry_match_reference(c):
 
 
 def test_configs_pruned_per_m_bucket():
-    """Decode gets the 16-row tiles, prefill the big ones; the interpreter runs the first of each family."""
+    """Decode gets the 16-row tiles, prefill the big ones, and the autotuned launch picks among them."""
     assert [m_bucket(m) for m in (1, 16, 17, 300, 10**6)] == [16, 16, 32, 512, 4096]
     for m, want in [(1, {16}), (64, {32, 64}), (4096, {64, 128})]:
         kept = _configs_for(_CONFIGS, {"M_BUCKET": m_bucket(m)}, R_PAD=16)
         assert kept and {c.kwargs["BLOCK_M"] for c in kept} <= want
     big = _configs_for(_CONFIGS, {"M_BUCKET": 4096}, R_PAD=128)
     assert big and all(c.kwargs["BLOCK_M"] * (c.kwargs["BLOCK_N"] + 128) <= 128 * 272 for c in big)
-    for m in (2, 200):  # the interpreter's default config for a decode and a prefill-sized M
+    for m, want in [(2, {16}), (200, {32, 64}), (300, {64, 128})]:
         case = make_case(m, m, 33, 47, 3, 2, rows="mixed")
         out = torch.full((m, 47), float("nan"))
         assert rel(fused_lora_linear_triton(**case, out=out), reference(case)) < 1e-5
+        assert _fused_lora_autotuned.best_config.kwargs["BLOCK_M"] in want
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -316,3 +321,19 @@ def test_bad_launcher_and_merge_arguments():
         merge_lora_(case["weight"].clone(), case["lora_a"][:, 1:], case["lora_b"], 1.0)
     with pytest.raises(ValueError, match="backup"):
         restore_(case["weight"].clone(), case["weight"][1:])
+
+
+# --- the GPU benchmark's CPU smoke mode -------------------------------------------------------------
+
+def test_gpu_bench_cpu_smoke_mode_checks_and_prints_a_table():
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_kernels.py"), "--cpu"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    checks = [line for line in done.stdout.splitlines() if line.startswith("check ")]
+    assert len(checks) == 12 and all(line.endswith(" ok") for line in checks)
+    table = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| shape | M | docs | F.linear | fused |") and set(table[1]) <= set("|-")
+    assert len(table) == 2 + 2 * 2 + 2  # 2 shapes × M ∈ {1, 8}, and one heterogeneous batch per shape
+    for line in table[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == 9 and all(float(c.rstrip("×")) > 0 for c in cells[3:8])
