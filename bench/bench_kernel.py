@@ -1,10 +1,12 @@
 """Suite 1, kernel: one FFN projection (hidden -> intermediate, the gate/up shape) on the CPU.
 
-Providers, for x (M, in), W (out, in), D documents of rank 2 stacked as A (D, out, 2), B (D, in, 2):
-    base     F.linear(x, W)                                  the projection alone, no documents
-    fused    prag_kernels.fused_lora_linear(x, W, None, A, B, α)
-    unfused  F.linear(x, W) + α·(x B_cat) A_catᵀ             three separate ops, B_cat/A_cat built per call
-The three run interleaved (common.interleave): each round calls every provider n times in a row (n
+Providers, for x (M, in), W (out, in), D documents of rank 2 stacked as A (D, out, 2), B (D, in, 2),
+and A_cat (out, 2D), B_cat (in, 2D) the same documents side by side along rank (built beforehand):
+    base     F.linear(x, W)                                       the projection alone, no documents
+    fused    prag_kernels.fused_lora_linear(x, W, None, A, B, α)  the public op
+    cat      prag_kernels.fused_lora_linear_cat(x, W, None, A_cat, B_cat, α)  its entry for cached stacks
+    unfused  F.linear(x, W) + α·(x B_cat) A_catᵀ                  separate torch ops
+(the same providers as bench/gpu_kernels.py, less merge, which suite 2 times per model). They run interleaved (common.interleave): each round calls every provider n times in a row (n
 calibrated so a provider takes about 10 ms per round), and the samples are seconds per call.
 The GPU counterpart is bench/gpu_kernels.py (CUDA events), which run_all.py runs when a GPU is present.
 """
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from common import ALPHA, RANK, SHAPES, SMOKE, interleave
-from prag_kernels import fused_lora_linear
+from prag_kernels import fused_lora_linear, fused_lora_linear_cat
 
 MS = (1, 8) if SMOKE else (1, 8, 64, 512)
 DOCS = (1, 3) if SMOKE else (1, 3, 8)
@@ -35,19 +37,14 @@ def operands(shape, m, docs):
     x = torch.randn(m, w.shape[1], generator=gen)
     lora_a = torch.randn(docs, w.shape[0], RANK, generator=gen) * 0.02
     lora_b = torch.randn(docs, w.shape[1], RANK, generator=gen) * 0.02
-    return x, w, lora_a, lora_b
-
-
-def unfused(x, w, lora_a, lora_b, scale):
-    b_cat = torch.cat(lora_b.unbind(0), dim=1)
-    a_cat = torch.cat(lora_a.unbind(0), dim=1)
-    return F.linear(x, w) + scale * ((x @ b_cat) @ a_cat.T)
+    return x, w, lora_a, lora_b, torch.cat(lora_a.unbind(0), dim=1), torch.cat(lora_b.unbind(0), dim=1)
 
 
 PROVIDERS = {
-    "base": lambda x, w, a, b: F.linear(x, w),
-    "fused": lambda x, w, a, b: fused_lora_linear(x, w, None, a, b, ALPHA),
-    "unfused": lambda x, w, a, b: unfused(x, w, a, b, ALPHA),
+    "base": lambda x, w, a, b, a_cat, b_cat: F.linear(x, w),
+    "fused": lambda x, w, a, b, a_cat, b_cat: fused_lora_linear(x, w, None, a, b, ALPHA),
+    "cat": lambda x, w, a, b, a_cat, b_cat: fused_lora_linear_cat(x, w, None, a_cat, b_cat, ALPHA),
+    "unfused": lambda x, w, a, b, a_cat, b_cat: F.linear(x, w) + ALPHA * ((x @ b_cat) @ a_cat.T),
 }
 ROUND_S = 0.01  # target seconds of base calls per round: enough calls to dwarf the timer's overhead
 BUDGET_S = 3.0  # target seconds per benchmark, which sets the rounds (between 5 and 15)
@@ -61,8 +58,9 @@ def seconds(call):
 
 @pytest.mark.parametrize("shape,m,docs", CASES, ids=[f"{s}-M{m}-{d}docs" for s, m, d in CASES])
 def test_kernel(benchmark, shape, m, docs):
-    x, w, lora_a, lora_b = operands(shape, m, docs)
-    calls = {p: (lambda fn=fn: fn(x, w, lora_a, lora_b)) for p, fn in PROVIDERS.items()}
+    args = operands(shape, m, docs)
+    x, w = args[:2]
+    calls = {p: (lambda fn=fn: fn(*args)) for p, fn in PROVIDERS.items()}
 
     def variant(provider, n):
         def run(_):

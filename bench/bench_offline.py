@@ -11,7 +11,6 @@
 from functools import lru_cache
 
 import pytest
-import torch
 
 from common import ALPHA, RANK, SMOKE, rounds, tiny_llama, tiny_tokenizer
 from prag_core.augment import Augmentation, LMGenerator, augment_many, fallback_qa, fallback_rewrites

@@ -33,7 +33,8 @@ def run_gpu_script(env, out_file):
     if not script.is_file() or probe.stdout.strip() != "True":
         return None
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env)
-    out_file.write_text(done.stdout + (f"\n(exit {done.returncode})\n{done.stderr[-2000:]}" if done.returncode else ""))
+    failed = f"\n\ngpu_kernels.py exited {done.returncode}:\n\n```\n{done.stderr[-2000:]}\n```\n"
+    out_file.write_text(done.stdout + (failed if done.returncode else ""))
     return out_file
 
 
