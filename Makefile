@@ -28,5 +28,6 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not slow" tests
 
+# e.g. make bench BENCH_ARGS="--threads 1 --suites kernel,update"  (see bench/run_all.py --help)
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
