@@ -16,7 +16,7 @@ missing or changed.
 Long documents: a document whose text has more than `max_passage_tokens(...)`
 tokens (two fifths of the model's context after a 256-token reserve: the
 augmentation prompt holds the passage, an example and a 1.5x-long rewrite) is
-truncated to that many tokens, with a warning naming its corpus line; the
+truncated to that many tokens (less the last, maybe split, word), with a warning naming its corpus line; the
 truncated text is what is augmented, trained and put in W/corpus.jsonl.
 """
 import dataclasses
@@ -75,6 +75,8 @@ def fit_documents(docs, tokenizer, limit, corpus_path):
                           f"tokens, more than the {limit} that fit the model's context; truncated to {limit}",
                           stacklevel=2)
             text = tokenizer.decode(ids[:limit], skip_special_tokens=True).strip()
+            if len(text.split()) > 1:  # drop the word the cut may have split
+                text = text.rsplit(None, 1)[0]
             doc = dataclasses.replace(doc, text=text)
         fitted.append(doc)
     return fitted
