@@ -15,6 +15,8 @@ gets right comes from the documents' parameters.
 import time
 from pathlib import Path
 
+import torch
+
 from .corpus import DEMO_CORPUS, DEMO_QUESTIONS, read_questions
 from .evaluate import evaluate, table, write_results
 from .model import cache_dir
@@ -32,6 +34,8 @@ def spread(questions, n):
 
 
 def _cell(text, width=COLUMN):
+    """`text` on one line (any whitespace run, line breaks included, becomes a space), cut to `width`."""
+    text = " ".join(text.split())
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
@@ -70,22 +74,19 @@ def latency(pipeline, questions, batched_s, n=LATENCY_QUESTIONS):
     return "\n".join(lines)
 
 
-def _build(workdir, model):
-    """Index, augment and encode the demo corpus into `workdir`; finished work is reused."""
+def run(workdir=None, model=None, device=None, corpus=DEMO_CORPUS, questions=DEMO_QUESTIONS, **build_options):
+    """Build (or reuse) the demo work directory, then print the three sections. build_options go to
+    build.build (the defaults are the measured ones; tests pass a faster setting)."""
     from .build import build
 
-    build(DEMO_CORPUS, workdir, model=model)
-
-
-def run(workdir=None, model=None, device=None):
     start = time.perf_counter()
     workdir = Path(workdir) if workdir else cache_dir() / "demo"
-    print(f"prag demo: {DEMO_CORPUS.name} into {workdir}", flush=True)
-    _build(workdir, model)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"prag demo: {Path(corpus).name} into {workdir}", flush=True)
+    print(build(corpus, workdir, model=model, device=device, **build_options), flush=True)
     built = time.perf_counter()
-    print(f"build: {built - start:.1f}s", flush=True)
     pipeline = Pipeline.open(workdir, device=device)
-    questions = read_questions(DEMO_QUESTIONS)
+    questions = read_questions(questions)
     results = evaluate(pipeline, questions, MODES, "fused", BATCH_SIZE)
     write_results(workdir / "demo_results.json", results)
     print(f"\n(1) Example answers, four modes side by side\n\n{examples(results, questions)}")
@@ -94,3 +95,4 @@ def run(workdir=None, model=None, device=None):
           f"{latency(pipeline, questions, results['modes']['prag']['latency_s'])}")
     print(f"\ntotal {time.perf_counter() - start:.1f}s (build {built - start:.1f}s); "
           f"results in {workdir / 'demo_results.json'}")
+    return results

@@ -3,6 +3,7 @@ import string
 
 import pytest
 import torch
+from test_cli import one_thread  # noqa: F401 (autouse fixture)
 from tiny import random_doc_params, tiny_llama, tiny_tokenizer
 
 from prag_core.corpus import Document, text_sha256
