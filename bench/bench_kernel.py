@@ -48,7 +48,7 @@ PROVIDERS = {
     "unfused": lambda x, w, a, b, a_cat, b_cat: F.linear(x, w) + ALPHA * ((x @ b_cat) @ a_cat.T),
 }
 ROUND_S = 0.01  # target seconds of base calls per round: enough calls to dwarf the timer's overhead
-BUDGET_S = 3.0  # target seconds per benchmark, which sets the rounds (between 5 and 15)
+BUDGET_S = 2.0  # target seconds per benchmark, which sets the rounds (between 5 and 15)
 
 
 def seconds(call):
