@@ -6,7 +6,8 @@ A work directory W holds one knowledge base:
     W/corpus.jsonl        the documents as built (see truncation below)
     W/index.safetensors   BM25 index over title + text
     W/augment.jsonl       augmentation cache (augment.AugmentCache)
-    W/store/              parameter store (store.Store): manifest.json + one .safetensors per document
+    W/store/              parameter store: manifest.json + one .safetensors per document (store.Store), or
+                          with shard_size, shards of many documents + an index (shards.ShardedStore)
 
 Resumable: every file is written atomically, documents already in the store (same
 text, same model, same training config) are skipped, and augmentations are cached,
@@ -28,14 +29,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .augment import LMGenerator, augment_documents
+from .augment import LMGenerator, augment_documents, cache_settings
 from .corpus import read_corpus, text_sha256, write_jsonl_atomic, write_text_atomic
 from .doc_params import model_fingerprint
 from .inject import ffn_module_paths, inject
 from .model import load_model
 from .retrieval import BM25Index
 from .samples import CONSTRUCTIONS, build_samples
-from .store import Store
+from .shards import open_store
 from .train import DTYPES, TrainConfig, train_documents
 
 AUGMENTERS = ("model", "fallback")
@@ -98,9 +99,14 @@ class BuildSummary:
 
 
 def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augmenter="model", n_rewrites=1,
-          n_qa=3, device="cpu", progress=True):
+          n_qa=3, device="cpu", progress=True, storage_dtype=None, shard_size=None, ray=None, workers=None):
     """Build (or resume) the work directory `workdir` from `corpus` (a corpus.jsonl path) with `model`
     (a name or path for load_model; None = the embedded SmolLM2). Returns a BuildSummary.
+
+    storage_dtype ("float32", "bfloat16", "float16") and shard_size (documents per shard; None = a file per
+    document) apply to a new store (shards.open_store). ray: None = this process augments and trains; else a
+    Ray cluster address ("" = a local cluster) whose workers (one per GPU, or per CPU; or `workers`) do it
+    (distributed.encode_on_ray).
 
     Raises CorpusError (bad corpus), ModelLoadError, StoreError (a store built for another model) or
     BuildError (bad settings) before anything in `workdir` is changed."""
@@ -112,13 +118,15 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
         raise BuildError(f"batch_docs ({batch_docs}) and n_qa ({n_qa}) must be ≥ 1, n_rewrites ({n_rewrites}) ≥ 0")
     corpus, workdir = Path(corpus), Path(workdir)
     docs = read_corpus(corpus)
-    lm, tokenizer = load_model(model, dtype=DTYPES[config.dtype], device=device)
+    # with Ray, the driver's model only checks settings, fingerprints and tokenizes: the CPU is enough
+    lm, tokenizer = load_model(model, dtype=DTYPES[config.dtype], device="cpu" if ray is not None else device)
     inject(lm)
     try:
         ffn_module_paths(lm, config.targets)
     except ValueError as err:
         raise BuildError(f"targets: {err}") from None
-    store = Store(workdir / "store", model_fingerprint(lm), config.to_dict())
+    store = open_store(workdir / "store", model_fingerprint(lm), config.to_dict(), storage_dtype=storage_dtype,
+                       shard_size=shard_size)
     if model and Path(model).exists():  # so `prag ask/eval` find it from any directory
         model = str(Path(model).resolve())
     settings = {"model": model, **config.to_dict(), "augmenter": augmenter, "n_rewrites": n_rewrites, "n_qa": n_qa}
@@ -134,6 +142,15 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     store.flush()
     start = time.perf_counter()
     generator = LMGenerator(lm, tokenizer) if augmenter == "model" else None
+    if ray is not None:
+        from .distributed import encode_on_ray
+
+        fallbacks = encode_on_ray(ray, pending, store, workdir / "augment.jsonl",
+                                  cache_settings(generator, n_rewrites, n_qa), model=model, config=config,
+                                  batch_docs=batch_docs, augmenter=augmenter, n_rewrites=n_rewrites, n_qa=n_qa,
+                                  workers=workers, total=len(docs), progress=progress)
+        store.close()
+        return BuildSummary(len(docs), len(pending), fallbacks, time.perf_counter() - start, store.size_bytes())
     # the augmentation cache is keyed by the text actually augmented
     augs = augment_documents([dataclasses.replace(f, sha256=text_sha256(f.text)) for _, f in pending], generator,
                              workdir / "augment.jsonl", n_rewrites=n_rewrites, n_qa=n_qa)
@@ -153,6 +170,7 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
             store.flush()
             bar.set_postfix(loss=f"{sum(p.meta['losses'][-1] for p in params) / len(params):.3f}")
             bar.update(len(group))
+    store.close()
     return BuildSummary(len(docs), len(pending), sum(a.source == "fallback" for a in augs),
                         time.perf_counter() - start, store.size_bytes())
 

@@ -4,9 +4,13 @@ Errors the user can fix (bad files, unknown ids, missing model) end in one line
 on stderr and exit status 2, never a traceback.
 """
 import argparse
+import importlib.util
 import sys
 
 from . import __version__
+
+
+STORE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --store-dtype spellings
 
 
 class UserError(Exception):
@@ -35,6 +39,14 @@ def _add_build(sub):
     p.add_argument("--n-rewrites", type=int, default=1, help="rewrites per document")
     p.add_argument("--n-qa", type=_positive_int, default=3, help="question/answer pairs per document")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--store-dtype", default=None, choices=list(STORE_DTYPES),
+                   help="dtype of the stored pairs (a new store; default fp32): bf16 or fp16 halve the size")
+    p.add_argument("--shard-size", type=_positive_int, default=None,
+                   help="pack this many documents per shard file (a new store; default: one file per document)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="augment and train on a Ray cluster at ADDRESS, or a local one without it (prag[ray])")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="Ray workers (default: one per GPU of the cluster, else one per CPU)")
     p.set_defaults(func=cmd_build)
 
 
@@ -50,6 +62,10 @@ def cmd_build(args):
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"prag: warning: {message}", file=sys.stderr)
 
+    if args.ray is not None and importlib.util.find_spec("ray") is None:
+        raise UserError("--ray needs Ray: pip install 'prag[ray]'")
+    if args.workers is not None and args.ray is None:
+        raise UserError("--workers applies to --ray builds")
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None
     try:
         config = TrainConfig(rank=args.rank, alpha=args.alpha, lr=args.lr, epochs=args.epochs, targets=targets,
@@ -62,7 +78,9 @@ def cmd_build(args):
         try:
             summary = build(args.corpus, args.workdir, args.model, config, batch_docs=args.batch_docs,
                             augmenter=args.augmenter, n_rewrites=args.n_rewrites, n_qa=args.n_qa,
-                            device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+                            device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                            storage_dtype=STORE_DTYPES.get(args.store_dtype), shard_size=args.shard_size,
+                            ray=args.ray, workers=args.workers)
         except (BuildError, StoreError) as err:
             raise UserError(str(err)) from None
     print(summary)
@@ -121,6 +139,23 @@ def cmd_demo(args):
     run(workdir=args.workdir, model=args.model, device=args.device)
 
 
+def _add_store(sub):
+    p = sub.add_parser("store", help="the parameter store of a work directory")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    v = actions.add_parser("verify", help="check every shard or file and every manifest entry; print every "
+                                          "problem; exit 1 if any")
+    v.add_argument("--workdir", required=True, help="work directory written by `prag build`")
+    v.add_argument("--repair", action="store_true",
+                   help="drop the documents concerned from a sharded store, so `prag build` encodes them again")
+    v.set_defaults(func=cmd_store_verify)
+
+
+def cmd_store_verify(args):
+    from .shards import run_verify
+
+    return run_verify(args.workdir, repair=args.repair)
+
+
 def _positive_int(text):
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
@@ -136,6 +171,7 @@ def build_parser():
     _add_demo(sub)
     _add_ask(sub)
     _add_eval(sub)
+    _add_store(sub)
     return parser
 
 
@@ -152,11 +188,11 @@ def main(argv=None):
     from .retrieval import RetrievalError
     from .store import StoreError
     try:
-        args.func(args)
+        status = args.func(args)
     except (UserError, ModelLoadError, CorpusError, DocParamsError, PipelineError, RetrievalError, StoreError) as err:
         print(f"prag: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from .inject import inject, merged_documents, use_documents
 from .model import load_model
 from .prompts import ANSWER_PREFIX, qa_messages, render
 from .retrieval import BM25Index, corpus_sha256
-from .store import Store
+from .shards import open_store
 
 MODES = ("vanilla", "rag", "prag", "combine")
 UPDATES = ("fused", "merge")
@@ -93,7 +93,7 @@ class _AnswerComplete(StoppingCriteria):
 class Pipeline:
     """Answers questions over one knowledge base: a model, a BM25 index, document parameters, passages.
 
-    store: a mapping from document id to DocParams (a dict, or a work directory's store.Store).
+    store: a mapping from document id to DocParams (a dict, or a work directory's store, shards.open_store).
     documents_text: a mapping from document id to its passage text (for rag and combine)."""
 
     def __init__(self, model, tokenizer, index, store, documents_text, top_k=3, max_new_tokens=32):
@@ -194,6 +194,7 @@ def _open_workdir(workdir, device):
                             f"run `prag build` again")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model(config.get("model"), device=device)
-    # Store refuses a store built for another model (StoreError); each file is checked again on load.
-    store = Store(workdir / "store", model_fingerprint(model), device=device)
+    # A store built for another model is refused (StoreError); each document is checked again on load, and
+    # 16-bit stored pairs are upcast for an fp32 model.
+    store = open_store(workdir / "store", model_fingerprint(model), device=device, compute_dtype=model.dtype)
     return model, tokenizer, index, store, {doc.id: doc.text for doc in corpus}
