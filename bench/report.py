@@ -240,8 +240,8 @@ def offline_section(rows, targets):
     aug = one(rows, kind="augment")
     if aug:
         out.append(f"*Augmentation* ({aug['n_rewrites']} rewrite + {aug['n_qa']} QA pairs per document, written by "
-                   f"{aug['model']}, {aug['docs']} documents in one batch, retries {aug['retries']}, "
-                   f"{aug['fallbacks']} fell back): {cell(aug)} for all, "
+                   f"{aug['model']}; documents: {aug['docs']}, in one batch; retries: {aug['retries']}; "
+                   f"fell back to the deterministic augmenter: {aug['fallbacks']}): {cell(aug)} for all, "
                    f"**{fmt_s(median(aug) / aug['docs'])} per document**.\n")
     train = sorted(pick(rows, kind="train"), key=lambda r: r["group"])
     ref = one(rows, kind="reference")
@@ -254,7 +254,7 @@ def offline_section(rows, targets):
     if ref:
         per_doc_ref = median(ref) / ref["steps"] * ref["sequences_per_doc"]
         lines.append([f"PRAG reference shape (batch 1, padded to {ref['pad_to']})", "–",
-                      f"{cell(ref)} for {ref['steps']} steps", f"{fmt_s(per_doc_ref)} (extrapolated)",
+                      f"{cell(ref)} for {ref['steps']} step(s)", f"{fmt_s(per_doc_ref)} (extrapolated)",
                       f"{1 / per_doc_ref:.4f}", fmt_x(ratio(seq, per_doc_ref))])
     if train:
         t0 = train[0]
@@ -262,21 +262,21 @@ def offline_section(rows, targets):
                 f"{t0['mean_tokens']:.0f} tokens, unpadded), rank {t0['rank']}, {t0['model']}; G documents per batch, "
                 "each row updating only its own pair. Seconds per document scale linearly with the epochs "
                 f"(the build's default is {t0['default_epochs']}).\n",
-                table(["training", "documents", "time", "s per doc per epoch", "docs/s", "speed vs sequential"],
-                      lines)]
-        best = max(train, key=lambda r: r["docs"] / median(r))
-        if best["group"] > 1 and seq:
-            gain = seq / (median(best) / best["docs"])
-            targets.append((f"batched training (best G = {best['group']}) ≥ 1.5× the documents/s of sequential",
+                table(["training", "documents", "time", "s per doc per epoch", "docs/s (one epoch)",
+                       "speed vs sequential"], lines)]
+        batched = [r for r in train if r["group"] > 1]
+        if batched and seq:
+            top = max(batched, key=lambda r: r["docs"] / median(r))
+            gain = seq / (median(top) / top["docs"])
+            targets.append((f"batched training (best G = {top['group']}) ≥ 1.5× the documents/s of sequential",
                             verdict(gain >= 1.5, f"{gain:.2f}×")))
         if ref:
-            best_doc = median(best) / best["docs"]
+            best = min(median(r) / r["docs"] for r in train)
             targets.append(("our per-document training ≥ 10× faster than the padded reference recipe "
-                            "(same sequences, one epoch each)",
-                            verdict(per_doc_ref / best_doc >= 10, f"{fmt_s(best_doc)} vs {fmt_s(per_doc_ref)}: "
-                                    f"{per_doc_ref / best_doc:.1f}×")))
-        if ref:
-            out.append(f"\nThe reference shape is timed for {ref['steps']} optimizer steps (one sequence each, "
+                            "(same sequences, one epoch each; our best G)",
+                            verdict(per_doc_ref / best >= 10, f"{fmt_s(best)} vs {fmt_s(per_doc_ref)}: "
+                                    f"{per_doc_ref / best:.1f}×")))
+            out.append(f"\nThe reference shape is timed for {ref['steps']} optimizer step(s) (one sequence each, "
                        f"padded to {ref['pad_to']} tokens, loss on every position) and extrapolated to "
                        f"{ref['sequences_per_doc']} sequences per document.\n")
     size = one(rows, kind="store")
