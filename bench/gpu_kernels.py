@@ -147,7 +147,8 @@ def main():
     card = "CPU (torch path; Triton checked in the interpreter)" if CPU else torch.cuda.get_device_name()
     print(f"\nfused LoRA linear on {card}: {str(TIME_DTYPE)[6:]}, rank {RANK}, α {ALPHA:g}, "
           f"median µs per call ({'perf_counter' if CPU else 'CUDA events'})\n")
-    print("| shape | M | docs | F.linear | fused | fused / F.linear | cat entry | unfused torch | merge+linear+restore |")
+    print("| shape | M | docs | F.linear | fused | fused / F.linear | cat entry | unfused torch "
+          "| merge+linear+restore |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, (k, n) in SHAPES.items():
         for m in MS:

@@ -20,15 +20,19 @@ from prag_kernels.fused_lora_triton import _CONFIGS, _configs_for, _fused_lora_a
 from prag_kernels.torch_path import cat_rank, column_mask
 
 ROOT = Path(__file__).resolve().parents[1]
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+# Triton runs on the GPU when there is one, else in its interpreter (whose bf16 tl.dot is broken)
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if TRITON_DEVICE == "cuda" else [])
 SMALL_BLOCKS = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)  # several tiles and K steps even at in/out ~40
 
 
 def rel(y, ref):
-    return ((y.double() - ref).norm() / ref.norm()).item()
+    y, ref = y.detach().double().cpu(), ref.detach().double().cpu()
+    return ((y - ref).norm() / ref.norm()).item()
 
 
-def make_case(seed, m, k, n, docs, rank, bias=True, dtype=torch.float32, rows="none", slots=3):
+def make_case(seed, m, k, n, docs, rank, bias=True, dtype=torch.float32, rows="none", slots=3, device="cpu"):
     """Random operands sized so the base and the LoRA term are of similar size; rows: none | mixed."""
     g = torch.Generator().manual_seed(seed)
 
@@ -40,20 +44,22 @@ def make_case(seed, m, k, n, docs, rank, bias=True, dtype=torch.float32, rows="n
     if rows == "mixed":  # ids in [-1, docs), duplicates allowed, and one row with every slot empty
         row_docs = torch.randint(-1, max(docs, 1), (m, slots), generator=g) if docs else torch.full((m, slots), -1)
         row_docs[m // 2] = -1
-    return dict(x=x, weight=weight, bias=rnd(n) if bias else None,
+    case = dict(x=x, weight=weight, bias=rnd(n) if bias else None,
                 lora_a=rnd(docs, n, rank, std=(rank * max(docs, 1)) ** -0.5), lora_b=rnd(docs, k, rank, std=k ** -0.5),
                 scale=1.5, row_docs=row_docs)
+    return {name: v.to(device) if torch.is_tensor(v) else v for name, v in case.items()}
 
 
 def reference(case):
-    args = [case[n] if case[n] is None else case[n].double() for n in ("x", "weight", "bias", "lora_a", "lora_b")]
-    return reference_fused_lora_linear(*args, case["scale"], case["row_docs"])
+    args = [case[n] if case[n] is None else case[n].double().cpu() for n in ("x", "weight", "bias", "lora_a", "lora_b")]
+    rows = case["row_docs"]
+    return reference_fused_lora_linear(*args, case["scale"], None if rows is None else rows.cpu())
 
 
 def assert_lora_matters(case, ref):
     """Guard against a vacuous pass: with documents in play the LoRA term moves y well past the tolerance."""
     if case["lora_a"].shape[0] and (case["row_docs"] is None or (case["row_docs"] >= 0).any()):
-        base = F.linear(*(t if t is None else t.double() for t in (case["x"], case["weight"], case["bias"])))
+        base = F.linear(*(t if t is None else t.double().cpu() for t in (case["x"], case["weight"], case["bias"])))
         assert rel(base, ref) > 0.05
 
 
@@ -63,7 +69,7 @@ SHAPES = [(1, 33, 47), (3, 47, 33), (17, 33, 47), (130, 40, 35)]
 CASES = [
     (m, k, n, docs, rank, bias, rows, dtype, blocks)
     for i, ((m, k, n), (docs, rank), rows, dtype) in enumerate(itertools.product(
-        SHAPES, [(0, 2), (1, 1), (3, 2), (3, 5), (8, 16), (1, 16)], ["none", "mixed"], [torch.float32, torch.float16]))
+        SHAPES, [(0, 2), (1, 1), (3, 2), (3, 5), (8, 16), (1, 16)], ["none", "mixed"], DTYPES))
     if (i % 3 != 1 or m == 1)  # thin the product (interpreter time), keeping every M=1 case
     for bias, blocks in [((i // 2) % 2 == 0, "small" if i % 2 else "auto")]
 ]
@@ -77,10 +83,10 @@ def case_id(c):
 @pytest.mark.parametrize("c", CASES, ids=case_id)
 def test_triton_kernel_matches_reference(c):
     m, k, n, docs, rank, bias, rows, dtype, blocks = c
-    case = make_case(zlib.crc32(case_id(c).encode()), m, k, n, docs, rank, bias, dtype, rows)
+    case = make_case(zlib.crc32(case_id(c).encode()), m, k, n, docs, rank, bias, dtype, rows, device=TRITON_DEVICE)
     ref = reference(case)
     assert_lora_matters(case, ref)
-    out = torch.full((m, n), float("nan"), dtype=dtype)
+    out = torch.full((m, n), float("nan"), dtype=dtype, device=TRITON_DEVICE)
     y = fused_lora_linear_triton(**case, out=out, config=SMALL_BLOCKS if blocks == "small" else None)
     assert y is out and not y.isnan().any()
     assert rel(y, ref) < TOL[dtype]
@@ -110,8 +116,8 @@ def test_configs_pruned_per_m_bucket():
     big = _configs_for(_CONFIGS, {"M_BUCKET": 4096}, R_PAD=128)
     assert big and all(c.kwargs["BLOCK_M"] * (c.kwargs["BLOCK_N"] + 128) <= 128 * 272 for c in big)
     for m, want in [(2, {16}), (200, {32, 64}), (300, {64, 128})]:
-        case = make_case(m, m, 33, 47, 3, 2, rows="mixed")
-        out = torch.full((m, 47), float("nan"))
+        case = make_case(m, m, 33, 47, 3, 2, rows="mixed", device=TRITON_DEVICE)
+        out = torch.full((m, 47), float("nan"), device=TRITON_DEVICE)
         assert rel(fused_lora_linear_triton(**case, out=out), reference(case)) < 1e-5
         assert _fused_lora_autotuned.best_config.kwargs["BLOCK_M"] in want
 
@@ -119,9 +125,10 @@ def test_configs_pruned_per_m_bucket():
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_leading_dims_and_per_batch_row_docs(backend):
     """x (B, T, in) with one document set per batch element (B, J) or per token (B·T, J)."""
-    case = make_case(7, 6, 33, 47, 3, 2, rows="mixed")
+    dev = "cpu" if backend == "torch" else TRITON_DEVICE
+    case = make_case(7, 6, 33, 47, 3, 2, rows="mixed", device=dev)
     x = case.pop("x").view(2, 3, 33)
-    per_batch = torch.tensor([[0, 2, -1], [1, 1, -1]])
+    per_batch = torch.tensor([[0, 2, -1], [1, 1, -1]], device=dev)
     ref = reference(dict(case, x=x.reshape(6, 33), row_docs=per_batch.repeat_interleave(3, 0)))
     y = fused_lora_linear(x, **dict(case, row_docs=per_batch), backend=backend)
     assert y.shape == (2, 3, 47) and rel(y.reshape(6, 47), ref) < 1e-5
@@ -136,7 +143,7 @@ def test_leading_dims_and_per_batch_row_docs(backend):
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_any_strides(backend):
     """Transposed weight (GPT-2 Conv1D), strided x, permuted adapters: nothing needs to be contiguous."""
-    case = make_case(11, 5, 33, 47, 3, 2, rows="mixed")
+    case = make_case(11, 5, 33, 47, 3, 2, rows="mixed", device="cpu" if backend == "torch" else TRITON_DEVICE)
     ref = reference(case)
     odd = dict(case, x=case["x"].T.contiguous().T, weight=case["weight"].T.contiguous().T,
                lora_a=case["lora_a"].permute(2, 1, 0).contiguous().permute(2, 1, 0),
@@ -167,6 +174,8 @@ def test_rows_without_documents_get_the_base_linear_exactly():
     y = fused_lora_linear(**case, backend="torch")
     assert torch.equal(y[empty], F.linear(case["x"], case["weight"], case["bias"])[empty])
     assert not torch.equal(y[~empty], F.linear(case["x"], case["weight"], case["bias"])[~empty])
+    case = {n: v.to(TRITON_DEVICE) if torch.is_tensor(v) else v for n, v in case.items()}
+    empty = empty.to(TRITON_DEVICE)
     y = fused_lora_linear_triton(**case, config=SMALL_BLOCKS)
     none = dict(case, lora_a=case["lora_a"][:0], lora_b=case["lora_b"][:0], row_docs=None)
     assert torch.equal(y[empty], fused_lora_linear_triton(**none, config=SMALL_BLOCKS)[empty])
@@ -178,8 +187,9 @@ def test_a_document_listed_twice_counts_twice():
     doubled = fused_lora_linear(**dict(case, scale=2 * case["scale"], lora_a=case["lora_a"][1:],
                                        lora_b=case["lora_b"][1:]))
     assert rel(twice[0], doubled[0].double()) < 1e-6
-    assert rel(fused_lora_linear_triton(**dict(case, row_docs=torch.tensor([[1, 1], [1, -1]]))), reference(
-        dict(case, row_docs=torch.tensor([[1, 1], [1, -1]])))) < 1e-5
+    case = {n: v.to(TRITON_DEVICE) if torch.is_tensor(v) else v for n, v in case.items()}
+    case["row_docs"] = torch.tensor([[1, 1], [1, -1]], device=TRITON_DEVICE)
+    assert rel(fused_lora_linear_triton(**case), reference(case)) < 1e-5
 
 
 # --- autograd -------------------------------------------------------------------------------------
@@ -212,11 +222,11 @@ def test_gradcheck_cat_entry_per_batch_mask():
 
 
 def test_triton_grads_match_reference_grads():
-    case = make_case(23, 9, 33, 47, 3, 2, rows="mixed")
+    case = make_case(23, 9, 33, 47, 3, 2, rows="mixed", device=TRITON_DEVICE)
     names = ("x", "lora_a", "lora_b")
     as_double = {n: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for n, v in case.items()}
     ours, ref = leaves(case, names), leaves(as_double, names)
-    g = torch.randn(9, 47, generator=torch.Generator().manual_seed(0))
+    g = torch.randn(9, 47, generator=torch.Generator().manual_seed(0)).to(TRITON_DEVICE)
     fused_lora_linear(**ours, backend="triton").backward(g)
     reference_fused_lora_linear(**ref).backward(g.double())
     for n in names:
