@@ -138,7 +138,7 @@ def row(name, k, n, m, hetero=False):
              "merge": None if hetero else median_us(merged)}
     docs = f"3 of {HETERO_LOADED} per row" if hetero else f"{DOCS}"
     merge = "n/a (per-row)" if t["merge"] is None else f"{t['merge']:.1f}"
-    return (f"| {name} | {m} | {docs} | {t['linear']:.1f} | {t['fused']:.1f} | {t['fused'] / t['linear']:.2f}× "
+    return (f"| {name} | {m} | {docs} | {t['linear']:.1f} | {t['fused']:.1f} | {t['fused'] / t['linear']:.3g}× "
             f"| {t['cat']:.1f} | {t['unfused']:.1f} | {merge} |")
 
 
