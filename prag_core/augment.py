@@ -87,10 +87,13 @@ def parse_qa(reply, text, seen=()):
     """The valid (question, answer) pairs in a model reply, in order.
 
     Accepted lines: "Q: ...?" followed by "A: ..." (numbering like "1." or "Q1:" allowed), or both on one
-    line. A pair is valid when the question ends with '?', the answer has 1..MAX_ANSWER_WORDS words and
-    occurs in the document `text` (SQuAD-normalised, whole words; this drops invented answers), and the
-    normalised question is not in `seen` nor repeated."""
-    pairs, seen = [], {normalize_answer(q) for q in seen}
+    line. A pair is valid when the question ends with '?'; the answer has 1..MAX_ANSWER_WORDS words, occurs
+    in the document `text` (SQuAD-normalised, whole words: this drops invented answers) and not in the
+    question (which would teach nothing); and neither the normalised question nor the normalised answer
+    repeats one of `seen` (earlier pairs) or of this reply, so each pair teaches another fact."""
+    pairs = []
+    questions = {normalize_answer(q) for q, _ in seen}
+    answers = {normalize_answer(a) for _, a in seen}
     question = None
     for line in reply.splitlines():
         q_match, a_match = _QA_LINE.match(line), _A_LINE.match(line)
@@ -104,11 +107,13 @@ def parse_qa(reply, text, seen=()):
         if answer is None:
             continue
         answer = answer.strip().rstrip(".").strip()
-        key = normalize_answer(question)
-        if (question.endswith("?") and len(question) > 1 and answer and len(answer.split()) <= MAX_ANSWER_WORDS
-                and normalize_answer(answer) and acc(text, [answer]) and key not in seen):
+        q_key, a_key = normalize_answer(question), normalize_answer(answer)
+        if (question.endswith("?") and len(question) > 1 and a_key and len(answer.split()) <= MAX_ANSWER_WORDS
+                and acc(text, [answer]) and not acc(question, [answer])
+                and q_key not in questions and a_key not in answers):
             pairs.append((question, answer))
-            seen.add(key)
+            questions.add(q_key)
+            answers.add(a_key)
         question = None
     return pairs
 
@@ -147,20 +152,22 @@ def _salient_spans(sentence):
 
 def fallback_qa(text, n, seen=()):
     """Up to n cloze pairs: a sentence with one salient span blanked out, answered by the span.
-    Spans are taken round-robin over the sentences (first span of every sentence, then the second, ...)."""
+    Spans are taken round-robin over the sentences (first span of every sentence, then the second, ...);
+    a span that already answers a pair (of these or of `seen`, earlier pairs) is skipped."""
     per_sentence = [(s, _salient_spans(s)) for s in sentences(text)]
-    pairs, seen = [], {normalize_answer(q) for q in seen}
+    pairs, used = [], {normalize_answer(a) for _, a in seen}
     for depth in range(max(len(spans) for _, spans in per_sentence)):
         for sentence, spans in per_sentence:
             if len(pairs) == n:
                 return pairs
             if depth >= len(spans):
                 continue
-            blanked = re.sub(rf"(?<!\w){re.escape(spans[depth])}(?!\w)", "___", sentence, count=1).rstrip(".!?")
-            question = f'Which word or number fills the blank in "{blanked}"?'
-            if normalize_answer(question) not in seen:
-                seen.add(normalize_answer(question))
-                pairs.append((question, spans[depth]))
+            span = spans[depth]
+            if normalize_answer(span) in used:
+                continue
+            used.add(normalize_answer(span))
+            blanked = re.sub(rf"(?<!\w){re.escape(span)}(?!\w)", "___", sentence, count=1).rstrip(".!?")
+            pairs.append((f'Which word or number fills the blank in "{blanked}"?', span))
     return pairs
 
 
@@ -188,14 +195,14 @@ def augment_many(texts, generator, n_rewrites=1, n_qa=3, retries=2):
         if need_qa:
             replies = generator([qa_pairs_messages(texts[i], n_qa) for i in need_qa], 32 * n_qa + 16, seed)
             for i, reply in zip(need_qa, replies):
-                qa[i] += parse_qa(reply, texts[i], seen=[q for q, _ in qa[i]])[:n_qa - len(qa[i])]
+                qa[i] += parse_qa(reply, texts[i], seen=qa[i])[:n_qa - len(qa[i])]
         if not need_rw and not need_qa:
             break
     results = []
     for i, text in enumerate(texts):
         complete = len(rewrites[i]) == n_rewrites and len(qa[i]) == n_qa
         rw = rewrites[i] + fallback_rewrites(text, n_rewrites)[len(rewrites[i]):]
-        pairs = qa[i] + fallback_qa(text, n_qa - len(qa[i]), seen=[q for q, _ in qa[i]])
+        pairs = qa[i] + fallback_qa(text, n_qa - len(qa[i]), seen=qa[i])
         results.append(Augmentation(rw, [tuple(p) for p in pairs], "model" if complete else "fallback",
                                     attempts[i]))
     return results

@@ -13,9 +13,10 @@ one worked example first: small models copy a format they have seen far more
 reliably than one they are told about.
 
 PROMPT_VERSION is part of the augmentation cache key: change it whenever an
-augmentation prompt changes, so cached outputs of the old prompt are not reused.
+augmentation prompt, or how augment parses the replies, changes, so cached
+outputs of the old ones are not reused.
 """
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2
 ANSWER_PREFIX = "The answer is"
 
 _EXAMPLE = ("The Orlan Bridge crosses the river Tesk in the town of Mabrey. It was designed by the engineer "

@@ -46,10 +46,13 @@ def test_parse_qa_rejects_invalid_pairs():
              "Q: Where is the mill?\n"                                           # no answer line
              "Some chatter.\nA: Tamsk\n"                                          # answer without question
              "Q: Who built the Orrin Mill?\nA: Hanna Voss\n"                      # valid
-             "Q: who built the orrin mill?\nA: Hanna Voss\n"                      # duplicate (normalised)
+             "Q: who built the orrin mill?\nA: 1788\n"                            # duplicate question (normalised)
+             "Q: Who designed the Orrin Mill?\nA: hanna voss\n"                  # duplicate answer
+             "Q: What is the Orrin Mill?\nA: The Orrin Mill\n"                    # answer inside the question
              "Q: ?\nA: Tamsk")                                                    # empty question
     assert parse_qa(reply, TEXT) == [("Who built the Orrin Mill?", "Hanna Voss")]
-    assert parse_qa("Q: Who built the Orrin Mill?\nA: Hanna Voss", TEXT, seen=["Who built the Orrin Mill?"]) == []
+    earlier = [("Who built the Orrin Mill?", "1788")]
+    assert parse_qa("Q: Who built the Orrin Mill?\nA: Hanna Voss\nQ: When?\nA: 1788", TEXT, seen=earlier) == []
 
 
 def test_model_output_used_when_valid_greedy_first():
@@ -75,7 +78,8 @@ def test_fallback_after_retries_is_recorded():
     aug = augment(TEXT, gen, n_rewrites=1, n_qa=3, retries=1)
     assert aug.source == "fallback" and aug.attempts == 2
     assert aug.qa[0] == ("Who built the Orrin Mill?", "Hanna Voss")  # the model's valid pair is kept
-    assert aug.qa[1:] == fallback_qa(TEXT, 2, seen=["Who built the Orrin Mill?"])
+    assert aug.qa[1:] == fallback_qa(TEXT, 2, seen=aug.qa[:1])
+    assert "Hanna Voss" not in [a for _, a in aug.qa[1:]]  # a fact already asked is not asked again
     assert aug.rewrites == fallback_rewrites(TEXT, 1)
     no_model = augment(TEXT, None)
     assert no_model.source == "fallback" and no_model.attempts == 0 and len(no_model.qa) == 3
@@ -96,8 +100,10 @@ def test_fallback_cloze_questions():
     for question, answer in pairs:
         assert question.endswith("?") and "___" in question and answer not in question.split('"')[1]
         assert question.split('"')[1].replace("___", answer) in TEXT
+    assert len({a.lower() for _, a in pairs}) == 5
     assert fallback_qa(TEXT, 5) == pairs  # deterministic
     assert len(fallback_qa("Rain.", 3)) == 1  # a one-word document gives what it can
+    assert [a for _, a in fallback_qa("Ada met Bo. Bo met Cy.", 9)].count("Bo") == 1  # each span once
 
 
 def test_lm_generator_on_tiny_model_falls_back():
