@@ -4,7 +4,7 @@
 keeps the original weight and bias Parameters under the same attribute names, so
 `state_dict()` keys and tied weights do not change. With no documents active it
 computes exactly what the original module computed (bit-identical). Inside
-`use_documents(model, docs)` it computes, through prag_kernels.fused_lora_linear,
+`use_documents(model, docs)` it computes, through prag_kernels.fused_lora_linear_cat,
 
     y = x Wᵀ + bias + scale · Σ_{j ∈ S(row)} (x B_j) A_jᵀ
 
@@ -30,18 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from prag_kernels import fused_lora_linear
-
-try:
-    from prag_kernels import merge_lora_, restore_
-except ImportError:  # TODO(issue 3): use prag_kernels' merge baseline once it lands; same math meanwhile.
-    def merge_lora_(weight, lora_a, lora_b, scale):
-        backup = weight.detach().clone()
-        weight.add_(scale * torch.einsum("dor,dir->oi", lora_a, lora_b).to(weight.dtype))
-        return backup
-
-    def restore_(weight, backup):
-        weight.copy_(backup)
+from prag_kernels import column_mask, fused_lora_linear_cat, merge_lora_, restore_
 
 GATED = ("gate_proj", "up_proj", "down_proj")
 # model_type -> (path of the decoder-layer list, FFN projections under each layer's `.mlp`),
@@ -121,10 +110,8 @@ class InjectedLinear(nn.Module):
             if self.transposed:  # exactly Conv1D.forward: bias + x W, W stored (in, out)
                 return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(*x.shape[:-1], -1)
             return F.linear(x, self.weight, self.bias)
-        lora_a, lora_b, row_docs = docs.operands(self, x)
-        y = fused_lora_linear(x.reshape(-1, x.shape[-1]), weight_out_in(self), self.bias,
-                              lora_a, lora_b, docs.scale, row_docs)
-        return y.view(*x.shape[:-1], y.shape[-1])
+        a_cat, b_cat, row_mask = docs.operands(self, x)
+        return fused_lora_linear_cat(x, weight_out_in(self), self.bias, a_cat, b_cat, docs.scale, row_mask)
 
 
 def _swap_points(model):
@@ -210,36 +197,39 @@ def _check_documents(modules, docs, scale):
 
 
 def _stack(docs, path, like):
-    """(D, out, r) and (D, in, r) stacks of the documents' pairs for `path`, on `like`'s device and dtype."""
-    lora_a = torch.stack([d.pairs[path][0] for d in docs]).to(like.device, like.dtype)
-    lora_b = torch.stack([d.pairs[path][1] for d in docs]).to(like.device, like.dtype)
-    return lora_a, lora_b
+    """A_cat (out, D·r) and B_cat (in, D·r): the documents' pairs for `path` side by side along rank, on
+    `like`'s device and dtype. A_cat is stored rank-major (A_catᵀ contiguous), which the expand reads fastest."""
+    a_cat = torch.cat([d.pairs[path][0].T for d in docs]).to(like.device, like.dtype).T
+    b_cat = torch.cat([d.pairs[path][1] for d in docs], dim=1).to(like.device, like.dtype)
+    return a_cat, b_cat
 
 
 class _Documents:
-    """One context's documents for one model, prepared on entry: per layer the stacked pairs, and for
-    per-row sets the (batch, J) index into them. Trainable documents (tensors requiring grad) are
-    stacked on every call instead, so gradients reach them and optimizer steps are seen."""
+    """One context's documents for one model, prepared on entry: per layer the pairs stacked along rank,
+    and for per-row sets the (batch, D·r) column mask (row b uses column j as often as its set lists
+    j's document; one row per batch element serves every sequence length). Trainable documents
+    (tensors requiring grad) are stacked on every call instead, so gradients reach them and optimizer
+    steps are seen."""
 
     def __init__(self, docs, scale, row_index, layers):
         self.docs, self.scale, self.row_index = docs, scale, row_index
         self.trainable = any(t.requires_grad for d in docs for pair in d.pairs.values() for t in pair)
         self.stacks = {} if self.trainable else {layer: _stack(docs, layer.path, layer.weight) for layer in layers}
-        self.rows = {}  # (device, tokens per row) -> per-token row_docs
+        self.masks = {}  # (device, dtype) -> (batch, D·r) column mask
 
     def operands(self, layer, x):
-        """lora_a, lora_b and row_docs (M, J) for one call of `layer` on x (batch, ..., in)."""
-        lora_a, lora_b = _stack(self.docs, layer.path, layer.weight) if self.trainable else self.stacks[layer]
+        """a_cat, b_cat and the row mask (None: every row uses every document) for one call of `layer`."""
+        a_cat, b_cat = _stack(self.docs, layer.path, layer.weight) if self.trainable else self.stacks[layer]
         if self.row_index is None:
-            return lora_a, lora_b, None
+            return a_cat, b_cat, None
         if x.shape[0] != self.row_index.shape[0]:
             raise ValueError(f"{self.row_index.shape[0]} per-row document sets for a batch of {x.shape[0]} rows "
                              f"(beam search and num_return_sequences grow the batch: give one set per row)")
-        per_row = x[0].numel() // x.shape[-1]  # the current sequence length: 1 in cached decode steps
-        key = (x.device, per_row)
-        if key not in self.rows:
-            self.rows[key] = self.row_index.to(x.device).repeat_interleave(per_row, dim=0)
-        return lora_a, lora_b, self.rows[key]
+        key = (x.device, x.dtype)
+        if key not in self.masks:
+            rank = a_cat.shape[1] // len(self.docs)
+            self.masks[key] = column_mask(self.row_index.to(x.device), len(self.docs), rank, x.dtype)
+        return a_cat, b_cat, self.masks[key]
 
 
 def _ffn_modules(model):
@@ -286,7 +276,8 @@ def merged_documents(model, docs, scale=None):
         with torch.no_grad():
             for path in (distinct[0].pairs if distinct else ()):
                 weight = weight_out_in(modules[path])
-                backups.append((weight, merge_lora_(weight, *_stack(distinct, path, weight), scale)))
+                a_cat, b_cat = _stack(distinct, path, weight)  # one adapter of rank D·r: the same sum
+                backups.append((weight, merge_lora_(weight, a_cat.unsqueeze(0), b_cat.unsqueeze(0), scale)))
         yield
     finally:
         with torch.no_grad():
