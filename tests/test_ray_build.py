@@ -108,7 +108,7 @@ def test_worker_dying_mid_batch_is_retried_and_every_document_written_once(setup
     assert len(open_store(work / "store", json.loads((work / "store" / "manifest.json").read_text())["fingerprint"])) == 7
 
 
-def test_build_without_ray_does_not_import_ray(setup):
+def test_build_without_ray_does_not_import_ray(setup, capsys):
     script = textwrap.dedent(f"""
         import sys
         from prag_core.cli import main
@@ -123,6 +123,9 @@ def test_build_without_ray_does_not_import_ray(setup):
     assert "built 6 documents" in proc.stdout and "MiB on disk" in proc.stdout
     manifest = json.loads((setup / "plain" / "store" / "manifest.json").read_text())
     assert manifest["layout"] == "sharded" and manifest["dtype"] == "bfloat16"
+    # served: the retrieved documents come out of the shards, upcast to the fp32 model's dtype
+    assert main(["ask", "--workdir", str(setup / "plain"), "--device", "cpu", "How many kites does Person 3 own?"]) == 0
+    assert "documents: d3, " in capsys.readouterr().out
 
 
 def test_ray_flags_need_ray(setup, monkeypatch, capsys):
