@@ -6,6 +6,7 @@ import pytest
 import torch
 from tiny import random_doc_params, tiny_llama
 
+from prag_core.cli import main
 from prag_core.corpus import Document, text_sha256
 from prag_core.doc_params import DocParamsError, model_fingerprint
 from prag_core.inject import inject
@@ -99,7 +100,7 @@ def test_verify_reports_every_corruption_and_repair_drops_them(tmp_path, model, 
     work = tmp_path / "W"
     _build(work / "store", model, fp, n=7)
     assert verify(work / "store", progress=False) == ([], set())
-    assert run_verify(work, progress=False) == 0
+    assert main(["store", "verify", "--workdir", str(work)]) == 0
     shards = work / "store" / "shards"
     begin, _ = _slot_span(shards / f"{0:010d}.safetensors", 1)
     raw = bytearray((shards / f"{0:010d}.safetensors").read_bytes())
@@ -113,12 +114,15 @@ def test_verify_reports_every_corruption_and_repair_drops_them(tmp_path, model, 
     assert "not a readable safetensors shard" in problems[1] and "'doc/2', 'doc/3'" in problems[1]
     assert problems[2].endswith("0000000003.safetensors: missing (documents 'doc/6')")
     capsys.readouterr()
-    assert run_verify(work, repair=True, progress=False) == 1
+    assert main(["store", "verify", "--workdir", str(work), "--repair"]) == 1
     out = capsys.readouterr().out
+    assert out.splitlines()[:3] == problems
     assert "3 problem(s), 4 document(s) affected" in out and "dropped 4 document(s)" in out
     store = open_store(work / "store", fp, TRAINING)
     assert [store.done(_doc(i)) for i in range(7)] == [True, False, False, False, True, True, False]
     assert run_verify(work, progress=False) == 0
+    assert main(["store", "verify", "--workdir", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err.strip().endswith("no parameter store here (no manifest.json); run `prag build` first")
 
 
 def test_resume_after_a_crash(tmp_path, model, fp):
