@@ -3,8 +3,9 @@
     python bench/report.py RESULTS.json [--out bench/results] [--gpu-table FILE]
 
 Every number is a median over rounds with its spread as [q1–q3] (the interquartile range).
-Ratios divide medians measured in the same run, so a slow neighbour on a shared machine
-shifts both sides alike. Each target of issue 7 (and the CPU target of issue 3) is stated
+Ratios come from one run: for variants timed interleaved (common.interleave) the median of
+per-round ratios, so a slow neighbour on a shared machine shifts both sides alike; otherwise
+the ratio of medians. Each target of issue 7 (and the CPU target of issue 3) is stated
 met / not met with its numbers. Suites with no results in the file are listed as not run.
 """
 import argparse
@@ -306,6 +307,7 @@ def plot_model_size(rows, path):
         if method == "merge":
             for x, y, name in pts:
                 left.annotate(name, (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    left.margins(x=0.15, y=0.25)  # room for the labels
     left.set(xscale="log", yscale="log", xlabel="FFN parameters per layer (millions)",
              ylabel="update cost per layer (ms)", title=f"apply {docs} docs + restore")
     left.legend()
@@ -367,7 +369,8 @@ def header(info, commit, when):
             f"- Run: {when}, commit {commit.get('id', '?')[:10]}{' (dirty tree)' if commit.get('dirty') else ''}"
             f"{', SMOKE MODE (tiny shapes, one round: not a measurement)' if info.get('smoke') else ''}\n"
             + (f"- Note: {note}\n" if note else "")
-            + "- Cells: median [q1–q3] over rounds. Ratios divide medians of the same run.\n")
+            + "- Cells: median [q1–q3] over rounds. Ratios: the median of per-round ratios where the variants ran "
+              "interleaved (suites 1-3), else the ratio of medians (suite 4); always within this one run.\n")
 
 
 def write_report(json_path, out_dir, gpu_table=None):
