@@ -139,6 +139,24 @@ def cmd_demo(args):
     run(workdir=args.workdir, model=args.model, device=args.device)
 
 
+def _add_export_peft(sub):
+    p = sub.add_parser("export-peft", help="write documents' pairs as a standard PEFT LoRA adapter folder")
+    p.add_argument("--workdir", required=True, help="work directory written by `prag build`")
+    p.add_argument("--docs", required=True, help="ID[,ID...]: one document, or several concatenated along rank")
+    p.add_argument("--out", required=True, help="adapter folder to write")
+    p.set_defaults(func=cmd_export_peft)
+
+
+def cmd_export_peft(args):
+    from .peft_export import export_workdir
+
+    doc_ids = [d.strip() for d in args.docs.split(",") if d.strip()]
+    if not doc_ids:
+        raise UserError("--docs: no document id given")
+    out = export_workdir(args.workdir, doc_ids, args.out)
+    print(f"wrote {out} ({len(doc_ids)} document{'s' if len(doc_ids) > 1 else ''})")
+
+
 def _add_store(sub):
     p = sub.add_parser("store", help="the parameter store of a work directory")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -171,6 +189,7 @@ def build_parser():
     _add_demo(sub)
     _add_ask(sub)
     _add_eval(sub)
+    _add_export_peft(sub)
     _add_store(sub)
     return parser
 

@@ -85,3 +85,23 @@ def export_peft(doc_params_list, out_dir, base_model_name_or_path=None):
     write_bytes_atomic(out / WEIGHTS_NAME, safetensors_bytes(tensors, metadata={"format": "pt"}))
     write_text_atomic(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return out
+
+
+def export_workdir(workdir, doc_ids, out_dir):
+    """export_peft for documents of a built work directory, by id; StoreError names a missing id or store."""
+    from .shards import open_store
+    from .store import StoreError
+
+    store_dir = Path(workdir) / "store"
+    manifest_path = store_dir / "manifest.json"
+    try:  # the store's own fingerprint: exporting needs its documents, not the model
+        fingerprint = json.loads(manifest_path.read_text(encoding="utf-8"))["fingerprint"]
+    except FileNotFoundError:
+        raise StoreError(f"{workdir}: no parameter store (no store/manifest.json); run `prag build` into it") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise StoreError(f"{manifest_path}: unreadable manifest ({type(err).__name__}: {err})") from None
+    store = open_store(store_dir, fingerprint)
+    missing = [d for d in doc_ids if d not in store]
+    if missing:
+        raise StoreError(f"{manifest_path}: unknown document id(s) {', '.join(map(repr, missing))}")
+    return export_peft([store[d] for d in doc_ids], out_dir)

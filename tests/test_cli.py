@@ -177,3 +177,31 @@ def test_retrieved_document_missing_from_the_store(capsys, workdir):
     assert code == 0, err
     code, _, err = run_cli(capsys, "ask", "--workdir", str(workdir), "Kai's dog?")
     assert_one_line_error(code, err, "document 'dog' was retrieved but is not in the parameter store")
+
+
+def test_export_peft_writes_the_documents_concatenated_along_rank(capsys, built, tmp_path):
+    from safetensors.torch import load_file
+
+    from prag_core.doc_params import DocParams
+    from prag_core.store import file_name
+
+    code, out, _ = run_cli(capsys, "export-peft", "--workdir", str(built[0]), "--docs", "kite,dog",
+                           "--out", str(tmp_path / "adapter"))
+    assert code == 0 and "2 documents" in out
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    kite, dog = (DocParams.load(built[0] / "store" / file_name(d)) for d in ("kite", "dog"))
+    assert config["r"] == kite.rank + dog.rank
+    assert config["lora_alpha"] == pytest.approx(kite.alpha * config["r"])  # PEFT scaling lora_alpha/r = α
+    tensors = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    path = "model.layers.1.mlp.down_proj"
+    a_cat = torch.cat([kite.pairs[path][0], dog.pairs[path][0]], dim=1)
+    b_cat = torch.cat([kite.pairs[path][1], dog.pairs[path][1]], dim=1)
+    assert torch.equal(tensors[f"base_model.model.{path}.lora_B.weight"], a_cat)
+    assert torch.equal(tensors[f"base_model.model.{path}.lora_A.weight"], b_cat.T)
+
+
+def test_export_peft_unknown_document(capsys, built, tmp_path):
+    code, _, err = run_cli(capsys, "export-peft", "--workdir", str(built[0]), "--docs", "kite,nope",
+                           "--out", str(tmp_path / "adapter"))
+    assert_one_line_error(code, err, "'nope'")
+    assert not (tmp_path / "adapter").exists()
