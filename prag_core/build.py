@@ -99,9 +99,13 @@ class BuildSummary:
 
 
 def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augmenter="model", n_rewrites=1,
-          n_qa=3, device="cpu", progress=True, storage_dtype=None, shard_size=None, ray=None, workers=None):
+          n_qa=3, device="cpu", progress=True, storage_dtype=None, shard_size=None, ray=None, workers=None,
+          augment_model=None):
     """Build (or resume) the work directory `workdir` from `corpus` (a corpus.jsonl path) with `model`
     (a name or path for load_model; None = the embedded SmolLM2). Returns a BuildSummary.
+
+    augmenter "model": an LLM writes rewrites and QA pairs, the trained model unless `augment_model` names
+    another (name or path); "fallback": the deterministic augmenter only.
 
     storage_dtype ("float32", "bfloat16", "float16") and shard_size (documents per shard; None = a file per
     document) apply to a new store (shards.open_store). ray: None = this process augments and trains; else a
@@ -125,11 +129,16 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
         ffn_module_paths(lm, config.targets)
     except ValueError as err:
         raise BuildError(f"targets: {err}") from None
+    generator = None
+    if augmenter == "model":
+        writer = (lm, tokenizer) if augment_model is None else load_model(augment_model, device=device)
+        generator = LMGenerator(*writer)
     store = open_store(workdir / "store", model_fingerprint(lm), config.to_dict(), storage_dtype=storage_dtype,
                        shard_size=shard_size)
     if model and Path(model).exists():  # so `prag ask/eval` find it from any directory
         model = str(Path(model).resolve())
-    settings = {"model": model, **config.to_dict(), "augmenter": augmenter, "n_rewrites": n_rewrites, "n_qa": n_qa}
+    settings = {"model": model, **config.to_dict(), "augmenter": augmenter, "augment_model": augment_model,
+                "n_rewrites": n_rewrites, "n_qa": n_qa}
     write_text_atomic(workdir / "config.json", json.dumps(settings, indent=1) + "\n")
 
     fitted = fit_documents(docs, tokenizer, max_passage_tokens(lm, tokenizer), corpus)
@@ -141,7 +150,10 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     store.retain([d.id for d in docs])
     store.flush()
     start = time.perf_counter()
-    generator = LMGenerator(lm, tokenizer) if augmenter == "model" else None
+    # the augmentation cache is keyed by the text actually augmented
+    to_augment = [dataclasses.replace(f, sha256=text_sha256(f.text)) for _, f in pending]
+    if ray is not None and augment_model is not None:  # Ray workers augment with the trained model only
+        augment_documents(to_augment, generator, workdir / "augment.jsonl", n_rewrites=n_rewrites, n_qa=n_qa)
     if ray is not None:
         from .distributed import encode_on_ray
 
@@ -151,9 +163,7 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
                                   workers=workers, total=len(docs), progress=progress)
         store.close()
         return BuildSummary(len(docs), len(pending), fallbacks, time.perf_counter() - start, store.size_bytes())
-    # the augmentation cache is keyed by the text actually augmented
-    augs = augment_documents([dataclasses.replace(f, sha256=text_sha256(f.text)) for _, f in pending], generator,
-                             workdir / "augment.jsonl", n_rewrites=n_rewrites, n_qa=n_qa)
+    augs = augment_documents(to_augment, generator, workdir / "augment.jsonl", n_rewrites=n_rewrites, n_qa=n_qa)
     exit_after = int(os.environ.get(EXIT_AFTER_ENV, "0"))
     written = 0
     with tqdm(total=len(docs), initial=len(docs) - len(pending), desc="encode", unit="doc",

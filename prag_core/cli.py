@@ -35,7 +35,10 @@ def _add_build(sub):
                    help="training sequences: prag (PRAG's 5) or cross (every version x every QA pair)")
     p.add_argument("--batch-docs", type=_positive_int, default=4, help="documents trained together in one batch")
     p.add_argument("--augmenter", default="model", choices=["model", "fallback"],
-                   help="who writes rewrites and QA pairs: the model, or the deterministic fallback only")
+                   help="who writes rewrites and QA pairs: an LLM (see --augment-model), or the deterministic "
+                        "fallback only")
+    p.add_argument("--augment-model", default=None,
+                   help="the LLM that writes them, a name or path (default: the model being trained)")
     p.add_argument("--n-rewrites", type=int, default=1, help="rewrites per document")
     p.add_argument("--n-qa", type=_positive_int, default=3, help="question/answer pairs per document")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -77,7 +80,8 @@ def cmd_build(args):
         warnings.showwarning = show
         try:
             summary = build(args.corpus, args.workdir, args.model, config, batch_docs=args.batch_docs,
-                            augmenter=args.augmenter, n_rewrites=args.n_rewrites, n_qa=args.n_qa,
+                            augmenter=args.augmenter, augment_model=args.augment_model,
+                            n_rewrites=args.n_rewrites, n_qa=args.n_qa,
                             device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
                             storage_dtype=STORE_DTYPES.get(args.store_dtype), shard_size=args.shard_size,
                             ray=args.ray, workers=args.workers)

@@ -125,11 +125,18 @@ def test_killed_build_resumes_to_the_same_store(tmp_path, model_dir):
 @pytest.mark.slow
 def test_model_augmenter_on_tiny_model_records_fallback(tmp_path, model_dir):
     corpus = _corpus(tmp_path / "corpus.jsonl", DOCS[:1])
-    assert main(["build", "--corpus", str(corpus), "--workdir", str(tmp_path / "W"), "--model", str(model_dir),
-                 "--epochs", "1", "--n-qa", "2"]) == 0
+    writer = tmp_path / "writer_model"  # another model writes the augmentations
+    tiny_llama(seed=2).save_pretrained(writer)
+    tiny_tokenizer().save_pretrained(writer)
+    for workdir, extra in (("W", []), ("W2", ["--augment-model", str(writer)])):
+        assert main(["build", "--corpus", str(corpus), "--workdir", str(tmp_path / workdir), "--model", str(model_dir),
+                     "--epochs", "1", "--n-qa", "2", *extra]) == 0
     rows = [json.loads(line) for line in (tmp_path / "W" / "augment.jsonl").read_text().splitlines()]
     assert [(r["source"], r["attempts"], len(r["qa"])) for r in rows] == [("fallback", 3, 2)]
-    assert rows[0]["settings"]["generator"].startswith("LlamaForCausalLM:")
+    assert rows[0]["settings"]["generator"] == f"LlamaForCausalLM:{model_dir}"
+    rows = [json.loads(line) for line in (tmp_path / "W2" / "augment.jsonl").read_text().splitlines()]
+    assert rows[0]["settings"]["generator"] == f"LlamaForCausalLM:{writer}"
+    assert json.loads((tmp_path / "W2" / "config.json").read_text())["augment_model"] == str(writer)
 
 
 @pytest.mark.parametrize("raw, message", [
