@@ -95,6 +95,7 @@ def _add_ask(sub):
     p.add_argument("--workdir", required=True, help="work directory written by `prag build`")
     p.add_argument("--mode", default="prag", help="vanilla, rag, prag (default) or combine")
     p.add_argument("--update", default="fused", help="fused (default, the kernel) or merge (the baseline)")
+    p.add_argument("--top-k", type=_positive_int, default=3, help="documents retrieved per question (default 3)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("question")
     p.set_defaults(func=cmd_ask)
@@ -104,7 +105,7 @@ def cmd_ask(args):
     from .pipeline import Pipeline, check_request
 
     check_request(args.question, args.mode, args.update)
-    answer = Pipeline.open(args.workdir, device=args.device).answer([args.question], args.mode, args.update)[0]
+    answer = Pipeline.open(args.workdir, device=args.device, top_k=args.top_k).answer([args.question], args.mode, args.update)[0]
     print(answer.prediction)
     print(f"documents: {', '.join(answer.docs) or '(none)'}")
     print(f"time: {answer.latency_s:.2f}s")
@@ -117,6 +118,7 @@ def _add_eval(sub):
     p.add_argument("--modes", default="vanilla,rag,prag,combine", help="comma-separated (default: all four)")
     p.add_argument("--update", default="fused", help="fused (default) or merge")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="questions per generate call (fused)")
+    p.add_argument("--top-k", type=_positive_int, default=3, help="documents retrieved per question (default 3)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, help="results.json to write")
     p.set_defaults(func=cmd_eval)
@@ -126,7 +128,7 @@ def cmd_eval(args):
     from .evaluate import run
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    run(args.workdir, args.questions, modes, args.update, args.batch_size, args.out, args.device)
+    run(args.workdir, args.questions, modes, args.update, args.batch_size, args.out, args.device, args.top_k)
 
 
 def _add_demo(sub):

@@ -205,3 +205,11 @@ def test_export_peft_unknown_document(capsys, built, tmp_path):
                            "--out", str(tmp_path / "adapter"))
     assert_one_line_error(code, err, "'nope'")
     assert not (tmp_path / "adapter").exists()
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_ask_top_k_sets_how_many_documents_are_used(capsys, built, k):
+    code, out, _ = run_cli(capsys, "ask", "--workdir", str(built[0]), "--top-k", str(k), "What color is Tom's kite?")
+    assert code == 0
+    used = re.search(r"^documents: (.*)$", out, re.M).group(1).split(", ")
+    assert len(used) == k and used[0] == "kite"
