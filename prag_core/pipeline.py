@@ -56,9 +56,10 @@ class Answer:
 
 
 def cut_answer(text: str) -> str:
-    """The answer proper: the text up to the first newline or sentence end, stripped."""
+    """The answer proper: the text up to the first newline or sentence end, stripped, without the colon of
+    "The answer is: X"."""
     match = _ANSWER_END.search(text)
-    return (text[:match.start()] if match else text).strip()
+    return (text[:match.start()] if match else text).strip().removeprefix(":").strip()
 
 
 def prompt_ids(tokenizer, question, passages=None):

@@ -40,8 +40,8 @@ class TrainConfig:
     seed: the shared B init; construction: samples.build_samples' construction."""
     rank: int = 2
     alpha: float = 16.0
-    lr: float = 1e-3
-    epochs: int = 10
+    lr: float = 3e-3
+    epochs: int = 4
     targets: tuple | None = None
     dtype: str = "float32"
     seed: int = 0
