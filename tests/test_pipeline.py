@@ -53,6 +53,7 @@ def test_cut_answer_at_first_newline_or_sentence_end():
     assert cut_answer(" green\nThe lamp") == "green"
     assert cut_answer(" yes! And") == "yes"
     assert cut_answer(" no end") == "no end"
+    assert cut_answer(": Maelport. The capital") == "Maelport"  # "The answer is: X" -> X
     assert cut_answer(": 2018. The year") == "2018"
 
 
