@@ -1,12 +1,14 @@
 """Augmentation: parsing of model output, retries, the deterministic fallback, the JSONL cache."""
 import json
 
+import pytest
 from tiny import tiny_llama, tiny_tokenizer
 
 from prag_core.augment import (Augmentation, LMGenerator, augment, augment_documents, fallback_qa,
                                fallback_rewrites, parse_qa, sentences)
 from prag_core.corpus import Document, text_sha256
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 TEXT = ("The Orrin Mill stands on the river Pell. It was built in 1788 by Hanna Voss. "
         "The mill grinds barley for the village of Tamsk.")
 GOOD_QA = "Q: Who built the Orrin Mill?\nA: Hanna Voss\nQ: When was the mill built?\nA: 1788\n" \

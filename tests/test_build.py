@@ -18,6 +18,7 @@ from prag_core.doc_params import DocParams
 from prag_core.retrieval import BM25Index
 from prag_core.store import file_name
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 DOCS = [{"id": "kite", "title": "Kite", "text": "Tom has a red kite. It flies over Leeds."},
         {"id": "bell", "text": "The bell rings at 9. Ana rings it."},
         {"id": "figs", "text": "Bo eats 3 figs. Figs are sweet in May."},
@@ -107,7 +108,7 @@ def test_killed_build_resumes_to_the_same_store(tmp_path, model_dir):
     the manifest mentions it; re-running finishes, and the store equals an uninterrupted build's."""
     corpus = _corpus(tmp_path / "corpus.jsonl", DOCS[:4])
     killed = tmp_path / "killed"
-    env = dict(os.environ, **{EXIT_AFTER_ENV: "3"})
+    env = dict(os.environ, **{EXIT_AFTER_ENV: "3", "OMP_NUM_THREADS": "1"})
     proc = subprocess.run([sys.executable, "-m", "prag_core.cli", "build", "--corpus", str(corpus), "--workdir",
                            str(killed), "--model", str(model_dir), *FAST], env=env, capture_output=True, text=True)
     assert proc.returncode == 17, proc.stderr[-2000:]

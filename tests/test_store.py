@@ -10,6 +10,7 @@ from prag_core.doc_params import DocParams, model_fingerprint
 from prag_core.inject import inject
 from prag_core.store import Store, StoreError, file_name
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 TRAINING = {"rank": 2, "lr": 0.001}
 
 

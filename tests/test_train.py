@@ -13,6 +13,7 @@ from prag_core.prompts import ANSWER_PREFIX, qa_messages, render
 from prag_core.samples import build_samples, sequence_ids
 from prag_core.train import TrainConfig, train_documents
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 TEXTS = ["Tom has a red kite. It flies high over Leeds.", "The bell rings at 9. Ana rings it.",
          "Bo eats 3 figs. Figs are sweet in May.", "Kai's dog is Rex. Rex barks at Lulu."]
 
