@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .corpus import append_line, write_jsonl_atomic
 from .metrics import acc, normalize_answer
-from .prompts import PROMPT_VERSION, qa_pairs_messages, render, rewrite_messages
+from .prompts import PROMPT_VERSION, left_pad, qa_pairs_messages, render, rewrite_messages
 
 MAX_ANSWER_WORDS = 8
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'A-Z0-9])")
@@ -63,12 +63,8 @@ class LMGenerator:
 
     def _generate(self, prompts, max_new_tokens, seed):
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, p in enumerate(prompts):
-            ids[row, width - len(p):] = torch.tensor(p)
-            mask[row, width - len(p):] = 1
+        ids, mask = left_pad(prompts, pad)
+        width = ids.shape[1]
         sampling = {"do_sample": False}
         if seed is not None:
             torch.manual_seed(seed)

@@ -33,7 +33,7 @@ from .corpus import read_corpus
 from .doc_params import model_fingerprint
 from .inject import inject, merged_documents, use_documents
 from .model import load_model
-from .prompts import ANSWER_PREFIX, qa_messages, render
+from .prompts import ANSWER_PREFIX, left_pad, qa_messages, render
 from .retrieval import BM25Index, corpus_sha256
 from .shards import open_store
 
@@ -162,12 +162,8 @@ class Pipeline:
     def _generate(self, prompts):
         """Greedy continuation of each prompt, batched with left padding."""
         pad = self.tokenizer.pad_token_id
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, p in enumerate(prompts):
-            ids[row, width - len(p):] = torch.tensor(p)
-            mask[row, width - len(p):] = 1
+        ids, mask = left_pad(prompts, pad)
+        width = ids.shape[1]
         device = self.model.device
         out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                   max_new_tokens=self.max_new_tokens, do_sample=False,

@@ -16,6 +16,8 @@ PROMPT_VERSION is part of the augmentation cache key: change it whenever an
 augmentation prompt, or how augment parses the replies, changes, so cached
 outputs of the old ones are not reused.
 """
+import torch
+
 PROMPT_VERSION = 2
 ANSWER_PREFIX = "The answer is"
 
@@ -53,6 +55,18 @@ def render(tokenizer, messages):
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return "\n\n".join(m["content"] for m in messages) + "\n"
+
+
+def left_pad(prompts, pad_id):
+    """(input_ids, attention_mask), both (len(prompts), longest), for token-id lists padded on the left,
+    so every row's continuation starts at the same column (batched generate)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[row, width - len(p):] = 1
+    return ids, mask
 
 
 def _rewrite_request(text):
