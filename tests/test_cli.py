@@ -11,6 +11,8 @@ from tiny import tiny_llama, tiny_tokenizer
 from prag_core.cli import main
 from prag_core.pipeline import MODES
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DOCS = [{"id": "kite", "title": "Kite", "text": "Tom has a red kite. It flies over Leeds."},
         {"id": "bell", "text": "The bell rings at 9. Ana rings it."},
         {"id": "figs", "text": "Bo eats 3 figs. Figs are sweet in May."},
@@ -19,16 +21,6 @@ QA = [{"id": "q1", "question": "What color is Tom's kite?", "answers": ["red"]},
       {"id": "q2", "question": "When does the bell ring?", "answers": ["at 9", "9"]},
       {"id": "q3", "question": "How many figs does Bo eat?", "answers": ["3", "three"]},
       {"id": "q4", "question": "What is the name of Kai's dog?", "answers": ["Rex"]}]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on one thread: with several threads every small op waits at a thread barrier, which on a
-    loaded machine costs milliseconds (measured: a test 20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def save_tiny(folder, seed):

@@ -1,13 +1,15 @@
 """`prag demo`'s flow on a tiny model and a small corpus: build, the three sections, reuse on the second run."""
 import json
 
-from test_cli import DOCS, QA, one_thread, save_tiny, write  # noqa: F401 (one_thread: autouse fixture)
+import pytest
+from test_cli import DOCS, QA, save_tiny, write
 
 from prag_core import demo
 from prag_core.corpus import read_questions
 from prag_core.pipeline import MODES
 from prag_core.train import TrainConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = dict(config=TrainConfig(epochs=1), augmenter="fallback", batch_docs=4)
 
 

@@ -3,7 +3,6 @@ import string
 
 import pytest
 import torch
-from test_cli import one_thread  # noqa: F401 (autouse fixture)
 from tiny import random_doc_params, tiny_llama, tiny_tokenizer
 
 from prag_core.corpus import Document, text_sha256
@@ -18,6 +17,7 @@ TEXTS = {
     "lamp": "The Velmora lighthouse lamp shines green over the fog of Dresk.",
     "bell": "The bell of Harrow Abbey was cast from melted coins in the year 1420.",
 }
+pytestmark = pytest.mark.usefixtures("one_thread")
 QUESTIONS = ["Who designed the Orlan Bridge?", "Where does the glowtoad live?",
              "Who invented the threadmill?", "What color is the lighthouse lamp?", "When was the bell cast?"]
 
