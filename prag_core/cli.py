@@ -96,8 +96,6 @@ def _add_ask(sub):
     p.add_argument("--mode", default="prag", help="vanilla, rag, prag (default) or combine")
     p.add_argument("--update", default="fused", help="fused (default, the kernel) or merge (the baseline)")
     p.add_argument("--top-k", type=_positive_int, default=3, help="documents retrieved per question (default 3)")
-    p.add_argument("--aggregate", default="sum",
-                   help="how a question's documents combine: sum (PRAG, α each; default) or mean (α/k each)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("question")
     p.set_defaults(func=cmd_ask)
@@ -106,9 +104,8 @@ def _add_ask(sub):
 def cmd_ask(args):
     from .pipeline import Pipeline, check_request
 
-    check_request(args.question, args.mode, args.update, args.aggregate)
-    pipeline = Pipeline.open(args.workdir, device=args.device, top_k=args.top_k, aggregate=args.aggregate)
-    answer = pipeline.answer([args.question], args.mode, args.update)[0]
+    check_request(args.question, args.mode, args.update)
+    answer = Pipeline.open(args.workdir, device=args.device, top_k=args.top_k).answer([args.question], args.mode, args.update)[0]
     print(answer.prediction)
     print(f"documents: {', '.join(answer.docs) or '(none)'}")
     print(f"time: {answer.latency_s:.2f}s")
@@ -122,8 +119,6 @@ def _add_eval(sub):
     p.add_argument("--update", default="fused", help="fused (default) or merge")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="questions per generate call (fused)")
     p.add_argument("--top-k", type=_positive_int, default=3, help="documents retrieved per question (default 3)")
-    p.add_argument("--aggregate", default="sum",
-                   help="how a question's documents combine: sum (PRAG, α each; default) or mean (α/k each)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, help="results.json to write")
     p.set_defaults(func=cmd_eval)
@@ -133,8 +128,7 @@ def cmd_eval(args):
     from .evaluate import run
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    run(args.workdir, args.questions, modes, args.update, args.batch_size, args.out, args.device, args.top_k,
-        args.aggregate)
+    run(args.workdir, args.questions, modes, args.update, args.batch_size, args.out, args.device, args.top_k)
 
 
 def _add_demo(sub):

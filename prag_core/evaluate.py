@@ -60,16 +60,15 @@ def write_results(path, results):
     write_text_atomic(path, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
 
 
-def run(workdir, questions_path, modes=MODES, update="fused", batch_size=1, out=None, device=None, top_k=3,
-        aggregate="sum"):
+def run(workdir, questions_path, modes=MODES, update="fused", batch_size=1, out=None, device=None, top_k=3):
     """`prag eval`: check the inputs, answer every question in every mode, print the table, write results."""
     from .corpus import read_questions
     from .pipeline import Pipeline, check_request
 
     for mode in modes:
-        check_request(mode=mode, update=update, aggregate=aggregate)
+        check_request(mode=mode, update=update)
     questions = read_questions(questions_path)  # before the model loads: a bad line fails fast
-    pipeline = Pipeline.open(workdir, device=device, top_k=top_k, aggregate=aggregate)
+    pipeline = Pipeline.open(workdir, device=device, top_k=top_k)
     results = evaluate(pipeline, questions, modes, update, batch_size)
     print(table(results["modes"]))
     if out is not None:

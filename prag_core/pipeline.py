@@ -10,12 +10,6 @@ weights untouched; each batch row uses its own retrieved documents) and `merge`
 (W += α Σ_j A_j B_jᵀ, generate, restore exactly; one document set at a time, so
 merge answers a batch one question after the other).
 
-Aggregating a question's k retrieved documents (each trained with its own α):
-    sum   W' = W + α Σ_j A_j B_jᵀ      PRAG's (the pairs concatenated along rank), the default
-    mean  W' = W + (α/k) Σ_j A_j B_jᵀ  the average of the documents' updates
-On SmolLM2-135M the sum of 3 documents drowns the right one (demo F1 0.11 at top 3);
-the mean keeps it (0.35 at top 3, 0.50 at top 2); see the README.
-
 Every mode uses the same prompt (prompts.qa_messages, the one the pairs are trained
 on) and the same answer format: the assistant turn is primed with ANSWER_PREFIX
 ("The answer is"), greedy decoding continues it, and the answer is that
@@ -45,7 +39,6 @@ from .shards import open_store
 
 MODES = ("vanilla", "rag", "prag", "combine")
 UPDATES = ("fused", "merge")
-AGGREGATES = ("sum", "mean")
 _ANSWER_END = re.compile(r"[.!?](?=\s|$)|\n")
 
 
@@ -75,16 +68,14 @@ def prompt_ids(tokenizer, question, passages=None):
                      add_special_tokens=False)["input_ids"]
 
 
-def check_request(question=None, mode=None, update=None, aggregate=None):
-    """PipelineError for an empty question or an unknown mode, update method or aggregate (those given)."""
+def check_request(question=None, mode=None, update=None):
+    """PipelineError for an empty question or an unknown mode or update method (those given)."""
     if question is not None and (not isinstance(question, str) or not question.strip()):
         raise PipelineError(f"question: empty ({question!r})")
     if mode is not None and mode not in MODES:
         raise PipelineError(f"mode: unknown {mode!r}; choose from {', '.join(MODES)}")
     if update is not None and update not in UPDATES:
         raise PipelineError(f"update: unknown {update!r}; choose from {', '.join(UPDATES)}")
-    if aggregate is not None and aggregate not in AGGREGATES:
-        raise PipelineError(f"aggregate: unknown {aggregate!r}; choose from {', '.join(AGGREGATES)}")
 
 
 class _AnswerComplete(StoppingCriteria):
@@ -104,11 +95,9 @@ class Pipeline:
     """Answers questions over one knowledge base: a model, a BM25 index, document parameters, passages.
 
     store: a mapping from document id to DocParams (a dict, or a work directory's store, shards.open_store).
-    documents_text: a mapping from document id to its passage text (for rag and combine).
-    aggregate: how a question's documents combine, "sum" (PRAG) or "mean" (see the module docstring)."""
+    documents_text: a mapping from document id to its passage text (for rag and combine)."""
 
-    def __init__(self, model, tokenizer, index, store, documents_text, top_k=3, max_new_tokens=32, aggregate="sum"):
-        check_request(aggregate=aggregate)
+    def __init__(self, model, tokenizer, index, store, documents_text, top_k=3, max_new_tokens=32):
         if tokenizer.pad_token_id is None:
             raise PipelineError("the tokenizer has no pad token (load_model sets one)")
         self.model = inject(model)
@@ -118,14 +107,13 @@ class Pipeline:
         self.documents_text = documents_text
         self.top_k = top_k
         self.max_new_tokens = max_new_tokens
-        self.aggregate = aggregate
 
     @classmethod
-    def open(cls, workdir, device=None, top_k=3, max_new_tokens=32, aggregate="sum"):
+    def open(cls, workdir, device=None, top_k=3, max_new_tokens=32):
         """The pipeline of a work directory written by `prag build`: its model (from W/config.json),
         BM25 index, corpus passages and parameter store, checked against each other."""
         model, tokenizer, index, store, texts = _open_workdir(Path(workdir), device)
-        return cls(model, tokenizer, index, store, texts, top_k, max_new_tokens, aggregate)
+        return cls(model, tokenizer, index, store, texts, top_k, max_new_tokens)
 
     def retrieve(self, question):
         """The ids of the top_k documents for `question`, best first."""
@@ -165,21 +153,10 @@ class Pipeline:
         if mode not in ("prag", "combine"):
             return nullcontext()
         params = [[self._params(d) for d in ids] for ids in doc_ids]
-        scale = self._scale(params)
         if update == "merge":
-            return merged_documents(self.model, params[0], scale)
+            return merged_documents(self.model, params[0])
         # One set for the batch when there is one row (the kernel's plain path), else one set per row.
-        return use_documents(self.model, params[0] if len(params) == 1 else params, scale)
-
-    def _scale(self, params):
-        """The scale for every row's documents: None (sum: each document's α) or α/k (mean)."""
-        if self.aggregate == "sum":
-            return None
-        alphas, counts = {d.alpha for row in params for d in row}, {len(row) for row in params}
-        if len(alphas) != 1 or len(counts) != 1:
-            raise PipelineError(f"aggregate mean needs one alpha (got {sorted(alphas)}) and the same number of "
-                                f"documents in every row (got {sorted(counts)})")
-        return alphas.pop() / counts.pop()
+        return use_documents(self.model, params[0] if len(params) == 1 else params)
 
     @torch.inference_mode()
     def _generate(self, prompts):

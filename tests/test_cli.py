@@ -89,16 +89,13 @@ def test_malformed_questions_file(capsys, tmp_path, line, fragment):
     assert not (tmp_path / "r.json").exists()
 
 
-def test_unknown_mode_update_and_aggregate(capsys, tmp_path):
+def test_unknown_mode_and_update(capsys, tmp_path):
     qa = write(tmp_path / "qa.jsonl", '{"id": "1", "question": "Who?", "answers": ["x"]}\n')
     code, _, err = run_cli(capsys, "eval", "--workdir", str(tmp_path), "--questions", str(qa), "--modes", "rag,psychic",
                            "--out", str(tmp_path / "r.json"))
     assert_one_line_error(code, err, "mode: unknown 'psychic'")
     code, _, err = run_cli(capsys, "ask", "--workdir", str(tmp_path), "--update", "lazy", "Who?")
     assert_one_line_error(code, err, "update: unknown 'lazy'")
-    code, _, err = run_cli(capsys, "eval", "--workdir", str(tmp_path), "--questions", str(qa), "--aggregate", "max",
-                           "--out", str(tmp_path / "r.json"))
-    assert_one_line_error(code, err, "aggregate: unknown 'max'")
 
 
 def write(path, text):

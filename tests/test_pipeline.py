@@ -6,7 +6,6 @@ import torch
 from tiny import random_doc_params, tiny_llama, tiny_tokenizer
 
 from prag_core.corpus import Document, text_sha256
-from prag_core.doc_params import DocParams
 from prag_core.pipeline import MODES, Pipeline, PipelineError, _AnswerComplete, cut_answer, prompt_ids
 from prag_core.prompts import ANSWER_PREFIX
 from prag_core.retrieval import BM25Index
@@ -109,17 +108,6 @@ def test_batched_answers_equal_batch_size_one(pipe, mode):
     assert predictions(batched) == predictions([pipe.answer([q], mode)[0] for q in QUESTIONS])
 
 
-@pytest.mark.parametrize("update", ["fused", "merge"])
-def test_mean_aggregate_applies_alpha_over_k(pipe, update):
-    mean = Pipeline(pipe.model, pipe.tokenizer, pipe.index, pipe.store, TEXTS, top_k=2, max_new_tokens=10,
-                    aggregate="mean")
-    halved = {k: DocParams(d.pairs, d.alpha / 2, d.meta) for k, d in pipe.store.items()}
-    summed = Pipeline(pipe.model, pipe.tokenizer, pipe.index, halved, TEXTS, top_k=2, max_new_tokens=10)
-    answers = predictions(mean.answer(QUESTIONS, "prag", update))
-    assert answers == predictions(summed.answer(QUESTIONS, "prag", update))
-    assert answers != predictions(pipe.answer(QUESTIONS, "prag", update))  # pipe: top 2, sum
-
-
 def test_document_missing_from_the_store_is_named(pipe):
     partial = Pipeline(pipe.model, pipe.tokenizer, pipe.index, {k: v for k, v in pipe.store.items() if k != "toad"},
                        TEXTS, top_k=1)
@@ -136,5 +124,3 @@ def test_document_missing_from_the_store_is_named(pipe):
 def test_bad_requests(pipe, question, mode, update, message):
     with pytest.raises(PipelineError, match=message):
         pipe.answer([question], mode, update)
-    with pytest.raises(PipelineError, match="aggregate: unknown 'max'"):
-        Pipeline(pipe.model, pipe.tokenizer, pipe.index, pipe.store, TEXTS, aggregate="max")
