@@ -55,7 +55,7 @@ def examples(results, questions, n=EXAMPLES):
     for i, q in enumerate(shown, 1):
         cells = [q.answers[0]] + [prediction[q.id, m] or "(empty)" for m in MODES]
         lines.append(f"{i:>2}  " + " ".join(f"{_cell(c):<{COLUMN}}" for c in cells))
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)  # the last column's padding is not needed
 
 
 def latency(pipeline, questions, batched_s, n=LATENCY_QUESTIONS):
