@@ -14,9 +14,12 @@ cores if both were busy (the machine the budget is set for); `wall s/doc` is wha
     python bench/sweep_train.py --docs 4 --grid "rank=2,lr=3e-4,epochs=1; rank=2,lr=1e-3,epochs=10"
     python bench/sweep_train.py --table        # the markdown table of every result so far
 
-Each result is appended to --results (JSONL) as soon as it is measured.
+Each result is appended to --results (JSONL) as soon as it is measured. Trained pairs are kept in a store
+per configuration under --workdir (with their training time in the metadata), so a sweep that is stopped
+resumes where it was.
 """
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -26,11 +29,13 @@ import torch
 
 from prag_core.augment import LMGenerator, augment_documents
 from prag_core.corpus import DEMO_CORPUS, DEMO_QUESTIONS, read_corpus, read_questions
+from prag_core.doc_params import model_fingerprint
 from prag_core.metrics import exact_match, f1
 from prag_core.model import cache_dir, load_model
 from prag_core.pipeline import Pipeline
 from prag_core.retrieval import BM25Index
 from prag_core.samples import build_samples
+from prag_core.store import Store
 from prag_core.train import TrainConfig, train_documents
 
 RESULTS = Path(__file__).parent / "results" / "sweep_train.jsonl"
@@ -78,24 +83,34 @@ def run(args):
 
     vanilla = Pipeline(model, tokenizer, index, {}, texts)
     record({"config": "vanilla", **dict(zip(("em", "f1"), score(vanilla, questions, "vanilla")))})
+    fingerprint = model_fingerprint(model)
     for config, augmenter in parse_grid(args.grid):
         generator = LMGenerator(model, tokenizer) if augmenter == "model" else None
         aug_start = time.perf_counter()
         augs = augment_documents(docs, generator, args.workdir / "augment.jsonl")
         aug_wall = time.perf_counter() - aug_start
-        samples = [build_samples(d.text, a, tokenizer, config.construction) for d, a in zip(docs, augs)]
-        wall, cpu = time.perf_counter(), time.process_time()
-        params = []
-        for start in range(0, len(docs), args.batch_docs):
-            params += train_documents(model, tokenizer, samples[start:start + args.batch_docs], config)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        store = {d.id: p for d, p in zip(docs, params)}
+        # trained pairs go to a store per configuration, so an interrupted sweep resumes where it stopped
+        key = hashlib.sha256(json.dumps([config.to_dict(), augmenter]).encode()).hexdigest()[:12]
+        store = Store(args.workdir / "stores" / key, fingerprint, config.to_dict())
+        pending = [i for i, d in enumerate(docs) if not store.done(d)]
+        for start in range(0, len(pending), args.batch_docs):
+            group = pending[start:start + args.batch_docs]
+            wall, cpu = time.perf_counter(), time.process_time()
+            params = train_documents(model, tokenizer, [build_samples(docs[i].text, augs[i], tokenizer,
+                                                                      config.construction) for i in group], config)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            for i, p in zip(group, params):
+                p.meta.update(cpu_s=cpu / len(group), wall_s=wall / len(group))
+                store.put(docs[i], p)
+            store.flush()
+        params = [store[d.id] for d in docs]
         gold_em, gold_f1 = score(Pipeline(model, tokenizer, index, store, texts, top_k=1), questions, "prag")
         top3_em, top3_f1 = score(Pipeline(model, tokenizer, index, store, texts, top_k=3), questions, "prag")
         record({"config": {k: v for k, v in config.to_dict().items() if k not in ("targets", "dtype", "seed")},
                 "augmenter": augmenter, "fallback_docs": sum(a.source == "fallback" for a in augs),
                 "gold_em": gold_em, "gold_f1": gold_f1, "top3_em": top3_em, "top3_f1": top3_f1,
-                "cpu_s_per_doc": round(cpu / len(docs) / 2, 1), "wall_s_per_doc": round(wall / len(docs), 1),
+                "cpu_s_per_doc": round(sum(p.meta["cpu_s"] for p in params) / len(docs) / 2, 1),
+                "wall_s_per_doc": round(sum(p.meta["wall_s"] for p in params) / len(docs), 1),
                 "augment_wall_s": round(aug_wall, 1),
                 "final_loss": round(sum(p.meta["losses"][-1] for p in params) / len(params), 3)})
 
