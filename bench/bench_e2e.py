@@ -67,7 +67,7 @@ def test_modes(benchmark):
 
     def variant(mode, update):
         passages = mode in ("rag", "combine")
-        prompts = [len(prompt_ids(tokenizer, q, [pipeline.documents_text[d] for d in pipeline.retrieve(q)]
+        prompts = [len(prompt_ids(tokenizer, q, [pipeline.documents_text[d] for d in pipeline.retrieve(q)[0]]
                                   if passages else None)) for q in asked[1:]]
 
         def ask(k):

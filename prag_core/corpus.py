@@ -1,7 +1,8 @@
 """Reading a corpus and a question set (JSONL, DESIGN §4.4), and atomic file writes.
 
 corpus.jsonl:  {"id": str, "text": str, "title"?: str}            other keys ignored
-qa.jsonl:      {"id": str, "question": str, "answers": [str, ...]}  other keys ignored
+qa.jsonl:      {"id": str, "question": str, "answers": [str, ...], "docs"?: [str, ...]}  other keys ignored
+               (docs: the ids of the documents that support the answer, for retrieval recall)
 
 Every problem is reported as one `CorpusError` line that names the file, the
 line and the field, so the CLI can print it without a traceback. Blank lines
@@ -36,6 +37,7 @@ class Question:
     id: str
     question: str
     answers: list[str]
+    docs: tuple = ()  # supporting document ids, when the file lists them
 
 
 def text_sha256(text: str) -> str:
@@ -110,7 +112,10 @@ def read_questions(path) -> list[Question]:
         for i, alias in enumerate(answers):
             if not isinstance(alias, str) or not alias.strip():
                 raise CorpusError(f"{where}: field 'answers[{i}]' must be a non-empty string, got {alias!r}")
-        questions.append(Question(id=obj["id"], question=question, answers=list(answers)))
+        docs = obj.get("docs", [])
+        if not isinstance(docs, list) or not all(isinstance(d, str) and d.strip() for d in docs):
+            raise CorpusError(f"{where}: field 'docs' must be a list of document ids, got {docs!r}")
+        questions.append(Question(id=obj["id"], question=question, answers=list(answers), docs=tuple(docs)))
     return questions
 
 

@@ -32,6 +32,7 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 FINGERPRINT_FIELDS = ("model_type", "architecture", "hidden_size", "intermediate_size", "num_layers",
                       "projections", "weight_hash")
 HASH_SAMPLES = 1024  # weight elements hashed per projection
+INITS = ("shared", "document", "orthogonal")  # how a document's B starts (DocParams.init)
 
 
 class DocParamsError(ValueError):
@@ -89,19 +90,28 @@ class DocParams:
         return DocParams(pairs, self.alpha, dict(self.meta))
 
     @classmethod
-    def init(cls, model, rank, alpha, targets=None, b_seed=0, dtype=torch.float32, meta=None):
-        """Fresh trainable pairs for `model`: A = 0, and B from PEFT's lora_A init, Kaiming-uniform with
-        a=√5, i.e. U(-1/√in, 1/√in), drawn from a generator seeded by (b_seed, module path). So every
-        document starts from the same B (as in PRAG), whatever the targets. Tensors require grad and
+    def init(cls, model, rank, alpha, targets=None, b_seed=0, dtype=torch.float32, meta=None, init="shared",
+             doc_key=""):
+        """Fresh trainable pairs for `model`: A = 0, and B (in, r) drawn per module path p by `init`:
+
+            shared      PEFT's lora_A init, Kaiming-uniform with a=√5, i.e. U(-1/√in, 1/√in), from a
+                        generator seeded by (b_seed, p): every document starts from the same B (PRAG).
+            document    the same distribution, seeded by (b_seed, p, doc_key): each document its own B.
+            orthogonal  orthonormal columns (QR of a Gaussian seeded like `document`) times 1/√3, the
+                        uniform init's standard deviation per entry. Different documents' B's are then
+                        nearly orthogonal (random directions in `in` dimensions: |cos| ~ 1/√in); exactly
+                        orthogonal ones would need a shared (in, in) basis per projection, too big to keep.
+
+        doc_key: what tells documents apart (build passes the text's sha256). Tensors require grad and
         sit on their projection's device."""
+        if init not in INITS:
+            raise ValueError(f"init: unknown {init!r}; choose from {', '.join(INITS)}")
         paths = ffn_module_paths(model, targets)
         pairs = {}
         for path in paths:
             weight = weight_out_in(model.get_submodule(path))
             out, inp = weight.shape
-            seed = int.from_bytes(hashlib.sha256(f"{b_seed}:{path}".encode()).digest()[:8], "little")
-            b_t = torch.empty(rank, inp)  # PEFT's lora_A.weight layout (r, in): fan_in = in
-            torch.nn.init.kaiming_uniform_(b_t, a=math.sqrt(5), generator=torch.Generator().manual_seed(seed))
+            b_t = _init_b(init, rank, inp, f"{b_seed}:{path}", doc_key)
             pairs[path] = (torch.zeros(out, rank, dtype=dtype, device=weight.device).requires_grad_(),
                            b_t.T.to(weight.device, dtype).contiguous().requires_grad_())
         _, projections = architecture(model.config.model_type)
@@ -156,6 +166,21 @@ class DocParams:
                                          f"the model's is {fingerprint.get(key)!r} (trained for another model)")
         pairs = {p: (a.to(device, dtype), b.to(device, dtype)) for p, (a, b) in pairs.items()}
         return cls(pairs, alpha, meta)
+
+
+def _seed(text):
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def _init_b(init, rank, inp, key, doc_key):
+    """B in PEFT's lora_A layout (r, in), see DocParams.init."""
+    generator = torch.Generator().manual_seed(_seed(key if init == "shared" else f"{key}:{doc_key}"))
+    if init == "orthogonal":
+        q, _ = torch.linalg.qr(torch.randn(inp, rank, generator=generator, dtype=torch.float64))
+        return (q.T / math.sqrt(3)).float()
+    b_t = torch.empty(rank, inp)  # fan_in = in
+    torch.nn.init.kaiming_uniform_(b_t, a=math.sqrt(5), generator=generator)
+    return b_t
 
 
 def _validate(path, metadata, tensors):

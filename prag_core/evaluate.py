@@ -1,22 +1,28 @@
 """Evaluation: answer a question set in several modes, score it, write results.json (DESIGN §4.4).
 
 results.json:
-    {"modes": {MODE: {"em", "f1", "acc", "latency_s", "n"}},
-     "questions": [{"id", "mode", "prediction", "em", "f1", "acc", "docs", "latency_s"}, ...]}
+    {"modes": {MODE: {"em", "f1", "acc", "latency_s", "ungrounded", "recall", "n"}},
+     "questions": [{"id", "mode", "prediction", "em", "f1", "acc", "docs", "latency_s", "ungrounded",
+                    "recall"}, ...]}
 
 A mode's em / f1 / acc / latency_s are means over its questions; a question's
 latency_s is its share of its batch's wall time (batch time / batch size), so
-batched modes show the per-question cost of batched serving.
+batched modes show the per-question cost of batched serving. ungrounded: the
+answer has no word of the question or the retrieved passages (metrics.ungrounded;
+the mode's value is the share of such answers). recall: for a question whose file
+lists its supporting `docs`, the share of them among the retrieved documents
+(recall@k); null for vanilla or without `docs`, and the mode's value is the mean
+over the questions that have one (null if none).
 """
 import json
 
 from tqdm.auto import tqdm
 
 from .corpus import write_text_atomic
-from .metrics import scores
+from .metrics import scores, ungrounded
 from .pipeline import MODES
 
-METRICS = ("em", "f1", "acc", "latency_s")
+METRICS = ("em", "f1", "acc", "latency_s", "ungrounded")
 
 
 def evaluate(pipeline, questions, modes=MODES, update="fused", batch_size=1, progress=True):
@@ -31,8 +37,11 @@ def evaluate(pipeline, questions, modes=MODES, update="fused", batch_size=1, pro
                 batch = questions[start:start + batch_size]
                 answers = pipeline.answer([q.question for q in batch], mode, update)
                 for q, a in zip(batch, answers):
+                    sources = [q.question] + [pipeline.documents_text.get(d, "") for d in a.docs]
+                    recall = (sum(d in a.docs for d in q.docs) / len(q.docs)) if q.docs and mode != "vanilla" else None
                     rows.append({"id": q.id, "mode": mode, "prediction": a.prediction,
-                                 **scores(a.prediction, q.answers), "docs": a.docs, "latency_s": a.latency_s})
+                                 **scores(a.prediction, q.answers), "docs": a.docs, "latency_s": a.latency_s,
+                                 "ungrounded": float(ungrounded(a.prediction, sources)), "recall": recall})
                 bar.update(len(batch))
     return {"modes": summarize(rows, modes), "questions": rows}
 
@@ -43,15 +52,21 @@ def summarize(rows, modes):
     for mode in modes:
         mine = [r for r in rows if r["mode"] == mode]
         summary[mode] = {k: sum(r[k] for r in mine) / len(mine) if mine else 0.0 for k in METRICS}
+        recalls = [r["recall"] for r in mine if r.get("recall") is not None]
+        summary[mode]["recall"] = sum(recalls) / len(recalls) if recalls else None
         summary[mode]["n"] = len(mine)
     return summary
 
 
 def table(summary):
     """The per-mode table printed on stdout."""
-    lines = [f"{'mode':<9} {'EM':>6} {'F1':>6} {'acc':>6} {'latency/q':>10} {'n':>4}"]
+    with_recall = any(s.get("recall") is not None for s in summary.values())
+    lines = [f"{'mode':<9} {'EM':>6} {'F1':>6} {'acc':>6} {'latency/q':>10} {'n':>4}"
+             + ("  recall@k" if with_recall else "")]
     for mode, s in summary.items():
-        lines.append(f"{mode:<9} {s['em']:>6.3f} {s['f1']:>6.3f} {s['acc']:>6.3f} {s['latency_s']:>9.3f}s {s['n']:>4}")
+        recall = "" if not with_recall else f"  {s['recall']:>8.3f}" if s.get("recall") is not None else f"  {'-':>8}"
+        lines.append(f"{mode:<9} {s['em']:>6.3f} {s['f1']:>6.3f} {s['acc']:>6.3f} {s['latency_s']:>9.3f}s "
+                     f"{s['n']:>4}{recall}")
     return "\n".join(lines)
 
 

@@ -10,6 +10,9 @@ computes exactly what the original module computed (bit-identical). Inside
 
 where S(row) is every document of `docs` (one set for the whole batch), or the
 row's own set when `docs` is one list per batch row. Weights are never touched.
+`weights=` (nested like `docs`) gives document j a factor w_j, i.e. scale·w_j
+instead of scale (prag_core.combine's schemes): folded into the stacked A columns
+for one set, the kernel's per-row column weights for per-row sets.
 
 Activation is per call, not shared state: a ContextVar maps each injected layer
 to the documents active for it, so threads and asyncio tasks running the same
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from prag_kernels import column_mask, fused_lora_linear_cat, merge_lora_, restore_
+from prag_kernels import fused_lora_linear_cat, merge_lora_, restore_
 
 GATED = ("gate_proj", "up_proj", "down_proj")
 # model_type -> (path of the decoder-layer list, FFN projections under each layer's `.mlp`),
@@ -142,11 +145,13 @@ def eject(model):
     return model
 
 
-def _document_sets(docs):
-    """(distinct documents, row index) from docs given as one set for the batch or one set per row.
+def _document_sets(docs, weights=None):
+    """(distinct documents, their weights, row index, row weights) from docs given as one set for the
+    batch or one set per row, and weights nested the same way (None: all 1).
 
-    The row index is a (batch, J) long tensor into the distinct documents, -1 = empty slot, or None
-    when one set serves the whole batch."""
+    For one set: the documents and their weights, row index and row weights None. Per row: the distinct
+    documents (weights None), a (batch, J) long row index into them (-1 = empty slot) and the (batch, J)
+    float64 weight of each slot."""
     docs = list(docs)
     per_row = [isinstance(d, (list, tuple)) for d in docs]
     if any(per_row) and not all(per_row):
@@ -154,8 +159,14 @@ def _document_sets(docs):
     flat = [d for row in docs for d in row] if any(per_row) else docs
     if not all(hasattr(d, "pairs") and hasattr(d, "alpha") for d in flat):
         raise ValueError("docs must hold DocParams (objects with .pairs and .alpha)")
+    weights = [[1.0] * len(row) for row in docs] if weights is None and any(per_row) else weights
+    weights = [1.0] * len(docs) if weights is None else list(weights)
+    shapes_match = len(weights) == len(docs) and (
+        not any(per_row) or all(isinstance(w, (list, tuple)) and len(w) == len(row) for w, row in zip(weights, docs)))
+    if not shapes_match:
+        raise ValueError("weights must be nested like docs: one number per document (per row, when docs are per row)")
     if not any(per_row):
-        return docs, None
+        return docs, [float(w) for w in weights], None, None
     distinct, position = [], {}
     for row in docs:
         for d in row:
@@ -163,11 +174,22 @@ def _document_sets(docs):
                 position[id(d)] = len(distinct)
                 distinct.append(d)
     if not distinct:
-        return [], None
-    index = torch.full((len(docs), max(len(row) for row in docs)), -1, dtype=torch.long)
-    for i, row in enumerate(docs):
+        return [], None, None, None
+    width = max(len(row) for row in docs)
+    index = torch.full((len(docs), width), -1, dtype=torch.long)
+    row_weights = torch.zeros(len(docs), width, dtype=torch.float64)
+    for i, (row, w) in enumerate(zip(docs, weights)):
         index[i, :len(row)] = torch.tensor([position[id(d)] for d in row], dtype=torch.long)
-    return distinct, index
+        row_weights[i, :len(row)] = torch.tensor([float(x) for x in w], dtype=torch.float64)
+    return distinct, None, index, row_weights
+
+
+def weighted_column_mask(row_index, row_weights, n_docs, rank, dtype):
+    """(G, J) document ids and their weights -> (G, D·rank) column weights:
+    w[g, j] = Σ_k row_weights[g, k]·[row_index[g, k] = j // rank] (prag_kernels.column_mask with weights)."""
+    col_doc = torch.arange(n_docs * rank, device=row_index.device) // rank
+    hits = row_index.unsqueeze(-1) == col_doc
+    return (hits * row_weights.to(row_index.device).unsqueeze(-1)).sum(1).to(dtype)
 
 
 def _check_documents(modules, docs, scale):
@@ -196,30 +218,38 @@ def _check_documents(modules, docs, scale):
     return alphas[0]
 
 
-def _stack(docs, path, like):
+def _stack(docs, path, like, weights=None):
     """A_cat (out, D·r) and B_cat (in, D·r): the documents' pairs for `path` side by side along rank, on
-    `like`'s device and dtype. A_cat is stored rank-major (A_catᵀ contiguous), which the expand reads fastest."""
-    a_cat = torch.cat([d.pairs[path][0].T for d in docs]).to(like.device, like.dtype).T
+    `like`'s device and dtype, document j's A columns times weights[j] (None: 1). A_cat is stored rank-major
+    (A_catᵀ contiguous), which the expand reads fastest."""
+    a_cat_t = torch.cat([d.pairs[path][0].T for d in docs]).to(like.device, like.dtype)
+    if weights is not None and any(w != 1.0 for w in weights):  # in the compute dtype, as the row mask is
+        rank = a_cat_t.shape[0] // len(docs)
+        a_cat_t = a_cat_t * torch.tensor(weights, device=like.device, dtype=like.dtype).repeat_interleave(rank)[:, None]
+    a_cat = a_cat_t.T
     b_cat = torch.cat([d.pairs[path][1] for d in docs], dim=1).to(like.device, like.dtype)
     return a_cat, b_cat
 
 
 class _Documents:
-    """One context's documents for one model, prepared on entry: per layer the pairs stacked along rank,
-    and for per-row sets the (batch, D·r) column mask (row b uses column j as often as its set lists
-    j's document; one row per batch element serves every sequence length). Trainable documents
-    (tensors requiring grad) are stacked on every call instead, so gradients reach them and optimizer
-    steps are seen."""
+    """One context's documents for one model, prepared on entry: per layer the pairs stacked along rank
+    (one set: with its weights folded into A), and for per-row sets the (batch, D·r) column weights
+    (row b weighs column j by the summed weights of its slots that hold j's document; one row per batch
+    element serves every sequence length). Trainable documents (tensors requiring grad) are stacked on
+    every call instead, so gradients reach them and optimizer steps are seen."""
 
-    def __init__(self, docs, scale, row_index, layers):
-        self.docs, self.scale, self.row_index = docs, scale, row_index
+    def __init__(self, docs, weights, scale, row_index, row_weights, layers):
+        self.docs, self.weights, self.scale = docs, weights, scale
+        self.row_index, self.row_weights = row_index, row_weights
         self.trainable = any(t.requires_grad for d in docs for pair in d.pairs.values() for t in pair)
-        self.stacks = {} if self.trainable else {layer: _stack(docs, layer.path, layer.weight) for layer in layers}
-        self.masks = {}  # (device, dtype) -> (batch, D·r) column mask
+        self.stacks = {} if self.trainable else {layer: _stack(docs, layer.path, layer.weight, weights)
+                                                 for layer in layers}
+        self.masks = {}  # (device, dtype) -> (batch, D·r) column weights
 
     def operands(self, layer, x):
         """a_cat, b_cat and the row mask (None: every row uses every document) for one call of `layer`."""
-        a_cat, b_cat = _stack(self.docs, layer.path, layer.weight) if self.trainable else self.stacks[layer]
+        a_cat, b_cat = (_stack(self.docs, layer.path, layer.weight, self.weights) if self.trainable
+                        else self.stacks[layer])
         if self.row_index is None:
             return a_cat, b_cat, None
         if x.shape[0] != self.row_index.shape[0]:
@@ -228,7 +258,8 @@ class _Documents:
         key = (x.device, x.dtype)
         if key not in self.masks:
             rank = a_cat.shape[1] // len(self.docs)
-            self.masks[key] = column_mask(self.row_index.to(x.device), len(self.docs), rank, x.dtype)
+            self.masks[key] = weighted_column_mask(self.row_index.to(x.device), self.row_weights, len(self.docs),
+                                                   rank, x.dtype)
         return a_cat, b_cat, self.masks[key]
 
 
@@ -237,20 +268,21 @@ def _ffn_modules(model):
 
 
 @contextmanager
-def use_documents(model, docs, scale=None):
+def use_documents(model, docs, scale=None, weights=None):
     """Activate documents for the calls (forward, generate) made inside the block, via the fused kernel.
 
     docs: a list of DocParams applied to every batch row, or one list per batch row (rows may
     differ in length, or be empty). scale: α; default the documents' alpha (they must agree).
+    weights: a factor per document, nested like docs (default 1): document j adds scale·w_j·A_j B_jᵀ.
     The model must be injected. Gradients flow to documents whose tensors require grad."""
     modules = _ffn_modules(model)
     layers = list(modules.values())
     if not all(isinstance(m, InjectedLinear) for m in layers):
         raise ValueError("the model is not injected: call prag_core.inject.inject(model) first")
-    distinct, row_index = _document_sets(docs)
+    distinct, doc_weights, row_index, row_weights = _document_sets(docs, weights)
     scale = _check_documents(modules, distinct, scale)
     covered = [m for m in layers if distinct and m.path in distinct[0].pairs]
-    state = _Documents(distinct, scale, row_index, covered)
+    state = _Documents(distinct, doc_weights, scale, row_index, row_weights, covered)
     active = dict(_ACTIVE.get())
     active.update({m: None for m in layers})
     active.update({m: state for m in covered})
@@ -262,11 +294,11 @@ def use_documents(model, docs, scale=None):
 
 
 @contextmanager
-def merged_documents(model, docs, scale=None):
-    """The merge baseline: W += scale · A_cat B_catᵀ (= scale · Σ_j A_j B_jᵀ) in place for every projection the
-    documents cover, restored bit-exactly on exit, also by exception. Same arguments as use_documents,
+def merged_documents(model, docs, scale=None, weights=None):
+    """The merge baseline: W += scale · A_cat B_catᵀ (= scale · Σ_j w_j A_j B_jᵀ) in place for every projection
+    the documents cover, restored bit-exactly on exit, also by exception. Same arguments as use_documents,
     except that per-row sets are an error. Not thread-safe: the weights are shared."""
-    distinct, row_index = _document_sets(docs)
+    distinct, doc_weights, row_index, _ = _document_sets(docs, weights)
     if row_index is not None:
         raise ValueError("merged_documents takes one document set for the whole batch, not one per row")
     modules = _ffn_modules(model)
@@ -276,7 +308,7 @@ def merged_documents(model, docs, scale=None):
         with torch.no_grad():
             for path in (distinct[0].pairs if distinct else ()):
                 weight = weight_out_in(modules[path])
-                a_cat, b_cat = _stack(distinct, path, weight)  # one adapter of rank D·r: the same sum
+                a_cat, b_cat = _stack(distinct, path, weight, doc_weights)  # one adapter of rank D·r: the same sum
                 backups.append((weight, merge_lora_(weight, a_cat.unsqueeze(0), b_cat.unsqueeze(0), scale)))
         yield
     finally:

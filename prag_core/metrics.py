@@ -12,6 +12,10 @@ For prediction tokens P and gold tokens G (as multisets), with c = |P ∩ G|:
 If either side normalises to nothing, F1 is 1 when both do and 0 otherwise
 (SQuAD v2's rule). acc is 1 when a normalised alias occurs in the normalised
 prediction as whole words ("blue" is in "pale blue", not in "bluebell").
+
+`ungrounded` flags broken language: an answer none of whose normalised words occurs
+in the question or the retrieved passages ("Hugging Face", "RedLM.ortunately"), or
+an empty one.
 """
 import re
 import string
@@ -75,3 +79,10 @@ def acc(prediction: str, answers: list[str]) -> float:
 def scores(prediction: str, answers: list[str]) -> dict[str, float]:
     """All three metrics, keyed as in results.json: {"em", "f1", "acc"}."""
     return {"em": exact_match(prediction, answers), "f1": f1(prediction, answers), "acc": acc(prediction, answers)}
+
+
+def ungrounded(prediction: str, sources: list[str]) -> bool:
+    """True when no normalised word of `prediction` occurs in any of `sources` (or it has none)."""
+    words = set(normalize_answer(prediction).split())
+    seen = {w for text in sources for w in normalize_answer(text).split()}
+    return not words & seen

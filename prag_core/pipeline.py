@@ -8,7 +8,8 @@
 Update methods for the pair modes: `fused` (the kernel computes x Wᵀ + α Σ_j (x B_j) A_jᵀ,
 weights untouched; each batch row uses its own retrieved documents) and `merge`
 (W += α Σ_j A_j B_jᵀ, generate, restore exactly; one document set at a time, so
-merge answers a batch one question after the other).
+merge answers a batch one question after the other). How a question's k documents
+combine (sum, mean, score-weighted, DyPRAG's averaged pair) is prag_core.combine's.
 
 Every mode uses the same prompt (prompts.qa_messages, the one the pairs are trained
 on) and the same answer format: the assistant turn is primed with ANSWER_PREFIX
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from .combine import check_scheme, combine
 from .corpus import read_corpus
 from .doc_params import model_fingerprint
 from .inject import inject, merged_documents, use_documents
@@ -39,6 +41,10 @@ from .shards import open_store
 
 MODES = ("vanilla", "rag", "prag", "combine")
 UPDATES = ("fused", "merge")
+# Serving defaults (README "Training defaults"): documents per question and how their pairs combine.
+TOP_K = 3
+COMBINATION = "sum"
+TEMPERATURE = 1.0
 _ANSWER_END = re.compile(r"[.!?](?=\s|$)|\n")
 
 
@@ -53,6 +59,7 @@ class Answer:
     prediction: str
     docs: list = field(default_factory=list)  # retrieved document ids, best first
     latency_s: float = 0.0  # wall time of the question's share of its batch
+    scores: list = field(default_factory=list)  # the documents' retrieval scores
 
 
 def cut_answer(text: str) -> str:
@@ -68,14 +75,20 @@ def prompt_ids(tokenizer, question, passages=None):
                      add_special_tokens=False)["input_ids"]
 
 
-def check_request(question=None, mode=None, update=None):
-    """PipelineError for an empty question or an unknown mode or update method (those given)."""
+def check_request(question=None, mode=None, update=None, combination=None, temperature=1.0):
+    """PipelineError for an empty question, an unknown mode, update method or combination scheme, or a bad
+    temperature (those given)."""
     if question is not None and (not isinstance(question, str) or not question.strip()):
         raise PipelineError(f"question: empty ({question!r})")
     if mode is not None and mode not in MODES:
         raise PipelineError(f"mode: unknown {mode!r}; choose from {', '.join(MODES)}")
     if update is not None and update not in UPDATES:
         raise PipelineError(f"update: unknown {update!r}; choose from {', '.join(UPDATES)}")
+    if combination is not None:
+        try:
+            check_scheme(combination, temperature)
+        except ValueError as err:
+            raise PipelineError(str(err)) from None
 
 
 class _AnswerComplete(StoppingCriteria):
@@ -95,9 +108,12 @@ class Pipeline:
     """Answers questions over one knowledge base: a model, a BM25 index, document parameters, passages.
 
     store: a mapping from document id to DocParams (a dict, or a work directory's store, shards.open_store).
-    documents_text: a mapping from document id to its passage text (for rag and combine)."""
+    documents_text: a mapping from document id to its passage text (for rag and combine).
+    combination, temperature: how the top_k documents' pairs combine (prag_core.combine)."""
 
-    def __init__(self, model, tokenizer, index, store, documents_text, top_k=3, max_new_tokens=32):
+    def __init__(self, model, tokenizer, index, store, documents_text, top_k=TOP_K, max_new_tokens=32,
+                 combination=COMBINATION, temperature=TEMPERATURE):
+        check_request(combination=combination, temperature=temperature)
         if tokenizer.pad_token_id is None:
             raise PipelineError("the tokenizer has no pad token (load_model sets one)")
         self.model = inject(model)
@@ -107,17 +123,20 @@ class Pipeline:
         self.documents_text = documents_text
         self.top_k = top_k
         self.max_new_tokens = max_new_tokens
+        self.combination, self.temperature = combination, temperature
 
     @classmethod
-    def open(cls, workdir, device=None, top_k=3, max_new_tokens=32):
+    def open(cls, workdir, device=None, top_k=TOP_K, max_new_tokens=32, combination=COMBINATION,
+             temperature=TEMPERATURE):
         """The pipeline of a work directory written by `prag build`: its model (from W/config.json),
         BM25 index, corpus passages and parameter store, checked against each other."""
         model, tokenizer, index, store, texts = _open_workdir(Path(workdir), device)
-        return cls(model, tokenizer, index, store, texts, top_k, max_new_tokens)
+        return cls(model, tokenizer, index, store, texts, top_k, max_new_tokens, combination, temperature)
 
     def retrieve(self, question):
-        """The ids of the top_k documents for `question`, best first."""
-        return [doc_id for doc_id, _ in self.index.search(question, k=self.top_k)]
+        """(ids, scores) of the top_k documents for `question`, best first."""
+        hits = self.index.search(question, k=self.top_k)
+        return [doc_id for doc_id, _ in hits], [float(score) for _, score in hits]
 
     def answer(self, questions, mode="prag", update="fused"):
         """One Answer per question. fused answers the whole list in one generate call (the caller picks
@@ -128,14 +147,16 @@ class Pipeline:
         if update == "merge" and mode in ("prag", "combine") and len(questions) > 1:
             return [a for q in questions for a in self.answer([q], mode, update)]
         start = time.perf_counter()
-        doc_ids = [self.retrieve(q) if mode != "vanilla" else [] for q in questions]
+        hits = [self.retrieve(q) if mode != "vanilla" else ([], []) for q in questions]
+        doc_ids = [ids for ids, _ in hits]
         with_passages = mode in ("rag", "combine")
         prompts = [prompt_ids(self.tokenizer, q, [self._text(d) for d in ids] if with_passages else None)
                    for q, ids in zip(questions, doc_ids)]
-        with self._update(mode, update, doc_ids):
+        with self._update(mode, update, hits):
             texts = self._generate(prompts)
         per_question = (time.perf_counter() - start) / len(questions)
-        return [Answer(q, mode, cut_answer(t), ids, per_question) for q, t, ids in zip(questions, texts, doc_ids)]
+        return [Answer(q, mode, cut_answer(t), ids, per_question, scores)
+                for q, t, (ids, scores) in zip(questions, texts, hits)]
 
     def _text(self, doc_id):
         if doc_id not in self.documents_text:
@@ -148,15 +169,19 @@ class Pipeline:
                                 f"run `prag build` again to encode it")
         return self.store[doc_id]
 
-    def _update(self, mode, update, doc_ids):
-        """The context that applies each row's documents (pair modes), else nothing."""
+    def _update(self, mode, update, hits):
+        """The context that applies each row's documents, combined by the scheme (pair modes), else nothing."""
         if mode not in ("prag", "combine"):
             return nullcontext()
-        params = [[self._params(d) for d in ids] for ids in doc_ids]
+        rows = [combine([self._params(d) for d in ids], scores, self.combination, self.temperature)
+                for ids, scores in hits]
+        params, weights = [docs for docs, _ in rows], [w for _, w in rows]
         if update == "merge":
-            return merged_documents(self.model, params[0])
+            return merged_documents(self.model, params[0], weights=weights[0])
         # One set for the batch when there is one row (the kernel's plain path), else one set per row.
-        return use_documents(self.model, params[0] if len(params) == 1 else params)
+        if len(params) == 1:
+            return use_documents(self.model, params[0], weights=weights[0])
+        return use_documents(self.model, params, weights=weights)
 
     @torch.inference_mode()
     def _generate(self, prompts):

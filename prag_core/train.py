@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .doc_params import DocParams
+from .doc_params import INITS, DocParams
 from .inject import inject, use_documents
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -37,7 +37,8 @@ class TrainConfig:
     """What a document's pairs depend on (recorded in every file's metadata as `training`).
 
     targets: FFN projection names (None = all of the architecture's); dtype: the pairs' dtype;
-    seed: the shared B init; construction: samples.build_samples' construction."""
+    seed: the B init's seed; init: how B starts (doc_params.INITS: shared, document, orthogonal);
+    construction: samples.build_samples' construction."""
     rank: int = 2
     alpha: float = 16.0
     lr: float = 3e-3
@@ -46,12 +47,15 @@ class TrainConfig:
     dtype: str = "float32"
     seed: int = 0
     construction: str = "prag"
+    init: str = "shared"
 
     def __post_init__(self):
         if self.rank < 1 or self.epochs < 1 or not self.lr > 0 or not math.isfinite(self.alpha):
             raise ValueError(f"training config: rank and epochs must be ≥ 1, lr > 0, alpha finite; got {self}")
         if self.dtype not in DTYPES:
             raise ValueError(f"training config: dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        if self.init not in INITS:
+            raise ValueError(f"training config: init {self.init!r}; choose from {', '.join(INITS)}")
         if self.targets is not None:
             object.__setattr__(self, "targets", tuple(self.targets))
 
@@ -77,8 +81,11 @@ def per_row_loss(logits, ids, mask):
     return (token_loss * targets).sum(1) / targets.sum(1)
 
 
-def train_documents(model, tokenizer, samples_per_doc, config=TrainConfig(), progress=True):
+def train_documents(model, tokenizer, samples_per_doc, config=TrainConfig(), progress=True, doc_keys=None):
     """Train one DocParams per entry of `samples_per_doc` (a list of token id lists per document), together.
+
+    doc_keys: one string per document that seeds its B under the per-document inits (build passes the
+    text's sha256); default the documents' positions.
 
     Returns detached DocParams whose meta holds `training` (config.to_dict()) and `losses` (the document's
     mean loss per epoch). The model is injected and frozen (requires_grad False on every parameter)."""
@@ -86,8 +93,11 @@ def train_documents(model, tokenizer, samples_per_doc, config=TrainConfig(), pro
         raise ValueError("train_documents needs at least one document, each with at least one sequence")
     inject(model).requires_grad_(False)
     device = next(model.parameters()).device
+    doc_keys = [str(g) for g in range(len(samples_per_doc))] if doc_keys is None else list(doc_keys)
+    if len(doc_keys) != len(samples_per_doc):
+        raise ValueError(f"{len(doc_keys)} doc_keys for {len(samples_per_doc)} documents")
     docs = [DocParams.init(model, config.rank, config.alpha, config.targets, config.seed, DTYPES[config.dtype],
-                           meta={"training": config.to_dict()}) for _ in samples_per_doc]
+                           meta={"training": config.to_dict()}, init=config.init, doc_key=key) for key in doc_keys]
     optimizer = torch.optim.AdamW([t for d in docs for t in d.tensors()], lr=config.lr, weight_decay=0.0)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     steps = max(len(s) for s in samples_per_doc)

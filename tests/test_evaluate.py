@@ -7,8 +7,8 @@ from prag_core.corpus import Question
 from prag_core.evaluate import evaluate, table, write_results
 from prag_core.pipeline import Answer
 
-QUESTIONS = [Question("q1", "Who built it?", ["Oswin Tarrow", "Tarrow"]),
-             Question("q2", "When?", ["1847"]),
+QUESTIONS = [Question("q1", "Who built it?", ["Oswin Tarrow", "Tarrow"], docs=("d0", "d9")),
+             Question("q2", "When?", ["1847"], docs=("d1",)),
              Question("q3", "What color?", ["green"])]
 # mode -> prediction per question, and the scores they must get (hand-computed, SQuAD normalisation)
 PREDICTIONS = {"vanilla": ["Alessandro", "2018", "a deep green light"],
@@ -19,6 +19,8 @@ EXPECTED = {"vanilla": {"em": 0.0, "f1": (0 + 0 + 2 * (1 / 3) * 1 / (1 / 3 + 1))
 
 class Scripted:
     """A pipeline double that answers from PREDICTIONS and records the batches it was given."""
+
+    documents_text = {"d0": "Oswin Tarrow built the tower.", "d1": "It opened in 1847.", "d2": "Its lamp is red."}
 
     def __init__(self):
         self.calls = []
@@ -37,15 +39,23 @@ def test_scores_per_question_and_per_mode():
     assert set(results) == {"modes", "questions"}
     for mode, expected in EXPECTED.items():
         summary = results["modes"][mode]
-        assert set(summary) == {"em", "f1", "acc", "latency_s", "n"}
+        assert set(summary) == {"em", "f1", "acc", "latency_s", "ungrounded", "recall", "n"}
         assert summary["n"] == 3 and summary["latency_s"] == pytest.approx(1.0)
         for key, value in expected.items():
             assert summary[key] == pytest.approx(value), (mode, key)
     rows = results["questions"]
     assert [(r["id"], r["mode"]) for r in rows] == [(q.id, m) for m in ("vanilla", "prag") for q in QUESTIONS]
-    assert all(set(r) == {"id", "mode", "prediction", "em", "f1", "acc", "docs", "latency_s"} for r in rows)
+    assert all(set(r) == {"id", "mode", "prediction", "em", "f1", "acc", "docs", "latency_s", "ungrounded",
+                          "recall"} for r in rows)
     assert rows[3] == {"id": "q1", "mode": "prag", "prediction": "tarrow", "em": 1.0, "f1": 1.0, "acc": 1.0,
-                       "docs": ["d0"], "latency_s": 0.5}
+                       "docs": ["d0"], "latency_s": 0.5, "ungrounded": 0.0, "recall": 0.5}
+    # recall@k: q1 retrieved 1 of its 2 supporting documents, q2 its one, q3 lists none; vanilla retrieves nothing
+    assert [r["recall"] for r in rows] == [None, None, None, 0.5, 1.0, None]
+    assert results["modes"]["prag"]["recall"] == pytest.approx(0.75) and results["modes"]["vanilla"]["recall"] is None
+    # ungrounded: "Alessandro" and "2018" share no word with the question or the passages; "The green" does not
+    # occur in d2 ("red") nor in "What color?", so it is flagged too; "a deep green light" neither
+    assert [r["ungrounded"] for r in rows] == [1.0, 1.0, 1.0, 0.0, 0.0, 1.0]
+    assert results["modes"]["prag"]["ungrounded"] == pytest.approx(1 / 3)
 
 
 def test_results_file_round_trips_and_the_table_lists_every_mode(tmp_path):
@@ -54,9 +64,10 @@ def test_results_file_round_trips_and_the_table_lists_every_mode(tmp_path):
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["results.json"]  # no temp file left
     lines = table(results["modes"]).splitlines()
-    assert lines[0].split() == ["mode", "EM", "F1", "acc", "latency/q", "n"]
-    assert lines[1].split() == ["prag", "1.000", "1.000", "1.000", "1.000s", "3"]
+    assert lines[0].split() == ["mode", "EM", "F1", "acc", "latency/q", "n", "recall@k"]
+    assert lines[1].split() == ["prag", "1.000", "1.000", "1.000", "1.000s", "3", "0.750"]
     assert lines[2].split()[0] == "vanilla" and lines[2].split()[2] == f"{EXPECTED['vanilla']['f1']:.3f}"
+    assert lines[2].split()[-1] == "-"  # vanilla retrieves nothing: no recall
 
 
 def test_batch_size_must_be_positive():

@@ -33,6 +33,11 @@ def ascii_only(model, tokenizer):
 
 @pytest.fixture(scope="module")
 def pipe():
+    return make_pipe()
+
+
+def make_pipe():
+    """A pipeline over TEXTS on a tiny float64 model that writes plain letters, random pairs per document."""
     tokenizer = tiny_tokenizer()
     # float64: batched and unbatched (or fused and merged) runs round differently; in float64 the
     # differences stay far below the gaps between the random model's logits.

@@ -1,0 +1,183 @@
+"""The sweep behind the defaults (README "Training defaults (measured)"), on the embedded SmolLM2.
+
+Data: bench/data/{dev,test}_corpus.jsonl and {dev,test}_qa.jsonl, two invented knowledge bases with
+single, multi-hop and comparison questions and clusters of confusable documents. Defaults are chosen
+on dev; test is run only with the chosen ones and reported.
+
+For every training configuration of --grid the split's documents are augmented (cached under --workdir)
+and trained (their pairs kept in a store per configuration, so a stopped sweep resumes); then the
+split's questions are answered through the pipeline (fused, greedy, batches of --batch-size):
+
+    vanilla                       once per split
+    rag                           at top-1 and top-k
+    prag, combine                 at top-1, and at top-k for every combination scheme of --schemes
+
+Each row (appended to --results as soon as it is measured; rows already there are skipped) holds EM,
+F1, acc, `ungrounded` (share of answers with no word of the question or the retrieved passages: broken
+language) and `recall` (recall@k of the supporting documents). Cost: `cpu_s_per_doc` is process CPU
+time per trained document divided by 2, i.e. seconds per document on 2 busy cores.
+
+    python bench/sweep.py --split dev --grid "init=shared; init=document" --schemes "sum,mean,score:1"
+    python bench/sweep.py --table            # markdown tables of every result so far
+"""
+import argparse
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from prag_core.augment import LMGenerator, augment_documents
+from prag_core.combine import SCHEMES
+from prag_core.corpus import read_corpus, read_questions
+from prag_core.doc_params import model_fingerprint
+from prag_core.evaluate import evaluate
+from prag_core.model import cache_dir, load_model
+from prag_core.pipeline import Pipeline
+from prag_core.retrieval import BM25Index
+from prag_core.samples import build_samples
+from prag_core.store import Store
+from prag_core.train import TrainConfig, train_documents
+
+DATA = Path(__file__).parent / "data"
+RESULTS = Path(__file__).parent / "results" / "sweep.jsonl"
+TRAIN_FIELDS = {"rank": int, "epochs": int, "lr": float, "alpha": float, "construction": str, "init": str}
+
+
+def parse_grid(text):
+    """'rank=2,lr=1e-3,init=document,augmenter=model; ...' -> [(TrainConfig, augmenter), ...]."""
+    configs = []
+    for item in filter(None, (s.strip() for s in text.split(";"))):
+        fields = dict(kv.split("=") for kv in item.replace(" ", "").split(",") if kv)
+        augmenter = fields.pop("augmenter", "fallback")
+        configs.append((TrainConfig(**{k: TRAIN_FIELDS[k](v) for k, v in fields.items()}), augmenter))
+    return configs
+
+
+def parse_schemes(text):
+    """'sum,mean,score:0.5,dyprag' -> [("sum", 1.0), ("mean", 1.0), ("score", 0.5), ("dyprag", 1.0)]."""
+    schemes = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, _, temperature = item.partition(":")
+        if name not in SCHEMES:
+            raise SystemExit(f"--schemes: unknown {name!r}; choose from {', '.join(SCHEMES)}")
+        schemes.append((name, float(temperature or 1.0)))
+    return schemes
+
+
+def config_label(config, augmenter):
+    return {**{k: v for k, v in config.to_dict().items() if k in TRAIN_FIELDS}, "augmenter": augmenter}
+
+
+def run(args):
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(None)
+    docs = read_corpus(DATA / f"{args.split}_corpus.jsonl")
+    questions = read_questions(DATA / f"{args.split}_qa.jsonl")
+    index = BM25Index.build(docs)
+    texts = {d.id: d.text for d in docs}
+    workdir = args.workdir / args.split
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if args.results.exists():
+        done = {row["key"] for row in map(json.loads, args.results.read_text().splitlines())}
+
+    def measure(key, pipeline, mode, **fields):
+        """Answer every question in `mode` and append the row, unless a row with this key exists."""
+        key = json.dumps([args.split, key, mode, pipeline.top_k, pipeline.combination, pipeline.temperature])
+        if key in done:
+            return
+        summary = evaluate(pipeline, questions, [mode], batch_size=args.batch_size, progress=False)["modes"][mode]
+        row = {"key": key, "split": args.split, "docs": len(docs), "mode": mode, "k": pipeline.top_k,
+               "scheme": pipeline.combination, "temperature": pipeline.temperature, **fields,
+               **{m: round(summary[m], 4) if summary[m] is not None else None
+                  for m in ("em", "f1", "acc", "ungrounded", "recall", "latency_s")}, "n": summary["n"]}
+        print(json.dumps(row), flush=True)
+        with open(args.results, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        done.add(key)
+
+    for k in sorted({1, args.k}):
+        base = Pipeline(model, tokenizer, index, {}, texts, top_k=k)
+        if k == 1:
+            measure("base", base, "vanilla")
+        measure("base", base, "rag")
+    fingerprint = model_fingerprint(model)
+    schemes = parse_schemes(args.schemes)
+    for config, augmenter in parse_grid(args.grid):
+        generator = LMGenerator(model, tokenizer) if augmenter == "model" else None
+        aug_start = time.process_time()
+        augs = augment_documents(docs, generator, workdir / "augment.jsonl")
+        augment_cpu = time.process_time() - aug_start
+        label = config_label(config, augmenter)
+        key = hashlib.sha256(json.dumps(label, sort_keys=True).encode()).hexdigest()[:12]
+        store = Store(workdir / "stores" / key, fingerprint, config.to_dict())
+        pending = [i for i, d in enumerate(docs) if not store.done(d)]
+        for start in range(0, len(pending), args.batch_docs):
+            group = pending[start:start + args.batch_docs]
+            cpu = time.process_time()
+            params = train_documents(model, tokenizer, [build_samples(docs[i].text, augs[i], tokenizer,
+                                                                      config.construction) for i in group],
+                                     config, doc_keys=[docs[i].sha256 for i in group])
+            cpu = time.process_time() - cpu
+            for i, p in zip(group, params):
+                p.meta.update(cpu_s=cpu / len(group))
+                store.put(docs[i], p)
+            store.flush()
+        params = [store[d.id] for d in docs]
+        fields = {"config": label, "fallback_docs": sum(a.source == "fallback" for a in augs),
+                  "cpu_s_per_doc": round(sum(p.meta["cpu_s"] for p in params) / len(docs) / 2, 1),
+                  "augment_cpu_s_per_doc": round(augment_cpu / len(docs) / 2, 1) if pending else None,
+                  "final_loss": round(sum(p.meta["losses"][-1] for p in params) / len(params), 3)}
+        for mode in args.modes.split(","):
+            measure(key, Pipeline(model, tokenizer, index, store, texts, top_k=1), mode, **fields)
+            for scheme, temperature in schemes:
+                pipeline = Pipeline(model, tokenizer, index, store, texts, top_k=args.k, combination=scheme,
+                                    temperature=temperature)
+                measure(key, pipeline, mode, **fields)
+
+
+def table(path, split):
+    """Markdown: one line per training configuration and serving setting of `split`."""
+    rows = [r for r in map(json.loads, path.read_text().splitlines()) if r["split"] == split]
+    lines = [f"| training | mode | k | combination | F1 | EM | ungrounded | recall@k | s/doc (2 cores) |",
+             "|" + "---|" * 9]
+    for r in rows:
+        c = r.get("config")
+        training = ("—" if c is None else
+                    f"r{c['rank']} lr {c['lr']:g} ×{c['epochs']} {c['init']} {c['construction']} {c['augmenter']}")
+        scheme = "" if r["mode"] in ("vanilla", "rag") or r["k"] == 1 else (
+            f"score T={r['temperature']:g}" if r["scheme"] == "score" else r["scheme"])
+        recall = "" if r["recall"] is None else f"{r['recall']:.3f}"
+        cost = "" if c is None else r["cpu_s_per_doc"]
+        lines.append(f"| {training} | {r['mode']} | {r['k']} | {scheme} | {r['f1']:.3f} | {r['em']:.3f} | "
+                     f"{r['ungrounded']:.3f} | {recall} | {cost} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", default="dev", choices=["dev", "test"])
+    parser.add_argument("--grid", default="init=shared", help="training configs, ';'-separated")
+    parser.add_argument("--schemes", default="sum,mean,score:1,dyprag", help="combinations at top-k, ','-separated")
+    parser.add_argument("--modes", default="prag,combine", help="pair modes to measure")
+    parser.add_argument("--k", type=int, default=3, help="documents retrieved per question")
+    parser.add_argument("--batch-docs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16, help="questions per generate call")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--workdir", type=Path, default=cache_dir() / "sweep", help="augmentations and stores")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--table", action="store_true", help="print the tables of --results and exit")
+    args = parser.parse_args()
+    if args.table:
+        for split in ("dev", "test"):
+            print(f"\n{split}\n\n{table(args.results, split)}")
+    else:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
