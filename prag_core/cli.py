@@ -18,6 +18,7 @@ class UserError(Exception):
 
 
 def _add_build(sub):
+    from .doc_params import INITS
     from .train import DTYPES, TrainConfig
 
     p = sub.add_parser("build", help="index + augment + encode a corpus into a work directory (resumable)")
@@ -30,7 +31,11 @@ def _add_build(sub):
     p.add_argument("--epochs", type=_positive_int, default=TrainConfig.epochs, help="passes over a document's sequences")
     p.add_argument("--targets", default=None, help="FFN projections to train, comma-separated (default: all)")
     p.add_argument("--dtype", default=TrainConfig.dtype, choices=list(DTYPES), help="model and pair dtype")
-    p.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of the shared B init")
+    p.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of the B init")
+    p.add_argument("--init", default=TrainConfig.init, choices=list(INITS),
+                   help=f"how each document's B starts: shared (one seeded init for all, PRAG), document (seeded "
+                        f"by the document's text), orthogonal (orthonormal columns, per document); default "
+                        f"{TrainConfig.init}")
     p.add_argument("--construction", default=TrainConfig.construction, choices=["prag", "cross"],
                    help="training sequences: prag (PRAG's 5) or cross (every version x every QA pair)")
     p.add_argument("--batch-docs", type=_positive_int, default=4, help="documents trained together in one batch")
@@ -72,7 +77,7 @@ def cmd_build(args):
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None
     try:
         config = TrainConfig(rank=args.rank, alpha=args.alpha, lr=args.lr, epochs=args.epochs, targets=targets,
-                             dtype=args.dtype, seed=args.seed, construction=args.construction)
+                             dtype=args.dtype, seed=args.seed, construction=args.construction, init=args.init)
     except ValueError as err:
         raise UserError(str(err)) from None
     with warnings.catch_warnings():
@@ -95,7 +100,7 @@ def _add_ask(sub):
     p.add_argument("--workdir", required=True, help="work directory written by `prag build`")
     p.add_argument("--mode", default="prag", help="vanilla, rag, prag (default) or combine")
     p.add_argument("--update", default="fused", help="fused (default, the kernel) or merge (the baseline)")
-    p.add_argument("--top-k", type=_positive_int, default=3, help="documents retrieved per question (default 3)")
+    _add_retrieval_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("question")
     p.set_defaults(func=cmd_ask)
@@ -104,8 +109,10 @@ def _add_ask(sub):
 def cmd_ask(args):
     from .pipeline import Pipeline, check_request
 
-    check_request(args.question, args.mode, args.update)
-    answer = Pipeline.open(args.workdir, device=args.device, top_k=args.top_k).answer([args.question], args.mode, args.update)[0]
+    check_request(args.question, args.mode, args.update, args.combination, args.temperature)
+    pipeline = Pipeline.open(args.workdir, device=args.device, top_k=args.top_k, combination=args.combination,
+                             temperature=args.temperature)
+    answer = pipeline.answer([args.question], args.mode, args.update)[0]
     print(answer.prediction)
     print(f"documents: {', '.join(answer.docs) or '(none)'}")
     print(f"time: {answer.latency_s:.2f}s")
@@ -118,7 +125,7 @@ def _add_eval(sub):
     p.add_argument("--modes", default="vanilla,rag,prag,combine", help="comma-separated (default: all four)")
     p.add_argument("--update", default="fused", help="fused (default) or merge")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="questions per generate call (fused)")
-    p.add_argument("--top-k", type=_positive_int, default=3, help="documents retrieved per question (default 3)")
+    _add_retrieval_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", required=True, help="results.json to write")
     p.set_defaults(func=cmd_eval)
@@ -128,7 +135,8 @@ def cmd_eval(args):
     from .evaluate import run
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    run(args.workdir, args.questions, modes, args.update, args.batch_size, args.out, args.device, args.top_k)
+    run(args.workdir, args.questions, modes, args.update, args.batch_size, args.out, args.device, args.top_k,
+        args.combination, args.temperature)
 
 
 def _add_demo(sub):
@@ -178,6 +186,30 @@ def cmd_store_verify(args):
     from .shards import run_verify
 
     return run_verify(args.workdir, repair=args.repair)
+
+
+def _add_retrieval_options(p):
+    from .combine import SCHEMES
+    from .pipeline import COMBINATION, TEMPERATURE, TOP_K
+
+    p.add_argument("--top-k", type=_positive_int, default=TOP_K,
+                   help=f"documents retrieved per question (default {TOP_K})")
+    p.add_argument("--combination", default=COMBINATION, choices=list(SCHEMES),
+                   help=f"how the k documents' pairs combine: sum (PRAG, α each), mean (α/k each), score (α times "
+                        f"a softmax of the BM25 scores / --temperature), dyprag (one pair: mean A, mean B); "
+                        f"default {COMBINATION}")
+    p.add_argument("--temperature", type=_positive_float, default=TEMPERATURE,
+                   help=f"softmax temperature of --combination score, in BM25 score units (default {TEMPERATURE:g})")
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _positive_int(text):

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .corpus import write_text_atomic
 from .metrics import scores, ungrounded
-from .pipeline import MODES
+from .pipeline import COMBINATION, MODES, TEMPERATURE, TOP_K
 
 METRICS = ("em", "f1", "acc", "latency_s", "ungrounded")
 
@@ -75,15 +75,16 @@ def write_results(path, results):
     write_text_atomic(path, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
 
 
-def run(workdir, questions_path, modes=MODES, update="fused", batch_size=1, out=None, device=None, top_k=3):
+def run(workdir, questions_path, modes=MODES, update="fused", batch_size=1, out=None, device=None, top_k=TOP_K,
+        combination=COMBINATION, temperature=TEMPERATURE):
     """`prag eval`: check the inputs, answer every question in every mode, print the table, write results."""
     from .corpus import read_questions
     from .pipeline import Pipeline, check_request
 
     for mode in modes:
-        check_request(mode=mode, update=update)
+        check_request(mode=mode, update=update, combination=combination, temperature=temperature)
     questions = read_questions(questions_path)  # before the model loads: a bad line fails fast
-    pipeline = Pipeline.open(workdir, device=device, top_k=top_k)
+    pipeline = Pipeline.open(workdir, device=device, top_k=top_k, combination=combination, temperature=temperature)
     results = evaluate(pipeline, questions, modes, update, batch_size)
     print(table(results["modes"]))
     if out is not None:

@@ -206,3 +206,24 @@ def test_ask_top_k_sets_how_many_documents_are_used(capsys, built, k):
     assert code == 0
     used = re.search(r"^documents: (.*)$", out, re.M).group(1).split(", ")
     assert len(used) == k and used[0] == "kite"
+
+
+@pytest.mark.parametrize("combination", ["sum", "mean", "score", "dyprag"])
+def test_ask_and_eval_take_every_combination(capsys, built, tmp_path, combination):
+    code, out, err = run_cli(capsys, "ask", "--workdir", str(built[0]), "--combination", combination,
+                             "--temperature", "0.5", "What color is Tom's kite?")
+    assert code == 0, err
+    assert re.search(r"^documents: kite, ", out, re.M)
+    code, out, err = run_cli(capsys, "eval", "--workdir", str(built[0]), "--questions", str(built[1]), "--modes",
+                             "prag", "--combination", combination, "--out", str(tmp_path / "r.json"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "r.json").read_text())["modes"]["prag"]["n"] == len(QA)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--combination", "max"], "invalid choice: 'max'"), (["--temperature", "0"], "expected a positive number"),
+    (["--temperature", "inf"], "expected a positive number")])
+def test_bad_combination_or_temperature(capsys, built, argv, fragment):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ask", "--workdir", str(built[0]), *argv, "Who?"])
+    assert exit_info.value.code == 2 and fragment in capsys.readouterr().err
