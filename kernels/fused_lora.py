@@ -1,8 +1,16 @@
-"""The public op: check the arguments, pick a path (Triton on CUDA, torch elsewhere), add autograd when needed."""
+"""The public op: check the arguments, pick a path (Triton on CUDA, torch elsewhere), add autograd when needed.
+
+The computation is registered as the custom op prag::fused_lora_linear (torch.library), with a fake
+implementation (shapes only) and autograd (autograd.py), so torch.compile(model, fullgraph=True) traces
+through it as one node and CUDA graphs can capture it. Eager calls without autograd skip the op's
+dispatcher (it costs microseconds per call, per projection, per generated token) and run the path directly.
+"""
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
-from .autograd import FusedLoRALinear
+from . import autograd
 from .checks import check_cat, check_operands, check_row_docs, check_row_mask
 from .torch_path import lora_linear_cat, lora_linear_torch
 
@@ -71,24 +79,40 @@ def _wants_grad(x, weight, bias, lora_a, lora_b):
                                         or lora_b.requires_grad or (bias is not None and bias.requires_grad))
 
 
+@torch.library.custom_op("prag::fused_lora_linear", mutates_args=())
+def _op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], lora_a: torch.Tensor,
+        lora_b: torch.Tensor, scale: float, row_docs: Optional[torch.Tensor], row_mask: Optional[torch.Tensor],
+        backend: str) -> torch.Tensor:
+    """y (M, out) for x (M, in), checked arguments, at least one rank column; backend "torch" or "triton"."""
+    return _PATHS[backend](x, weight, bias, lora_a, lora_b, scale, row_docs, row_mask)
+
+
+@_op.register_fake
+def _(x, weight, bias, lora_a, lora_b, scale, row_docs, row_mask, backend):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+_op.register_autograd(autograd.backward, setup_context=autograd.setup_context)
+_PATHS = {"torch": lora_linear_torch, "triton": lora_linear_triton}
+
+
 def _run(x, weight, bias, lora_a, lora_b, scale, row_docs, row_mask, backend):
-    impl = _pick(x, lora_a, backend)
+    backend = _pick(x, lora_a, backend)
     if lora_a.shape[0] * lora_a.shape[2] == 0:
         return F.linear(x, weight, bias)  # exactly nn.Linear
-    x2 = _flatten(x)
-    if _wants_grad(x, weight, bias, lora_a, lora_b):
-        y = FusedLoRALinear.apply(x2, weight, bias, lora_a, lora_b, scale, row_docs, row_mask, impl)
+    args = (_flatten(x), weight, bias, lora_a, lora_b, float(scale), row_docs, row_mask)
+    if torch.compiler.is_compiling() or _wants_grad(x, weight, bias, lora_a, lora_b):
+        y = _op(*args, backend)
     else:
-        y = impl(x2, weight, bias, lora_a, lora_b, scale, row_docs, row_mask)
+        y = _PATHS[backend](*args)
     return _unflatten(x, y)
 
 
 def _pick(x, lora_a, backend):
+    """The path's name: "triton" for CUDA tensors when importable (and the rank fits), else "torch"."""
     if backend is None:
         use_triton = x.is_cuda and lora_linear_triton is not None and lora_a.shape[0] * lora_a.shape[2] <= MAX_RANK
-        return lora_linear_triton if use_triton else lora_linear_torch
-    if backend == "torch":
-        return lora_linear_torch
-    if backend == "triton" and lora_linear_triton is not None:
-        return lora_linear_triton
+        return "triton" if use_triton else "torch"
+    if backend == "torch" or (backend == "triton" and lora_linear_triton is not None):
+        return backend
     raise ValueError(f"backend: expected None, 'torch' or 'triton' (installed), got {backend!r}")

@@ -1,78 +1,150 @@
-"""The fused multi-document LoRA linear as one Triton kernel.
+"""The fused multi-document LoRA linear as Triton kernels: a prefill GEMM and a decode path that streams W.
 
-For a tile of rows m and output columns n, with the D documents stacked along rank
-(column j of B_cat/A_cat is column j % r of document j // r, read in place from the
-(D, in, r) / (D, out, r) tensors: nothing is concatenated or merged):
+The D documents are stacked along rank (column j of B_cat/A_cat is column j % r of document
+j // r, read in place from the (D, in, r) / (D, out, r) tensors: nothing is concatenated or
+merged). For rows m and output columns n:
 
-    acc[m, n]   = Σ_k x[m, k] W[n, k]              base GEMM, K-loop over `in`
+    acc[m, n]    = Σ_k x[m, k] W[n, k]              base GEMM, K-loop over `in`
     shrink[m, j] = Σ_k x[m, k] B_cat[k, j]          same K-loop, same x tile, j < R_PAD
-    shrink[m, j] *= w[m, j]                          row selection (see below)
-    y[m, n]     = acc + scale · Σ_j shrink[m, j] A_cat[n, j] + bias[n]   epilogue
+    y[m, n]      = acc + scale · Σ_j shrink[m, j] w[g, j] A_cat[n, j] + bias[n]     epilogue
 
-fp32 accumulation throughout; R_PAD = max(16, next power of two ≥ R) because the
-NVIDIA backend needs K ≥ 16 for a 16-bit tl.dot (padded columns load as zeros).
-The row selection w:
-    ROW_MODE 0  every row uses every column (w = 1)
-    ROW_MODE 1  row_docs (G, J) ids: w[m, j] = #{k : row_docs[g, k] = j // r}, g = m // ROWS_PER_GROUP
-    ROW_MODE 2  row_mask (G, R) weights: w[m, j] = row_mask[g, j]
-so one launch serves a batch where every row has its own documents, and a row with
-none gets exactly the base linear.
+with g = m // ROWS_PER_GROUP and w the row selection: 1 everywhere (has_rows 0) or the
+(G, R) row_mask weights (row_docs ids arrive as their column_mask counts). A row whose weights
+are all 0 gets exactly the base linear (it adds scale · 0). fp32 accumulation throughout;
+R_PAD = max(16, next power of two ≥ R) because the NVIDIA backend needs K ≥ 16 for a 16-bit
+tl.dot (padded columns load as zeros).
 
-Block sizes are autotuned per M bucket: decode (M ≤ 16) uses BLOCK_M = 16 tiles
-streaming W with deep pipelines, prefill uses 128-row tiles.
+Prefill (M > DECODE_M): _fused_lora_kernel, output tiles (BLOCK_M, BLOCK_N), autotuned per M bucket.
+
+Decode (M ≤ DECODE_M, the tokens of a generate step): memory-bound on W, which it must stream
+at HBM bandwidth. _decode_kernel computes the transposed product ("swap-AB"),
+
+    accᵀ (BLOCK_N, 16) = W[n-tile, k-chunk] · x[:, k-chunk]ᵀ,  shrinkᵀ (R_PAD, 16) = B_catᵀ · xᵀ,
+
+so W's rows fill the MMA's M side (≥ 64 for sm_90's wgmma, which reads W straight from shared
+memory: no register tile of W, no spills) and the 16 padded rows of x sit on its narrow N side.
+The grid is (N / BLOCK_N) × SPLIT output-column tiles × K chunks. With SPLIT = 1 (enough column
+tiles to fill the GPU, e.g. 4096→14336) each program runs the epilogue itself: one launch. With
+SPLIT > 1 (few columns, long K, e.g. 14336→4096) each program writes fp32 partials of acc and
+shrink (part (SPLIT, M, N + R_PAD)) and a second, tiny launch (_reduce_kernel) sums them and runs
+the epilogue once: the LoRA expand is added once, not per split. Its traffic is
+SPLIT·M·(N + R_PAD)·4 bytes written and read, < 0.2 % of W's bytes at M = 1.
 """
+import functools
 import time
 
 import torch
 import triton
 import triton.language as tl
 
-MAX_RANK = 128  # total rank D·r the kernel takes; R_PAD beyond it would spill the shrink accumulator
+from .torch_path import column_mask
 
-_CONFIGS = [
-    # decode: M ≤ 16, memory bound on W; narrow N tiles keep every SM streaming
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 256}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 256}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_K": 128}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 512}, num_warps=4, num_stages=3),
+MAX_RANK = 64  # total rank D·r the kernels take (R_PAD ≤ 64); beyond it the torch path
+DECODE_M = 16  # rows up to which the decode path runs (one 16-wide MMA column block)
+REDUCE_BLOCK_N = 64
+# ints the kernels take as plain runtime values: the JIT would otherwise compile a variant per value 1 (and per
+# multiple of 16), so every row count, rank, bias/row-selection flag shares one binary, the one the gate checks
+RUNTIME = ("M", "R", "RANK", "ROWS_PER_GROUP", "has_bias", "has_rows", "stride_rg", "stride_rj")
+
+
+def _config(block_n, block_k, warps, stages, r_pad_max, operand_bytes=2, block_m=None):
+    """An autotune config for operands of operand_bytes (2: fp16/bf16, 4: fp32 and tf32) and R_PAD ≤ r_pad_max:
+    the specialisations the compile gate (prag_kernels.compile_gate) found free of spills on sm_80 and sm_90."""
+    kwargs = {"BLOCK_N": block_n, "BLOCK_K": block_k} if block_m is None else \
+        {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}
+    config = triton.Config(kwargs, num_warps=warps, num_stages=stages)
+    config.r_pad_max, config.operand_bytes = r_pad_max, operand_bytes
+    return config
+
+
+# Every config here passes the compile gate (tests/test_kernel_compile.py, table in
+# bench/results/kernel-compile.md) for every specialisation the pruners may pick it for.
+PREFILL_CONFIGS = [
     # middle: 16 < M ≤ 256
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-    # prefill: M in the hundreds to thousands, compute bound
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+    _config(32, 32, 4, 3, 64, block_m=32),
+    _config(64, 32, 4, 3, 64, block_m=64),
+    _config(64, 64, 4, 4, 32, block_m=64),
+    _config(128, 64, 4, 4, 16, block_m=64),
+    # prefill: M in the hundreds to thousands, compute bound (BLOCK_M 64 serves both families)
+    _config(128, 64, 8, 3, 32, block_m=128),
+    _config(64, 64, 4, 4, 16, block_m=128),
+    # fp32 (ieee FMA or tf32): small tiles for every M, larger ones spill
+    _config(32, 32, 4, 2, 64, operand_bytes=4, block_m=32),
+    _config(32, 16, 4, 3, 64, operand_bytes=4, block_m=32),
+]
+DECODE_CONFIGS = [
+    _config(64, 128, 4, 4, 64),
+    _config(128, 64, 4, 4, 64),
+    _config(128, 128, 4, 3, 32),
+    _config(64, 64, 4, 3, 64),
+    _config(32, 32, 4, 3, 64, operand_bytes=4),
+    _config(64, 32, 4, 3, 32, operand_bytes=4),
 ]
 
 
 def m_bucket(m):
-    """The autotune key for M: 16 for decode, else the next power of two up to 4096."""
-    return min(max(16, triton.next_power_of_2(m)), 4096)
+    """The prefill autotune key for M: the next power of two, from 32 up to 4096."""
+    return min(max(32, triton.next_power_of_2(m)), 4096)
 
 
-def _configs_for(configs, named_args, **kwargs):
-    """Early prune: only the family of configs meant for this M (and a shrink tile that fits)."""
-    bucket, r_pad = named_args["M_BUCKET"], kwargs.get("R_PAD", named_args.get("R_PAD"))
-    want = (16,) if bucket <= 16 else (32, 64) if bucket <= 256 else (64, 128)
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] in want
-            and c.kwargs["BLOCK_M"] * (c.kwargs["BLOCK_N"] + r_pad) <= 128 * (256 + 16)]
-    return kept or [c for c in configs if c.kwargs["BLOCK_M"] in want][:1]
+def _fits(config, named_args, kwargs):
+    """The config is gated for this R_PAD and operand size."""
+    r_pad = kwargs.get("R_PAD", named_args.get("R_PAD"))
+    return r_pad <= config.r_pad_max and config.operand_bytes == named_args["x_ptr"].element_size()
+
+
+def _prefill_configs_for(configs, named_args, **kwargs):
+    """Early prune: the configs gated for R_PAD and dtype; for 16-bit operands those meant for this M bucket."""
+    want = (32, 64) if named_args["M_BUCKET"] <= 256 else (64, 128)
+    return [c for c in configs if _fits(c, named_args, kwargs) and (c.operand_bytes == 4 or c.kwargs["BLOCK_M"] in want)]
+
+
+def _decode_configs_for(configs, named_args, **kwargs):
+    """Early prune: the configs gated for R_PAD and dtype, with BLOCK_K dividing the K chunk."""
+    return [c for c in configs if _fits(c, named_args, kwargs) and named_args["K_SPLIT"] % c.kwargs["BLOCK_K"] == 0]
 
 
 @triton.jit
+def _lora_columns(R_PAD: tl.constexpr, RANK, stride_d, stride_r):
+    """Offsets of the R_PAD stacked rank columns in a (D, n, r) tensor: column j is document j // RANK's j % RANK."""
+    offs_r = tl.arange(0, R_PAD)
+    return (offs_r // RANK) * stride_d + (offs_r % RANK) * stride_r
+
+
+@triton.jit
+def _epilogue(acc, shrink, offs_m, offs_n, M, N, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows,
+              a_ptr, bias_ptr, rows_ptr, y_ptr, stride_ad, stride_an, stride_ar, stride_rg, stride_rj,
+              stride_ym, stride_yn, R_PAD: tl.constexpr, PRECISION: tl.constexpr):
+    """acc (rows, cols) = x Wᵀ and shrink (rows, R_PAD) = x B_cat, fp32, for rows offs_m and columns offs_n:
+    stores y = acc + scale · (shrink ⊙ w) A_catᵀ + bias in y's dtype."""
+    offs_r = tl.arange(0, R_PAD)
+    m_ok, n_ok, r_ok = offs_m < M, offs_n < N, offs_r < R
+    if has_rows:
+        group = offs_m // ROWS_PER_GROUP
+        weights = tl.load(rows_ptr + group[:, None] * stride_rg + offs_r[None, :] * stride_rj,
+                          mask=m_ok[:, None] & r_ok[None, :], other=0.0)
+        shrink = shrink * weights.to(tl.float32)
+    a_col = _lora_columns(R_PAD, RANK, stride_ad, stride_ar)
+    a = tl.load(a_ptr + a_col[:, None] + offs_n[None, :] * stride_an,
+                mask=r_ok[:, None] & n_ok[None, :], other=0.0)  # (R_PAD, cols) of A_catᵀ
+    acc += scale * tl.dot(shrink.to(a.dtype), a, input_precision=PRECISION)
+    if has_bias:
+        acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit(do_not_specialize=RUNTIME)
 def _fused_lora_kernel(
     x_ptr, w_ptr, bias_ptr, a_ptr, b_ptr, rows_ptr, y_ptr,
-    M, N, K, R, RANK, J, ROWS_PER_GROUP, M_BUCKET, scale,
+    M, N, K, R, RANK, ROWS_PER_GROUP, M_BUCKET, scale, has_bias, has_rows,
     stride_xm, stride_xk, stride_wn, stride_wk,
     stride_ad, stride_an, stride_ar, stride_bd, stride_bk, stride_br,
     stride_rg, stride_rj, stride_ym, stride_yn,
-    HAS_BIAS: tl.constexpr, ROW_MODE: tl.constexpr, R_PAD: tl.constexpr, PRECISION: tl.constexpr,
+    R_PAD: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr = 8,
 ):
+    """Prefill: one (BLOCK_M, BLOCK_N) tile of y per program, base GEMM and shrink in one K-loop."""
     # grouped ordering of the output tiles (Triton matmul tutorial) so neighbours share W in L2
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -86,19 +158,11 @@ def _fused_lora_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    offs_r = tl.arange(0, R_PAD)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
-    r_ok = offs_r < R
-    rows64 = offs_m.to(tl.int64)
-    # rank column j lives in document j // RANK, at its column j % RANK
-    doc = offs_r // RANK
-    b_col = doc * stride_bd + (offs_r % RANK) * stride_br
-    a_col = doc * stride_ad + (offs_r % RANK) * stride_ar
-
-    x_ptrs = x_ptr + rows64[:, None] * stride_xm + offs_k[None, :] * stride_xk  # (BLOCK_M, BLOCK_K)
+    m_ok, n_ok = offs_m < M, offs_n < N
+    r_ok = tl.arange(0, R_PAD) < R
+    x_ptrs = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :] * stride_xk  # (BLOCK_M, BLOCK_K)
     w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk  # (BLOCK_K, BLOCK_N) of Wᵀ
-    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + b_col[None, :]  # (BLOCK_K, R_PAD) of B_cat
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + _lora_columns(R_PAD, RANK, stride_bd, stride_br)[None, :]
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     shrink = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
@@ -112,26 +176,81 @@ def _fused_lora_kernel(
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
         b_ptrs += BLOCK_K * stride_bk
+    _epilogue(acc, shrink, offs_m, offs_n, M, N, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows,
+              a_ptr, bias_ptr, rows_ptr, y_ptr, stride_ad, stride_an, stride_ar, stride_rg, stride_rj,
+              stride_ym, stride_yn, R_PAD, PRECISION)
 
-    group = offs_m // ROWS_PER_GROUP
-    if ROW_MODE == 1:  # count how often the row lists each column's document
-        count = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
-        for slot in range(0, J):
-            ids = tl.load(rows_ptr + group * stride_rg + slot * stride_rj, mask=m_ok, other=-1)
-            count += tl.where(ids[:, None] == doc[None, :], 1.0, 0.0)
-        shrink = shrink * count
-    elif ROW_MODE == 2:
-        weights = tl.load(rows_ptr + group[:, None] * stride_rg + offs_r[None, :] * stride_rj,
-                          mask=m_ok[:, None] & r_ok[None, :], other=0.0)
-        shrink = shrink * weights.to(tl.float32)
 
-    a = tl.load(a_ptr + a_col[:, None] + offs_n[None, :] * stride_an,
-                mask=r_ok[:, None] & n_ok[None, :], other=0.0)  # (R_PAD, BLOCK_N) of A_catᵀ
-    acc += scale * tl.dot(shrink.to(a.dtype), a, input_precision=PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    y_ptrs = y_ptr + rows64[:, None] * stride_ym + offs_n[None, :] * stride_yn
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+@triton.jit(do_not_specialize=RUNTIME + ("partial",))
+def _decode_kernel(
+    x_ptr, w_ptr, bias_ptr, a_ptr, b_ptr, rows_ptr, y_ptr, part_ptr,
+    M, N, K, K_SPLIT, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows, partial,
+    stride_xm, stride_xk, stride_wn, stride_wk,
+    stride_ad, stride_an, stride_ar, stride_bd, stride_bk, stride_br,
+    stride_rg, stride_rj, stride_ym, stride_yn,
+    R_PAD: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr = 16,
+):
+    """Decode (M ≤ 16), swap-AB: program (n-tile, k-chunk) computes accᵀ = W xᵀ and shrinkᵀ = B_catᵀ xᵀ over
+    its K_SPLIT columns of `in`; partial: stores both as fp32 partials, else runs the epilogue."""
+    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+    k_lo = pid_k * K_SPLIT
+    k_hi = tl.minimum(K, k_lo + K_SPLIT)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_r = tl.arange(0, R_PAD)
+    m_ok, n_ok, r_ok = offs_m < M, offs_n < N, offs_r < R
+    x_ptrs = x_ptr + offs_m[None, :] * stride_xm + (k_lo + offs_k)[:, None] * stride_xk  # (BLOCK_K, 16) of xᵀ
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + (k_lo + offs_k)[None, :] * stride_wk  # (BLOCK_N, BLOCK_K) of W
+    b_ptrs = (b_ptr + _lora_columns(R_PAD, RANK, stride_bd, stride_br)[:, None]
+              + (k_lo + offs_k)[None, :] * stride_bk)  # (R_PAD, BLOCK_K) of B_catᵀ
+
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    shrink = tl.zeros((R_PAD, BLOCK_M), dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k_ok = offs_k < k_hi - k0
+        x = tl.load(x_ptrs, mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=r_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(w, x, acc, input_precision=PRECISION)
+        shrink = tl.dot(b, x, shrink, input_precision=PRECISION)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+        b_ptrs += BLOCK_K * stride_bk
+    if partial:  # part[pid_k, m, :N] = accᵀ, part[pid_k, m, N:] = shrinkᵀ (the first column tile writes it)
+        row = part_ptr + (pid_k * M + offs_m).to(tl.int64)[None, :] * (N + R_PAD)
+        tl.store(row + offs_n[:, None], acc, mask=n_ok[:, None] & m_ok[None, :])
+        if pid_n == 0:
+            tl.store(row + N + offs_r[:, None], shrink, mask=m_ok[None, :])
+    else:
+        _epilogue(tl.trans(acc), tl.trans(shrink), offs_m, offs_n, M, N, R, RANK, ROWS_PER_GROUP, scale, has_bias,
+                  has_rows, a_ptr, bias_ptr, rows_ptr, y_ptr, stride_ad, stride_an, stride_ar, stride_rg,
+                  stride_rj, stride_ym, stride_yn, R_PAD, PRECISION)
+
+
+@triton.jit(do_not_specialize=RUNTIME + ("SPLIT",))
+def _reduce_kernel(
+    part_ptr, a_ptr, bias_ptr, rows_ptr, y_ptr,
+    M, N, SPLIT, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows,
+    stride_ad, stride_an, stride_ar, stride_rg, stride_rj, stride_ym, stride_yn,
+    R_PAD: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr = 16,
+):
+    """Split-K decode, second launch: acc = Σ_s part[s, :, n-tile], shrink = Σ_s part[s, :, N:], then the epilogue."""
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, R_PAD)
+    m_ok = offs_m < M
+    row = part_ptr + offs_m.to(tl.int64)[:, None] * (N + R_PAD)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    shrink = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
+    for _ in range(0, SPLIT):
+        acc += tl.load(row + offs_n[None, :], mask=m_ok[:, None] & (offs_n < N)[None, :], other=0.0)
+        shrink += tl.load(row + N + offs_r[None, :], mask=m_ok[:, None], other=0.0)
+        row += M * (N + R_PAD)
+    _epilogue(acc, shrink, offs_m, offs_n, M, N, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows,
+              a_ptr, bias_ptr, rows_ptr, y_ptr, stride_ad, stride_an, stride_ar, stride_rg, stride_rj,
+              stride_ym, stride_yn, R_PAD, PRECISION)
 
 
 def _interpreter_bench(kernel_call, quantiles):
@@ -142,49 +261,99 @@ def _interpreter_bench(kernel_call, quantiles):
     return [time.perf_counter() - start] * len(quantiles)
 
 
-_fused_lora_autotuned = triton.autotune(
-    configs=_CONFIGS, key=["M_BUCKET", "N", "K", "R_PAD", "ROW_MODE"],
-    prune_configs_by={"early_config_prune": _configs_for},
-    do_bench=_interpreter_bench if triton.knobs.runtime.interpret else None,
-)(_fused_lora_kernel)
+def _autotune(kernel, configs, key, prune):
+    return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune},
+                           do_bench=_interpreter_bench if triton.knobs.runtime.interpret else None)(kernel)
+
+
+_fused_lora_autotuned = _autotune(_fused_lora_kernel, PREFILL_CONFIGS, ["M_BUCKET", "N", "K", "R_PAD"],
+                                  _prefill_configs_for)
+_decode_autotuned = _autotune(_decode_kernel, DECODE_CONFIGS, ["N", "K", "K_SPLIT", "R_PAD"], _decode_configs_for)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device):
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+
+
+def split_k(n, k, sms, block_n=64, block_k=256):
+    """(SPLIT, K_SPLIT) for a decode call: the fewest power-of-two K chunks, each a multiple of block_k and at
+    least 1024 long, such that ⌈n / block_n⌉ column tiles × SPLIT chunks give every SM a program."""
+    split, tiles = 1, triton.cdiv(n, block_n)
+    while tiles * split < sms and k >= 2 * split * 1024:
+        split *= 2
+    k_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
+    return triton.cdiv(k, k_split), k_split
 
 
 def lora_linear_triton(x, weight, bias, lora_a, lora_b, scale, row_docs=None, row_mask=None, out=None,
                        config=None):
-    """y (M, out) for x (M, in) in one launch; arguments as prag_kernels.fused_lora_linear, already checked.
+    """y (M, out) for x (M, in); arguments as prag_kernels.fused_lora_linear, already checked.
 
     row_docs (G, J) ids or row_mask (G, R) column weights (at most one), G dividing M. Any strides.
-    out: an optional (M, out) tensor to write y into. config: a dict of BLOCK_M/BLOCK_N/BLOCK_K
-    (and num_warps/num_stages) instead of autotuning (tests use small blocks to get many tiles)."""
-    m, k = x.shape
-    n = weight.shape[0]
+    M ≤ DECODE_M runs the decode path, larger M the prefill kernel.
+    out: an optional (M, out) tensor to write y into. config: fixed block sizes instead of autotuning
+    (tests use small blocks to get many tiles): BLOCK_M/BLOCK_N/BLOCK_K (BLOCK_M is ignored by the decode
+    path), num_warps/num_stages, and for the decode path SPLIT_K, the number of K chunks."""
     n_docs, _, rank = lora_b.shape
-    total = n_docs * rank
-    if total > MAX_RANK:
-        raise ValueError(f"lora_b: total rank D·r = {total} exceeds the Triton kernel's {MAX_RANK}")
+    if n_docs * rank > MAX_RANK:
+        raise ValueError(f"lora_b: total rank D·r = {n_docs * rank} exceeds the Triton kernel's {MAX_RANK}")
     if out is None:
-        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    if m == 0 or n == 0:
+        out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
+    if out.numel() == 0:
         return out
-    rows = row_docs if row_docs is not None else row_mask
-    row_mode = 0 if rows is None else 1 if row_docs is not None else 2
-    r_pad = max(16, triton.next_power_of_2(total))
-    fp32_exact = x.dtype == torch.float32 and not (x.is_cuda and torch.backends.cuda.matmul.allow_tf32)
-    args = (
-        x, weight, x if bias is None else bias, lora_a, lora_b, x if rows is None else rows, out,
-        m, n, k, total, max(rank, 1), 0 if rows is None else rows.shape[1],
-        1 if rows is None else m // rows.shape[0], m_bucket(m), float(scale),
-        *x.stride(), *weight.stride(), *lora_a.stride(), *lora_b.stride(),
-        *((0, 0) if rows is None else rows.stride()), *out.stride(),
-    )
-    meta = dict(HAS_BIAS=bias is not None, ROW_MODE=row_mode, R_PAD=r_pad,
-                PRECISION="ieee" if fp32_exact else "tf32")
-
-    def grid(cfg):
-        return (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
-
-    if config is None:
-        _fused_lora_autotuned[grid](*args, **meta)
-    else:
-        _fused_lora_kernel[grid({**meta, **config})](*args, **meta, **config)
+    if row_docs is not None:
+        row_mask = column_mask(row_docs, n_docs, rank, torch.float32)
+    for kernel, grid, args, meta in launches(x, weight, bias, lora_a, lora_b, scale, row_mask, out, config):
+        kernel[grid](*args, **meta)
     return out
+
+
+def launches(x, weight, bias, lora_a, lora_b, scale, row_mask, out, config=None, sms=None):
+    """The kernel launches that compute out = y, as (kernel or autotuner, grid, args, meta) in order; sms: the
+    GPU's SM count (default: x's device's). lora_linear_triton runs them, the compile gate compiles them."""
+    (m, k), n, (n_docs, _, rank) = x.shape, weight.shape[0], lora_b.shape
+    total = n_docs * rank
+    fp32_exact = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    meta = dict(R_PAD=max(16, triton.next_power_of_2(total)), PRECISION="ieee" if fp32_exact else "tf32")
+    flags = (int(bias is not None), int(row_mask is not None))  # has_bias, has_rows
+    bias = x if bias is None else bias  # a placeholder pointer when has_bias is 0 (so is rows)
+    rows, rows_stride = (x, (0, 0)) if row_mask is None else (row_mask, row_mask.stride())
+    groups = (total, max(rank, 1), 1 if row_mask is None else m // row_mask.shape[0])
+    strides = (*x.stride(), *weight.stride(), *lora_a.stride(), *lora_b.stride(), *rows_stride, *out.stride())
+    config = dict(config or {})
+    if m > DECODE_M:
+        args = (x, weight, bias, lora_a, lora_b, rows, out, m, n, k, *groups, m_bucket(m), float(scale), *flags,
+                *strides)
+
+        def grid(cfg):
+            return (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
+
+        config.pop("SPLIT_K", None)
+        if config:
+            return [(_fused_lora_kernel, grid(config), args, dict(meta, **config))]
+        return [(_fused_lora_autotuned, grid, args, meta)]
+    config.pop("BLOCK_M", None)  # keys a path does not use are ignored
+    if "SPLIT_K" in config:
+        k_split = triton.cdiv(triton.cdiv(k, config.pop("SPLIT_K")), config["BLOCK_K"]) * config["BLOCK_K"]
+        splits = triton.cdiv(k, k_split)
+    else:
+        splits, k_split = split_k(n, k, sms or _sm_count(x.device))
+    partial = splits > 1
+    part = torch.empty((splits, m, n + meta["R_PAD"]), dtype=torch.float32, device=x.device) if partial else out
+    args = (x, weight, bias, lora_a, lora_b, rows, out, part, m, n, k, k_split, *groups, float(scale), *flags,
+            int(partial), *strides)
+
+    def decode_grid(cfg):
+        return (triton.cdiv(n, cfg["BLOCK_N"]), splits)
+
+    if config:
+        plan = [(_decode_kernel, decode_grid(config), args, dict(meta, **config))]
+    else:
+        plan = [(_decode_autotuned, decode_grid, args, meta)]
+    if partial:
+        reduce_args = (part, lora_a, bias, rows, out, m, n, splits, *groups, float(scale), *flags,
+                       *lora_a.stride(), *rows_stride, *out.stride())
+        plan.append((_reduce_kernel, (triton.cdiv(n, REDUCE_BLOCK_N),), reduce_args,
+                     dict(meta, BLOCK_N=REDUCE_BLOCK_N, num_warps=4, num_stages=3)))
+    return plan

@@ -1,5 +1,6 @@
-"""prag_kernels against the float64 reference: the Triton kernel (interpreter without a GPU), the torch
-path, the cat fast entry, autograd, merge/restore and argument checks.
+"""prag_kernels against the float64 reference: the Triton kernels (interpreter without a GPU: the decode path
+for M ≤ 16, one launch or split-K, and the prefill kernel), the torch path, the cat fast entry, autograd,
+merge/restore and argument checks.
 
 Every case draws fresh random inputs; kernel outputs are poisoned with NaN before the run, so an
 element the kernel leaves unwritten fails the test.
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 
 from prag_kernels import (fused_lora_linear, fused_lora_linear_cat, fused_lora_linear_triton, merge_lora_,
                           reference_fused_lora_linear, restore_)
-from prag_kernels.fused_lora_triton import _CONFIGS, _configs_for, _fused_lora_autotuned, m_bucket
+from prag_kernels.fused_lora_triton import (DECODE_CONFIGS, PREFILL_CONFIGS, _decode_autotuned, _decode_configs_for,
+                                            _fused_lora_autotuned, _prefill_configs_for, launches, m_bucket, split_k)
 from prag_kernels.torch_path import cat_rank, column_mask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +26,8 @@ TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 # Triton runs on the GPU when there is one, else in its interpreter (whose bf16 tl.dot is broken)
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if TRITON_DEVICE == "cuda" else [])
-SMALL_BLOCKS = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)  # several tiles and K steps even at in/out ~40
+# several tiles and K steps even at in/out ~40; for M ≤ 16 also split-K into 3 chunks (the last one ragged)
+SMALL_BLOCKS = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, SPLIT_K=3)
 
 
 def rel(y, ref):
@@ -69,7 +72,7 @@ SHAPES = [(1, 33, 47), (3, 47, 33), (17, 33, 47), (130, 40, 35)]
 CASES = [
     (m, k, n, docs, rank, bias, rows, dtype, blocks)
     for i, ((m, k, n), (docs, rank), rows, dtype) in enumerate(itertools.product(
-        SHAPES, [(0, 2), (1, 1), (3, 2), (3, 5), (8, 16), (1, 16)], ["none", "mixed"], DTYPES))
+        SHAPES, [(0, 2), (1, 1), (3, 2), (3, 5), (4, 16), (1, 16)], ["none", "mixed"], DTYPES))
     if (i % 3 != 1 or m == 1)  # thin the product (interpreter time), keeping every M=1 case
     for bias, blocks in [((i // 2) % 2 == 0, "small" if i % 2 else "auto")]
 ]
@@ -107,19 +110,57 @@ def test_torch_path_and_cat_entry_match_reference(c):
     assert rel(y_cat, ref) < TOL[dtype]
 
 
-def test_configs_pruned_per_m_bucket():
-    """Decode gets the 16-row tiles, prefill the big ones, and the autotuned launch picks among them."""
-    assert [m_bucket(m) for m in (1, 16, 17, 300, 10**6)] == [16, 16, 32, 512, 4096]
-    for m, want in [(1, {16}), (64, {32, 64}), (4096, {64, 128})]:
-        kept = _configs_for(_CONFIGS, {"M_BUCKET": m_bucket(m)}, R_PAD=16)
-        assert kept and {c.kwargs["BLOCK_M"] for c in kept} <= want
-    big = _configs_for(_CONFIGS, {"M_BUCKET": 4096}, R_PAD=128)
-    assert big and all(c.kwargs["BLOCK_M"] * (c.kwargs["BLOCK_N"] + 128) <= 128 * 272 for c in big)
-    for m, want in [(2, {16}), (200, {32, 64}), (300, {64, 128})]:
-        case = make_case(m, m, 33, 47, 3, 2, rows="mixed", device=TRITON_DEVICE)
-        out = torch.full((m, 47), float("nan"), device=TRITON_DEVICE)
-        assert rel(fused_lora_linear_triton(**case, out=out), reference(case)) < 1e-5
-        assert _fused_lora_autotuned.best_config.kwargs["BLOCK_M"] in want
+def test_autotune_configs_cover_every_call():
+    """Every M family, operand size and R_PAD up to MAX_RANK keeps gated configs, and the autotuned launches
+    (decode, middle and large prefill) pick among them."""
+    assert [m_bucket(m) for m in (17, 32, 33, 300, 10**6)] == [32, 32, 64, 512, 4096]
+    for x in (torch.empty(1, dtype=torch.float16), torch.empty(1)):
+        for r_pad in (16, 32, 64):
+            for bucket, family in [(32, {32, 64}), (512, {64, 128})]:
+                kept = _prefill_configs_for(PREFILL_CONFIGS, {"M_BUCKET": bucket, "x_ptr": x}, R_PAD=r_pad)
+                assert kept and all(c.r_pad_max >= r_pad and c.operand_bytes == x.element_size() for c in kept)
+                assert x.element_size() == 4 or {c.kwargs["BLOCK_M"] for c in kept} <= family
+            kept = _decode_configs_for(DECODE_CONFIGS, {"K_SPLIT": 3584, "x_ptr": x}, R_PAD=r_pad)
+            assert kept and all(c.r_pad_max >= r_pad and c.operand_bytes == x.element_size() for c in kept)
+    for m, tuner, family in [(2, _decode_autotuned, {None}), (200, _fused_lora_autotuned, {32, 64}),
+                             (300, _fused_lora_autotuned, {64, 128})]:
+        case = make_case(m, m, 33, 47, 3, 2, dtype=torch.float16, rows="mixed", device=TRITON_DEVICE)
+        out = torch.full((m, 47), float("nan"), dtype=torch.float16, device=TRITON_DEVICE)
+        assert rel(fused_lora_linear_triton(**case, out=out), reference(case)) < 2e-3
+        assert tuner.best_config.kwargs.get("BLOCK_M") in family and tuner.best_config.operand_bytes == 2
+
+
+def test_split_k_fills_the_gpu():
+    """(splits, K chunk) on a 132-SM card: the up projection's 224 column tiles need no split, the down
+    projection's 64 get 4 K chunks; short K is never split; chunks are multiples of every BLOCK_K."""
+    assert split_k(14336, 4096, 132) == (1, 4096)
+    assert split_k(4096, 14336, 132) == (4, 3584)
+    assert split_k(576, 1536, 132) == (1, 1536)
+    assert split_k(4096, 4096 + 16, 132) == (4, 1280)
+
+
+@pytest.mark.parametrize("m", [4, 20])
+def test_kernel_row_mask_float_weights_and_split_k_partials(m):
+    """row_mask holds arbitrary float weights per rank column (not only 0/1 counts); M = 4 runs the split-K
+    decode (3 chunks, partials poisoned with NaN before the run: every one must be written), M = 20 prefill."""
+    case = make_case(53 + m, m, 70, 47, 3, 2, device=TRITON_DEVICE)
+    g = torch.Generator().manual_seed(m)
+    mask = torch.randn(m // 2, 6, generator=g).to(TRITON_DEVICE)  # one row per 2 consecutive rows of x
+    mask[0] = 0.0  # a group without documents
+    x, w, b = (case[n].double().cpu() for n in ("x", "weight", "bias"))
+    a_cat, b_cat = (cat_rank(case[n]).double().cpu() for n in ("lora_a", "lora_b"))
+    ref = x @ w.T + b + case["scale"] * ((x @ b_cat) * mask.double().cpu().repeat_interleave(2, 0)) @ a_cat.T
+    out = torch.full((m, 47), float("nan"), device=TRITON_DEVICE)
+    plan = launches(case["x"], case["weight"], case["bias"], case["lora_a"], case["lora_b"], case["scale"], mask,
+                    out, config=SMALL_BLOCKS)
+    assert len(plan) == (2 if m <= 16 else 1)
+    if m <= 16:
+        part = plan[0][2][7]
+        assert part.shape == (3, m, 47 + 16)
+        part.fill_(float("nan"))
+    for kernel, grid, args, meta in plan:
+        kernel[grid](*args, **meta)
+    assert rel(out, ref) < 1e-5
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -166,9 +207,11 @@ def test_no_documents_is_exactly_linear():
     assert torch.equal(fused_lora_linear_cat(x, case["weight"], case["bias"], empty_a, empty_b, 2.0), base)
 
 
-def test_rows_without_documents_get_the_base_linear_exactly():
-    """Torch path: such rows equal F.linear bit for bit; kernel: they equal its own zero-document output."""
-    case = make_case(5, 9, 33, 47, 3, 2, rows="mixed")
+@pytest.mark.parametrize("m", [9, 20])
+def test_rows_without_documents_get_the_base_linear_exactly(m):
+    """Torch path: such rows equal F.linear bit for bit; kernel (M = 9 decode with split-K, M = 20 prefill):
+    they equal its own zero-document output."""
+    case = make_case(5, m, 33, 47, 3, 2, rows="mixed")
     case["row_docs"][::3] = -1
     empty = (case["row_docs"] < 0).all(1)
     y = fused_lora_linear(**case, backend="torch")
@@ -323,7 +366,7 @@ def test_bad_cat_arguments_name_the_argument(name, change, grad):
 
 
 def test_bad_launcher_and_merge_arguments():
-    case = make_case(47, 3, 8, 6, 9, 16)  # total rank 144 > 128: too wide for the kernel's shrink tile
+    case = make_case(47, 3, 8, 6, 5, 16)  # total rank 80 > MAX_RANK 64: more than the gated R_PAD
     with pytest.raises(ValueError, match="lora_b"):
         fused_lora_linear_triton(**case)
     assert rel(fused_lora_linear(**case), reference(case)) < 1e-5  # the torch path has no such limit
