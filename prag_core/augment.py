@@ -3,8 +3,16 @@
 An LLM writes them (`LMGenerator`, by default the model that is trained). Rounds:
 round 0 decodes greedily; rounds 1..retries sample (temperature 0.7, top-p 0.9)
 under seed = round, only for the documents still lacking valid items. Output is
-parsed strictly (`parse_qa`, `_valid_rewrite`); valid items are kept across
-rounds. What is still missing after the last round comes from the deterministic
+parsed strictly (`parse_qa`, `_valid_rewrite`), then filtered so that what is
+trained is true:
+  round trip  a QA pair is kept only if the same LLM, given the passage (the rag
+              prompt), answers its question with its answer (the normalised answer
+              occurs in the reply): this drops pairs whose answer belongs to another
+              question of the passage;
+  repeats     a rewrite that contains the whole passage, or one sentence twice, is
+              rejected (the model sometimes pastes the passage twice).
+Valid items are kept across rounds; `Augmentation.dropped` counts what each filter
+removed. What is still missing after the last round comes from the deterministic
 fallback (sentence rotation for rewrites, cloze questions on salient spans for QA),
 and such a document is marked source="fallback".
 
@@ -15,7 +23,7 @@ what it finished; a re-run reads it back and only a changed text is redone.
 """
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .corpus import append_line, write_jsonl_atomic
 from .metrics import acc, normalize_answer
-from .prompts import PROMPT_VERSION, left_pad, qa_pairs_messages, render, rewrite_messages
+from .prompts import PROMPT_VERSION, left_pad, qa_messages, qa_pairs_messages, render, rewrite_messages
 
 MAX_ANSWER_WORDS = 8
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'A-Z0-9])")
@@ -37,11 +45,13 @@ _A_LINE = re.compile(r"^\s*A(?:nswer)?\s*\d*\s*[:.)]\s*(?P<a>.*?)\s*$", re.IGNOR
 @dataclass
 class Augmentation:
     """One document's augmented versions. source: "model" if the LLM wrote every item, "fallback" if any
-    came from the deterministic augmenter; attempts: generation rounds the document took part in."""
+    came from the deterministic augmenter; attempts: generation rounds the document took part in;
+    dropped: how many parsed items each filter removed ({"qa_round_trip": n, "rewrite_repeat": n})."""
     rewrites: list
     qa: list  # [(question, answer), ...]
     source: str
     attempts: int
+    dropped: dict = field(default_factory=dict)
 
 
 class LMGenerator:
@@ -122,6 +132,23 @@ def _valid_rewrite(reply, text):
     return reply if 0.4 * len(text) <= len(reply) <= 2.5 * len(text) else None
 
 
+def repeats(rewrite, text):
+    """True when `rewrite` holds the whole passage `text`, or one of its sentences twice (normalised)."""
+    if normalize_answer(text) in normalize_answer(rewrite):
+        return True
+    keys = [normalize_answer(s) for s in sentences(rewrite)]
+    keys = [k for k in keys if k]
+    return len(keys) != len(set(keys))
+
+
+def round_trip(generator, text, pairs):
+    """The pairs whose question the generator, given the passage, answers with the pair's answer."""
+    if not pairs:
+        return []
+    replies = generator([qa_messages(q, [text]) for q, _ in pairs], 24)
+    return [(q, a) for (q, a), reply in zip(pairs, replies) if acc(reply, [a])]
+
+
 def sentences(text):
     return [s.strip() for s in _SENTENCE.split(text.strip()) if s.strip()]
 
@@ -172,6 +199,7 @@ def augment_many(texts, generator, n_rewrites=1, n_qa=3, retries=2):
     rewrites = [[] for _ in texts]
     qa = [[] for _ in texts]
     attempts = [0] * len(texts)
+    dropped = [{"qa_round_trip": 0, "rewrite_repeat": 0} for _ in texts]
     rounds = 1 + retries if generator is not None else 0
     for round_ in range(rounds):
         seed = None if round_ == 0 else round_
@@ -186,12 +214,17 @@ def augment_many(texts, generator, n_rewrites=1, n_qa=3, retries=2):
             replies = generator([rewrite_messages(texts[i]) for i in jobs], int(1.5 * longest) + 16, seed)
             for i, reply in zip(jobs, replies):
                 rw = _valid_rewrite(reply, texts[i])
-                if rw and rw not in rewrites[i] and len(rewrites[i]) < n_rewrites:
+                if rw and repeats(rw, texts[i]):
+                    dropped[i]["rewrite_repeat"] += 1
+                elif rw and rw not in rewrites[i] and len(rewrites[i]) < n_rewrites:
                     rewrites[i].append(rw)
         if need_qa:
             replies = generator([qa_pairs_messages(texts[i], n_qa) for i in need_qa], 32 * n_qa + 16, seed)
             for i, reply in zip(need_qa, replies):
-                qa[i] += parse_qa(reply, texts[i], seen=qa[i])[:n_qa - len(qa[i])]
+                parsed = parse_qa(reply, texts[i], seen=qa[i])
+                kept = round_trip(generator, texts[i], parsed)
+                dropped[i]["qa_round_trip"] += len(parsed) - len(kept)
+                qa[i] += kept[:n_qa - len(qa[i])]
         if not need_rw and not need_qa:
             break
     results = []
@@ -200,7 +233,7 @@ def augment_many(texts, generator, n_rewrites=1, n_qa=3, retries=2):
         rw = rewrites[i] + fallback_rewrites(text, n_rewrites)[len(rewrites[i]):]
         pairs = qa[i] + fallback_qa(text, n_qa - len(qa[i]), seen=qa[i])
         results.append(Augmentation(rw, [tuple(p) for p in pairs], "model" if complete else "fallback",
-                                    attempts[i]))
+                                    attempts[i], dropped[i] if generator is not None else {}))
     return results
 
 
@@ -232,7 +265,8 @@ class AugmentCache:
             try:
                 if row["settings"] == settings:
                     self.entries[row["sha256"]] = Augmentation(row["rewrites"], [tuple(p) for p in row["qa"]],
-                                                               row["source"], row["attempts"])
+                                                               row["source"], row["attempts"],
+                                                               row.get("dropped", {}))
             except (KeyError, TypeError):
                 continue
         if raw and not raw.endswith("\n"):

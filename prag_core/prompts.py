@@ -18,7 +18,7 @@ outputs of the old ones are not reused.
 """
 import torch
 
-PROMPT_VERSION = 2
+PROMPT_VERSION = 3  # 3: QA pairs round-trip filtered, repeating rewrites rejected
 ANSWER_PREFIX = "The answer is"
 
 _EXAMPLE = ("The Orlan Bridge crosses the river Tesk in the town of Mabrey. It was designed by the engineer "

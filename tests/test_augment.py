@@ -5,7 +5,7 @@ import pytest
 from tiny import tiny_llama, tiny_tokenizer
 
 from prag_core.augment import (Augmentation, LMGenerator, augment, augment_documents, fallback_qa,
-                               fallback_rewrites, parse_qa, sentences)
+                               fallback_rewrites, parse_qa, repeats, sentences)
 from prag_core.corpus import Document, text_sha256
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -17,15 +17,23 @@ GOOD_REWRITE = "Hanna Voss built the Orrin Mill on the river Pell in 1788; it gr
 
 
 class FakeGenerator:
-    """Replies by round: replies[seed] (seed None = round 0) for QA chats and rewrite chats."""
+    """Replies by round: replies[seed] (seed None = round 0) for QA chats and rewrite chats. Asked a question
+    with the passage (the round-trip check, recorded in `checks`), it answers with the answer its own QA
+    replies gave, or with `wrong[question]`."""
     name = "fake"
 
-    def __init__(self, qa, rewrite):
-        self.qa, self.rewrite, self.calls = qa, rewrite, []
+    def __init__(self, qa, rewrite, wrong=None):
+        self.qa, self.rewrite, self.wrong, self.calls, self.checks = qa, rewrite, wrong or {}, [], []
 
     def __call__(self, chats, max_new_tokens, seed=None):
+        asked = [c[-1]["content"] for c in chats]
+        if all("using the passages below" in a for a in asked):
+            self.checks.append(len(chats))
+            known = {q: a for reply in self.qa.values() for q, a in parse_qa(reply, TEXT)}
+            questions = [a.rsplit("Question: ", 1)[1] for a in asked]
+            return [f"The answer is {self.wrong.get(q, known.get(q, 'unknown'))}." for q in questions]
         self.calls.append((len(chats), seed))
-        is_qa = ["Q: <question>?" in chat[-1]["content"] for chat in chats]
+        is_qa = ["Q: <question>?" in a for a in asked]
         return [(self.qa if q else self.rewrite).get(seed, "") for q in is_qa]
 
     def count_tokens(self, text):
@@ -64,6 +72,21 @@ def test_model_output_used_when_valid_greedy_first():
     assert aug.rewrites == [GOOD_REWRITE]
     assert [a for _, a in aug.qa] == ["Hanna Voss", "1788", "the river Pell"]
     assert all(seed is None for _, seed in gen.calls)  # greedy only
+
+
+def test_round_trip_drops_a_false_pair_and_repeating_rewrites_are_rejected():
+    """A pair whose question the model, given the passage, answers otherwise is dropped (counted); so is a
+    rewrite that pastes the passage twice or repeats a sentence; the next round (or the fallback) fills in."""
+    false_pair = "Q: Who built the Orrin Mill?\nA: Tamsk\nQ: When was the mill built?\nA: 1788"
+    gen = FakeGenerator(qa={None: false_pair, 1: GOOD_QA}, wrong={"Who built the Orrin Mill?": "Hanna Voss"},
+                        rewrite={None: TEXT + " " + TEXT, 1: "It grinds barley. It grinds barley. Voss built it in 1788."})
+    aug = augment(TEXT, gen, n_rewrites=1, n_qa=2, retries=1)
+    # round 0: "Tamsk" is dropped (the model, given the passage, says Hanna Voss); round 1 brings the true pair
+    assert aug.qa == [("When was the mill built?", "1788"), ("Who built the Orrin Mill?", "Hanna Voss")]
+    assert aug.dropped == {"qa_round_trip": 1, "rewrite_repeat": 2}
+    assert aug.rewrites == fallback_rewrites(TEXT, 1) and aug.source == "fallback"
+    assert gen.checks == [2, 2]  # every parsed pair is checked (1788 is not parsed again), one call per round
+    assert repeats(TEXT + " " + TEXT, TEXT) and not repeats(GOOD_REWRITE, TEXT)
 
 
 def test_retry_with_new_seed_after_malformed_output():
