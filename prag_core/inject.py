@@ -25,6 +25,7 @@ also by exception, restores the outer state.
 place, restored bit-exactly on exit. It mutates shared weights, so it is not
 thread-safe; it works on injected and plain models alike.
 """
+import weakref
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -102,12 +103,15 @@ class InjectedLinear(nn.Module):
         self.weight = original.weight  # the same Parameter objects: state_dict and tied weights unchanged
         self.register_parameter("bias", original.bias)
         object.__setattr__(self, "original", original)  # kept for eject, not registered as a submodule
+        _LAYERS[id(self)] = self
 
     def extra_repr(self):
         return (f"{self.path}: in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}{', conv1d' if self.transposed else ''}")
 
     def forward(self, x):
+        if torch.compiler.is_compiling():  # torch.compile cannot read a ContextVar: one opaque op, see below
+            return _injected_linear(x, self.weight, self.bias, id(self))
         docs = _ACTIVE.get().get(self)
         if docs is None:
             if self.transposed:  # exactly Conv1D.forward: bias + x W, W stored (in, out)
@@ -115,6 +119,22 @@ class InjectedLinear(nn.Module):
             return F.linear(x, self.weight, self.bias)
         a_cat, b_cat, row_mask = docs.operands(self, x)
         return fused_lora_linear_cat(x, weight_out_in(self), self.bias, a_cat, b_cat, docs.scale, row_mask)
+
+
+_LAYERS = weakref.WeakValueDictionary()  # id -> InjectedLinear, for the op below
+
+
+@torch.library.custom_op("prag::injected_linear", mutates_args=())
+def _injected_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: int) -> torch.Tensor:
+    """What torch.compile sees of an InjectedLinear: its eager forward as one opaque node, so the documents are
+    looked up in the calling context when the node runs. A compiled model (fullgraph=True) thus serves any
+    documents, per thread or task, without recompiling. It has no autograd: train documents eagerly."""
+    return _LAYERS[layer].forward(x)
+
+
+@_injected_linear.register_fake
+def _(x, weight, bias, layer):
+    return x.new_empty((*x.shape[:-1], _LAYERS[layer].out_features))
 
 
 def _swap_points(model):
