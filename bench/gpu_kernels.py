@@ -1,12 +1,15 @@
 """Check, then time, the fused multi-document LoRA linear on a CUDA GPU; prints one markdown table.
 
-    python bench/gpu_kernels.py         a CUDA GPU (H100/H200: a few minutes, most of it autotuning)
-    python bench/gpu_kernels.py --cpu   smoke mode: tiny shapes, torch path + Triton interpreter, few reps
+    python bench/gpu_kernels.py          a CUDA GPU (H100/H200: a few minutes, most of it autotuning)
+    python bench/gpu_kernels.py --quick  a CUDA GPU, the Llama-3-8B FFN shapes at decode (M 1, 16) and prefill
+                                         (M 4096) only, autotuning included: well under 5 minutes on an H100/H200
+    python bench/gpu_kernels.py --cpu    smoke mode: tiny shapes, torch path + Triton interpreter, few reps
 
 1. Checks every dtype (GPU: fp32, fp16, bf16; --cpu: fp32, fp16) against the float64 reference,
-   outputs poisoned with NaN, with and without per-row documents; any failure exits 1 before timing.
+   outputs poisoned with NaN, decode (M 1, 8) and prefill (M 37), with and without per-row documents;
+   any failure exits 1 before timing.
 2. Times, per FFN shape (Llama-3-8B 4096→14336 and 14336→4096, SmolLM2 576→1536 and 1536→576) and
-   M ∈ {1, 8, 64, 512, 4096}, with 3 documents × rank 2 (α = 16), the median per call of
+   M ∈ {1, 8, 16, 64, 512, 4096}, with 3 documents × rank 2 (α = 16), the median per call of
        F.linear          the base projection alone
        fused             prag_kernels.fused_lora_linear (one Triton launch on CUDA)
        cat entry         prag_kernels.fused_lora_linear_cat on pre-stacked documents (the injection layer's call)
@@ -15,7 +18,12 @@
    plus one heterogeneous batch: M = 32 rows, each with its own 3 of 8 loaded documents.
    GPU times are CUDA events around batches of back-to-back calls (launch overhead counts where
    it exceeds the kernel time, as in a decode loop); --cpu times are time.perf_counter.
-Targets (issue 3): fused ≤ 1.05× F.linear at M ≤ 16, ≤ 1.15× at M = 4096, below unfused at every M.
+   Next to the times (gpt-fast's habit): the bytes a fused call must move at least (W + x + the loaded
+   pairs A, B + y, each once) and the bandwidth that makes at the fused time, also as a share of the
+   card's peak DRAM bandwidth (memory clock × bus width × 2, from the driver), which is what bounds the
+   decode rows: at M = 1 the call is W's bytes and little else.
+Targets (issues 3 and 13): fused ≤ 1.05× F.linear at M ≤ 16 and ≥ 80 % of peak bandwidth at M = 1 for the
+Llama shapes in bf16, ≤ 1.15× at M = 4096, below unfused at every M.
 """
 import argparse
 import os
@@ -25,7 +33,9 @@ import time
 
 ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ARGS.add_argument("--cpu", action="store_true", help="smoke mode on the CPU (tiny shapes, interpreter checks)")
-CPU = ARGS.parse_args().cpu
+ARGS.add_argument("--quick", action="store_true", help="GPU: the Llama-3-8B shapes at M 1, 16, 4096 only")
+OPTIONS = ARGS.parse_args()
+CPU = OPTIONS.cpu
 if CPU:
     os.environ["TRITON_INTERPRET"] = "1"  # before triton is first imported
 
@@ -48,8 +58,11 @@ else:
     DEVICE, DTYPES, TIME_DTYPE = "cuda", (torch.float32, torch.float16, torch.bfloat16), torch.bfloat16
     SHAPES = {"Llama-3-8B up 4096→14336": (4096, 14336), "Llama-3-8B down 14336→4096": (14336, 4096),
               "SmolLM2 up 576→1536": (576, 1536), "SmolLM2 down 1536→576": (1536, 576)}
-    MS, REPS = (1, 8, 64, 512, 4096), None  # REPS: CPU only; GPU samples are calibrated batches
-    CHECK_SHAPES = [(33, 47), (576, 1536)]
+    MS, REPS = (1, 8, 16, 64, 512, 4096), None  # REPS: CPU only; GPU samples are calibrated batches
+    CHECK_SHAPES = [(33, 47), (576, 1536), (14336, 4096)]  # the last one takes the split-K decode path
+    if OPTIONS.quick:
+        SHAPES = {name: shape for name, shape in SHAPES.items() if name.startswith("Llama")}
+        MS = (1, 16, 4096)
 
 
 def operands(k, n, m, dtype, docs=DOCS, rows=False, seed=0):
@@ -71,7 +84,7 @@ def check():
     failures = 0
     for dtype in DTYPES:
         for (k, n) in CHECK_SHAPES:
-            for m, rows in [(1, False), (37, False), (37, True)]:
+            for m, rows in [(1, False), (8, True), (37, False), (37, True)]:  # decode and prefill paths
                 x, w, a, b, row_docs = operands(k, n, m, dtype, docs=HETERO_LOADED if rows else DOCS, rows=rows)
                 ref = reference_fused_lora_linear(x.double(), w.double(), None, a.double(), b.double(), ALPHA, row_docs)
                 out = torch.full((m, n), float("nan"), device=DEVICE, dtype=dtype)
@@ -115,8 +128,22 @@ def median_us(fn):
     return statistics.median(samples)
 
 
-def row(name, k, n, m, hetero=False):
-    x, w, a, b, row_docs = operands(k, n, m, TIME_DTYPE, docs=HETERO_LOADED if hetero else DOCS, rows=hetero)
+def moved_bytes(k, n, m, docs, dtype):
+    """What one call must move at least: W (n, k), x (m, k), the loaded pairs A (docs, n, r), B (docs, k, r), y (m, n)."""
+    return (n * k + m * k + docs * RANK * (n + k) + m * n) * torch.empty(0, dtype=dtype).element_size()
+
+
+def peak_gbps():
+    """The card's peak DRAM bandwidth in GB/s (None on the CPU)."""
+    if CPU:
+        return None
+    import triton.testing
+    return triton.testing.get_dram_gbps()
+
+
+def row(name, k, n, m, peak, hetero=False):
+    loaded = HETERO_LOADED if hetero else DOCS
+    x, w, a, b, row_docs = operands(k, n, m, TIME_DTYPE, docs=loaded, rows=hetero)
     a_cat, b_cat = cat_rank(a).T.contiguous().T, cat_rank(b)  # cached by a caller; a_cat.T contiguous
     mask = column_mask(row_docs, a.shape[0], RANK, x.dtype) if hetero else None
 
@@ -138,8 +165,11 @@ def row(name, k, n, m, hetero=False):
              "merge": None if hetero else median_us(merged)}
     docs = f"3 of {HETERO_LOADED} per row" if hetero else f"{DOCS}"
     merge = "n/a (per-row)" if t["merge"] is None else f"{t['merge']:.1f}"
+    moved = moved_bytes(k, n, m, loaded, TIME_DTYPE)
+    gbps = moved / t["fused"] / 1e3
+    share = "n/a" if peak is None else f"{100 * gbps / peak:.0f} %"
     return (f"| {name} | {m} | {docs} | {t['linear']:.1f} | {t['fused']:.1f} | {t['fused'] / t['linear']:.3g}× "
-            f"| {t['cat']:.1f} | {t['unfused']:.1f} | {merge} |")
+            f"| {moved / 1e6:.3g} | {gbps:.3g} | {share} | {t['cat']:.1f} | {t['unfused']:.1f} | {merge} |")
 
 
 def main():
@@ -149,16 +179,18 @@ def main():
     if failures:
         sys.exit(f"gpu_kernels.py: {failures} check(s) failed; not timing")
     card = "CPU (torch path; Triton checked in the interpreter)" if CPU else torch.cuda.get_device_name()
+    peak = peak_gbps()
     print(f"\nfused LoRA linear on {card}: {str(TIME_DTYPE)[6:]}, rank {RANK}, α {ALPHA:g}, "
-          f"median µs per call ({'perf_counter' if CPU else 'CUDA events'})\n")
-    print("| shape | M | docs | F.linear | fused | fused / F.linear | cat entry | unfused torch "
-          "| merge+linear+restore |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"median µs per call ({'perf_counter' if CPU else 'CUDA events'}); peak DRAM bandwidth "
+          f"{'n/a' if peak is None else f'{peak:.0f} GB/s'}\n")
+    print("| shape | M | docs | F.linear µs | fused µs | fused / F.linear | MB moved | fused GB/s | of peak "
+          "| cat entry µs | unfused torch µs | merge+linear+restore µs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, (k, n) in SHAPES.items():
         for m in MS:
-            print(row(name, k, n, m), flush=True)
+            print(row(name, k, n, m, peak), flush=True)
     for name, (k, n) in SHAPES.items():
-        print(row(name, k, n, HETERO_M, hetero=True), flush=True)
+        print(row(name, k, n, HETERO_M, peak, hetero=True), flush=True)
 
 
 if __name__ == "__main__":

@@ -383,10 +383,14 @@ def test_gpu_bench_cpu_smoke_mode_checks_and_prints_a_table():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     checks = [line for line in done.stdout.splitlines() if line.startswith("check ")]
-    assert len(checks) == 12 and all(line.endswith(" ok") for line in checks)
+    assert len(checks) == 16 and all(line.endswith(" ok") for line in checks)
     table = [line for line in done.stdout.splitlines() if line.startswith("|")]
-    assert table[0].startswith("| shape | M | docs | F.linear | fused |") and set(table[1]) <= set("|-")
+    assert table[0].startswith("| shape | M | docs | F.linear µs | fused µs |") and set(table[1]) <= set("|-")
     assert len(table) == 2 + 2 * 2 + 2  # 2 shapes × M ∈ {1, 8}, and one heterogeneous batch per shape
     for line in table[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert len(cells) == 9 and all(float(c.rstrip("×")) > 0 for c in cells[3:8])
+        assert len(cells) == 12 and cells[8] == "n/a"  # no peak bandwidth on the CPU
+        assert all(float(c.rstrip("×")) > 0 for c in cells[3:8] + cells[9:11])
+        k, n = (int(v) for v in cells[0].split()[-1].split("→"))
+        m, docs = int(cells[1]), 3 if cells[2] == "3" else 8
+        assert float(cells[6]) == float(f"{4 * (n * k + m * k + docs * 2 * (n + k) + m * n) / 1e6:.3g}")  # fp32
