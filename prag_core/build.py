@@ -6,6 +6,7 @@ A work directory W holds one knowledge base:
     W/corpus.jsonl        the documents as built (see truncation below)
     W/index.safetensors   BM25 index over title + text
     W/augment.jsonl       augmentation cache (augment.AugmentCache)
+    W/warmup.safetensors  the warm-up pair (warmup.py), when the build has one
     W/store/              parameter store: manifest.json + one .safetensors per document (store.Store), or
                           with shard_size, shards of many documents + an index (shards.ShardedStore)
 
@@ -31,13 +32,14 @@ from tqdm.auto import tqdm
 
 from .augment import LMGenerator, augment_documents, cache_settings
 from .corpus import read_corpus, text_sha256, write_jsonl_atomic, write_text_atomic
-from .doc_params import model_fingerprint
+from .doc_params import DocParams, DocParamsError, model_fingerprint
 from .inject import ffn_module_paths, inject
 from .model import load_model
-from .retrieval import BM25Index
-from .samples import CONSTRUCTIONS, build_samples
+from .retrieval import BM25Index, corpus_sha256
+from .samples import CONSTRUCTIONS, build_samples, distill_items
 from .shards import open_store
 from .train import DTYPES, TrainConfig, train_documents
+from .warmup import FILE as WARMUP_FILE, train_warmup, warmup_key
 
 AUGMENTERS = ("model", "fallback")
 
@@ -100,7 +102,7 @@ class BuildSummary:
 
 def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augmenter="model", n_rewrites=1,
           n_qa=3, device="cpu", progress=True, storage_dtype=None, shard_size=None, ray=None, workers=None,
-          augment_model=None):
+          augment_model=None, warmup=None):
     """Build (or resume) the work directory `workdir` from `corpus` (a corpus.jsonl path) with `model`
     (a name or path for load_model; None = the embedded SmolLM2). Returns a BuildSummary.
 
@@ -110,7 +112,8 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     storage_dtype ("float32", "bfloat16", "float16") and shard_size (documents per shard; None = a file per
     document) apply to a new store (shards.open_store). ray: None = this process augments and trains; else a
     Ray cluster address ("" = a local cluster) whose workers (one per GPU, or per CPU; or `workers`) do it
-    (distributed.encode_on_ray).
+    (distributed.encode_on_ray). warmup: a corpus.jsonl of documents outside the knowledge base to train the
+    warm-up pair on (warmup.py; kept in W/warmup.safetensors and reused while it matches), or None.
 
     Raises CorpusError (bad corpus), ModelLoadError, StoreError (a store built for another model) or
     BuildError (bad settings) before anything in `workdir` is changed."""
@@ -120,8 +123,11 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
         raise BuildError(f"construction: unknown {config.construction!r}; choose from {', '.join(CONSTRUCTIONS)}")
     if batch_docs < 1 or n_qa < 1 or n_rewrites < 0:
         raise BuildError(f"batch_docs ({batch_docs}) and n_qa ({n_qa}) must be ≥ 1, n_rewrites ({n_rewrites}) ≥ 0")
+    if warmup is not None and ray is not None:
+        raise BuildError("--warmup is not supported with --ray yet; build the warm-up without --ray")
     corpus, workdir = Path(corpus), Path(workdir)
     docs = read_corpus(corpus)
+    warmup_docs = read_corpus(warmup) if warmup is not None else None
     # with Ray, the driver's model only checks settings, fingerprints and tokenizes: the CPU is enough
     lm, tokenizer = load_model(model, dtype=DTYPES[config.dtype], device="cpu" if ray is not None else device)
     inject(lm)
@@ -133,12 +139,17 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     if augmenter == "model":
         writer = (lm, tokenizer) if augment_model is None else load_model(augment_model, device=device)
         generator = LMGenerator(*writer)
+    warm = None
+    if warmup_docs is not None:
+        warm = _warmup_pair(lm, tokenizer, warmup_docs, generator, workdir, config, n_rewrites, n_qa, progress)
+        config = dataclasses.replace(config, warmup=warm.meta["warmup_key"])
     store = open_store(workdir / "store", model_fingerprint(lm), config.to_dict(), storage_dtype=storage_dtype,
                        shard_size=shard_size)
     if model and Path(model).exists():  # so `prag ask/eval` find it from any directory
         model = str(Path(model).resolve())
     settings = {"model": model, **config.to_dict(), "augmenter": augmenter, "augment_model": augment_model,
-                "n_rewrites": n_rewrites, "n_qa": n_qa}
+                "n_rewrites": n_rewrites, "n_qa": n_qa,
+                "warmup_corpus": str(Path(warmup).resolve()) if warmup is not None else None}
     write_text_atomic(workdir / "config.json", json.dumps(settings, indent=1) + "\n")
 
     fitted = fit_documents(docs, tokenizer, max_passage_tokens(lm, tokenizer), corpus)
@@ -171,8 +182,10 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
         for start_g in range(0, len(pending), batch_docs):
             group = list(zip(pending, augs))[start_g:start_g + batch_docs]
             samples = [build_samples(fit.text, aug, tokenizer, config.construction) for (_, fit), aug in group]
+            distill = [distill_items(fit.text, aug, tokenizer) for (_, fit), aug in group]
             params = train_documents(lm, tokenizer, samples, config, progress=progress,
-                                     doc_keys=[text_sha256(fit.text) for (_, fit), _ in group])
+                                     doc_keys=[text_sha256(fit.text) for (_, fit), _ in group],
+                                     distill_per_doc=distill, base_docs=[warm] if warm is not None else [])
             for ((doc, _), _), p in zip(group, params):
                 store.put(doc, p)
                 written += 1
@@ -185,3 +198,21 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     return BuildSummary(len(docs), len(pending), sum(a.source == "fallback" for a in augs),
                         time.perf_counter() - start, store.size_bytes())
 
+
+
+def _warmup_pair(lm, tokenizer, docs, generator, workdir, config, n_rewrites, n_qa, progress):
+    """The warm-up pair of `docs`: W/warmup.safetensors when it matches (same key), else trained and saved."""
+    key = warmup_key(corpus_sha256(docs), cache_settings(generator, n_rewrites, n_qa), config)
+    path = workdir / WARMUP_FILE
+    if path.is_file():
+        try:
+            warm = DocParams.load(path, fingerprint=model_fingerprint(lm), device=lm.device)
+            if warm.meta.get("warmup_key") == key:
+                return warm
+        except DocParamsError as err:
+            warnings.warn(f"{err}; training the warm-up pair again", stacklevel=2)
+    augs = augment_documents(docs, generator, workdir / "augment.jsonl", n_rewrites=n_rewrites, n_qa=n_qa)
+    samples = [seq for doc, aug in zip(docs, augs) for seq in build_samples(doc.text, aug, tokenizer, config.construction)]
+    warm = train_warmup(lm, tokenizer, samples, config, key, progress=progress)
+    warm.save(path)
+    return warm

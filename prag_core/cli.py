@@ -11,6 +11,7 @@ from . import __version__
 
 
 STORE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --store-dtype spellings
+WARMUP_DEFAULT = "none"  # `prag build --warmup` (README "Training defaults")
 
 
 class UserError(Exception):
@@ -19,7 +20,7 @@ class UserError(Exception):
 
 def _add_build(sub):
     from .doc_params import INITS
-    from .train import DTYPES, TrainConfig
+    from .train import DTYPES, OBJECTIVES, TrainConfig
 
     p = sub.add_parser("build", help="index + augment + encode a corpus into a work directory (resumable)")
     p.add_argument("--corpus", required=True, help="corpus.jsonl: {id, text, title?} per line")
@@ -36,6 +37,12 @@ def _add_build(sub):
                    help=f"how each document's B starts: shared (one seeded init for all, PRAG), document (seeded "
                         f"by the document's text), orthogonal (orthonormal columns, per document); default "
                         f"{TrainConfig.init}")
+    p.add_argument("--objective", default=TrainConfig.objective, choices=list(OBJECTIVES),
+                   help=f"training loss: ntp (next-token, PRAG), distill (KL to the model reading the passage), "
+                        f"both; default {TrainConfig.objective}")
+    p.add_argument("--warmup", default=WARMUP_DEFAULT, metavar="PATH|none",
+                   help=f"a corpus.jsonl of documents outside the knowledge base to train the warm-up pair on, "
+                        f"'shipped' for prag's own, or none (default {WARMUP_DEFAULT})")
     p.add_argument("--construction", default=TrainConfig.construction, choices=["prag", "cross"],
                    help="training sequences: prag (PRAG's 5) or cross (every version x every QA pair)")
     p.add_argument("--batch-docs", type=_positive_int, default=4, help="documents trained together in one batch")
@@ -77,7 +84,8 @@ def cmd_build(args):
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None
     try:
         config = TrainConfig(rank=args.rank, alpha=args.alpha, lr=args.lr, epochs=args.epochs, targets=targets,
-                             dtype=args.dtype, seed=args.seed, construction=args.construction, init=args.init)
+                             dtype=args.dtype, seed=args.seed, construction=args.construction, init=args.init,
+                             objective=args.objective)
     except ValueError as err:
         raise UserError(str(err)) from None
     with warnings.catch_warnings():
@@ -89,10 +97,17 @@ def cmd_build(args):
                             n_rewrites=args.n_rewrites, n_qa=args.n_qa,
                             device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
                             storage_dtype=STORE_DTYPES.get(args.store_dtype), shard_size=args.shard_size,
-                            ray=args.ray, workers=args.workers)
+                            ray=args.ray, workers=args.workers, warmup=_warmup_path(args.warmup))
         except (BuildError, StoreError) as err:
             raise UserError(str(err)) from None
     print(summary)
+
+
+def _warmup_path(value):
+    """--warmup: None for 'none', the shipped corpus for 'shipped', else the path as given."""
+    from .warmup import WARMUP_CORPUS
+
+    return None if value == "none" else WARMUP_CORPUS if value == "shipped" else value
 
 
 def _add_ask(sub):

@@ -31,7 +31,6 @@ DEMO_BUILD = {"augmenter": "fallback"}
 DEMO_TOP_K = 1
 EXAMPLES = 5  # questions shown side by side
 LATENCY_QUESTIONS = 10  # questions timed fused vs merge
-COLUMN = 16  # characters per answer column
 
 
 def spread(questions, n):
@@ -39,23 +38,22 @@ def spread(questions, n):
     return questions[::3][:n]
 
 
-def _cell(text, width=COLUMN):
+def _cell(text, width):
     """`text` on one line (any whitespace run, line breaks included, becomes a space), cut to `width`."""
     text = " ".join(text.split())
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def examples(results, questions, n=EXAMPLES):
-    """(1): the chosen questions, then gold answer and each mode's prediction in columns."""
-    shown = spread(questions, n)
+    """(1): each chosen question, then the gold answer and every mode's whole prediction, one per line."""
     prediction = {(r["id"], r["mode"]): r["prediction"] for r in results["questions"]}
-    lines = [f"{'#':>2}  question"] + [f"{i:>2}  {q.question}" for i, q in enumerate(shown, 1)]
-    lines.append("")
-    lines.append(f"{'#':>2}  " + " ".join(f"{c:<{COLUMN}}" for c in ("gold", *MODES)))
-    for i, q in enumerate(shown, 1):
-        cells = [q.answers[0]] + [prediction[q.id, m] or "(empty)" for m in MODES]
-        lines.append(f"{i:>2}  " + " ".join(f"{_cell(c):<{COLUMN}}" for c in cells))
-    return "\n".join(line.rstrip() for line in lines)  # the last column's padding is not needed
+    lines = []
+    for i, q in enumerate(spread(questions, n), 1):
+        lines.append(f"{i:>2}  {q.question}")
+        for label, text in [("gold", q.answers[0])] + [(m, prediction[q.id, m]) for m in MODES]:
+            lines.append(f"    {label:<8} {' '.join(text.split()) or '(empty)'}")
+        lines.append("")
+    return "\n".join(lines[:-1])
 
 
 def latency(pipeline, questions, batched_s, n=LATENCY_QUESTIONS):

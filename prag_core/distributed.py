@@ -34,7 +34,7 @@ from .corpus import text_sha256
 from .doc_params import FINGERPRINT_FIELDS, model_fingerprint
 from .inject import inject
 from .model import load_model
-from .samples import build_samples
+from .samples import build_samples, distill_items
 from .train import DTYPES, train_documents
 
 RESTARTS = 3  # per actor, and retries per batch
@@ -65,8 +65,9 @@ class _Encoder:
                                                 self.n_qa)):
             augs[i] = aug
         samples = [build_samples(text, aug, self.tokenizer, self.config.construction) for text, aug in zip(texts, augs)]
+        distill = [distill_items(text, aug, self.tokenizer) for text, aug in zip(texts, augs)]
         params = train_documents(self.lm, self.tokenizer, samples, self.config, progress=False,
-                                 doc_keys=[text_sha256(text) for text in texts])
+                                 doc_keys=[text_sha256(text) for text in texts], distill_per_doc=distill)
         marker = os.environ.get(FAIL_ONCE_ENV)
         if marker:
             try:

@@ -32,12 +32,13 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .combine import check_scheme, combine
 from .corpus import read_corpus
-from .doc_params import model_fingerprint
+from .doc_params import DocParams, model_fingerprint
 from .inject import inject, merged_documents, use_documents
 from .model import load_model
 from .prompts import ANSWER_PREFIX, left_pad, qa_messages, render
 from .retrieval import BM25Index, corpus_sha256
 from .shards import open_store
+from .warmup import FILE as WARMUP_FILE
 
 MODES = ("vanilla", "rag", "prag", "combine")
 UPDATES = ("fused", "merge")
@@ -109,10 +110,12 @@ class Pipeline:
 
     store: a mapping from document id to DocParams (a dict, or a work directory's store, shards.open_store).
     documents_text: a mapping from document id to its passage text (for rag and combine).
-    combination, temperature: how the top_k documents' pairs combine (prag_core.combine)."""
+    combination, temperature: how the top_k documents' pairs combine (prag_core.combine).
+    warmup: the warm-up pair (prag_core.warmup), active with weight 1 beside every question's documents in
+    the pair modes, or None."""
 
     def __init__(self, model, tokenizer, index, store, documents_text, top_k=TOP_K, max_new_tokens=32,
-                 combination=COMBINATION, temperature=TEMPERATURE):
+                 combination=COMBINATION, temperature=TEMPERATURE, warmup=None):
         check_request(combination=combination, temperature=temperature)
         if tokenizer.pad_token_id is None:
             raise PipelineError("the tokenizer has no pad token (load_model sets one)")
@@ -124,14 +127,15 @@ class Pipeline:
         self.top_k = top_k
         self.max_new_tokens = max_new_tokens
         self.combination, self.temperature = combination, temperature
+        self.warmup = warmup
 
     @classmethod
     def open(cls, workdir, device=None, top_k=TOP_K, max_new_tokens=32, combination=COMBINATION,
              temperature=TEMPERATURE):
         """The pipeline of a work directory written by `prag build`: its model (from W/config.json),
         BM25 index, corpus passages and parameter store, checked against each other."""
-        model, tokenizer, index, store, texts = _open_workdir(Path(workdir), device)
-        return cls(model, tokenizer, index, store, texts, top_k, max_new_tokens, combination, temperature)
+        model, tokenizer, index, store, texts, warmup = _open_workdir(Path(workdir), device)
+        return cls(model, tokenizer, index, store, texts, top_k, max_new_tokens, combination, temperature, warmup)
 
     def retrieve(self, question):
         """(ids, scores) of the top_k documents for `question`, best first."""
@@ -175,6 +179,8 @@ class Pipeline:
             return nullcontext()
         rows = [combine([self._params(d) for d in ids], scores, self.combination, self.temperature)
                 for ids, scores in hits]
+        if self.warmup is not None:  # once per question, weight 1, whatever the scheme
+            rows = [([self.warmup, *docs], [1.0, *w]) for docs, w in rows]
         params, weights = [docs for docs, _ in rows], [w for _, w in rows]
         if update == "merge":
             return merged_documents(self.model, params[0], weights=weights[0])
@@ -198,7 +204,8 @@ class Pipeline:
 
 
 def _open_workdir(workdir, device):
-    """(model, tokenizer, index, store, passages) of a built work directory, or a one-line PipelineError."""
+    """(model, tokenizer, index, store, passages, warm-up pair or None) of a built work directory, or a
+    one-line PipelineError."""
     config_file = workdir / "config.json"
     if not workdir.is_dir():
         raise PipelineError(f"{workdir}: no such work directory; create it with "
@@ -218,5 +225,12 @@ def _open_workdir(workdir, device):
     model, tokenizer = load_model(config.get("model"), device=device)
     # A store built for another model is refused (StoreError); each document is checked again on load, and
     # 16-bit stored pairs are upcast for an fp32 model.
-    store = open_store(workdir / "store", model_fingerprint(model), device=device, compute_dtype=model.dtype)
-    return model, tokenizer, index, store, {doc.id: doc.text for doc in corpus}
+    fingerprint = model_fingerprint(model)
+    store = open_store(workdir / "store", fingerprint, device=device, compute_dtype=model.dtype)
+    warmup = None
+    if config.get("warmup"):
+        warmup = DocParams.load(workdir / WARMUP_FILE, fingerprint, device=device, dtype=model.dtype)
+        if warmup.meta.get("warmup_key") != config["warmup"]:
+            raise PipelineError(f"{workdir / WARMUP_FILE}: another warm-up pair than the store was trained with; "
+                                f"run `prag build` again")
+    return model, tokenizer, index, store, {doc.id: doc.text for doc in corpus}, warmup

@@ -1,25 +1,34 @@
 """The per-document training loop (PRAG's offline step 2), ours, no PEFT.
 
 The base model is frozen; each document g gets fresh pairs from DocParams.init
-(A = 0, B from one shared seeded init) and only those train, with AdamW (weight
-decay 0). The forward pass runs inside `use_documents`, the same fused path that
-serves, so what is trained is exactly what is served.
+(A = 0, B by config.init) and only those train, with AdamW (weight decay 0). The
+forward pass runs inside `use_documents`, the same fused path that serves, so what
+is trained is exactly what is served. `base_docs` (the warm-up pair, warmup.py) are
+active, frozen, with weight 1 beside every document while it trains, as they are
+beside the retrieved documents when serving.
 
-Batched multi-document training. G documents train together: step s of an epoch
-takes sequence s of every document (documents with fewer sequences sit that step
-out), right-pads them into one batch, and gives row g the per-row set [doc g].
-The loss is
+Objectives (config.objective), per document g:
 
-    L = Σ_g L_g,   L_g = (1 / |T_g|) Σ_{t ∈ T_g} −log p(x_{g,t+1} | x_{g,≤t})
+    ntp      L_g = (1 / |T_g|) Σ_{t ∈ T_g} −log p(x_{g,t+1} | x_{g,≤t})
+             over the real (unpadded) tokens T_g of g's training sequence: every token is a target, as in PRAG.
+    distill  L_g = (1 / |P_g|) Σ_{t ∈ P_g} KL(p_teacher(· | t) ‖ p_student(· | t))
+             over the answer positions P_g of a distillation item (samples.DistillItem): the teacher is the
+             frozen base model with the passage in the prompt (computed once, no grad, before the first epoch),
+             the student the same model with g's pairs and no passage (Knowledge Modules' context distillation,
+             arXiv 2503.08727, without its hidden-state term).
+    both     the sum of the two.
 
-over the real (unpadded) tokens T_g of row g: every token is a target, as in PRAG.
-Row g's output depends only on doc g's pair (causal attention, right padding), so
-∂L/∂(A_g, B_g) = ∂L_g/∂(A_g, B_g), the gradient of training doc g alone; AdamW's
-state is per parameter, so one optimizer over all pairs steps each document as
-its own optimizer would. Batched training therefore equals sequential training,
-up to floating-point rounding.
+Batched multi-document training. G documents train together: step s of an epoch takes
+sequence (and item) s of every document (documents with fewer sit that step out),
+right-pads them into one batch, and gives row g the per-row set [*base_docs, doc g].
+The loss is L = Σ_g L_g. Row g's output depends only on doc g's pair (causal
+attention, right padding), so ∂L/∂(A_g, B_g) = ∂L_g/∂(A_g, B_g), the gradient of
+training doc g alone; AdamW's state is per parameter, so one optimizer over all pairs
+steps each document as its own optimizer would. Batched training therefore equals
+sequential training, up to floating-point rounding.
 """
 import math
+from itertools import zip_longest
 from dataclasses import asdict, dataclass
 
 import torch
@@ -30,6 +39,7 @@ from .doc_params import INITS, DocParams
 from .inject import inject, use_documents
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+OBJECTIVES = ("ntp", "distill", "both")
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,8 @@ class TrainConfig:
     seed: int = 0
     construction: str = "prag"
     init: str = "shared"
+    objective: str = "ntp"
+    warmup: str | None = None  # the warm-up pair's sha256 (warmup.py), None without one
 
     def __post_init__(self):
         if self.rank < 1 or self.epochs < 1 or not self.lr > 0 or not math.isfinite(self.alpha):
@@ -56,6 +68,8 @@ class TrainConfig:
             raise ValueError(f"training config: dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
         if self.init not in INITS:
             raise ValueError(f"training config: init {self.init!r}; choose from {', '.join(INITS)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"training config: objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
         if self.targets is not None:
             object.__setattr__(self, "targets", tuple(self.targets))
 
@@ -81,15 +95,53 @@ def per_row_loss(logits, ids, mask):
     return (token_loss * targets).sum(1) / targets.sum(1)
 
 
-def train_documents(model, tokenizer, samples_per_doc, config=TrainConfig(), progress=True, doc_keys=None):
+def answer_log_probs(logits, ids_len, answer_len):
+    """log p at the positions that predict a sequence's last `answer_len` tokens: (answer_len, V), float32.
+    logits (T, V) of one unpadded row of length ids_len."""
+    return F.log_softmax(logits[ids_len - answer_len - 1:ids_len - 1].float(), dim=-1)
+
+
+@torch.no_grad()
+def teacher_log_probs(model, tokenizer, items, device, batch_size=8):
+    """The frozen model's answer log-probabilities for every DistillItem, the passage in its prompt."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = []
+    with use_documents(model, []):  # the base model, whatever the caller has active
+        for start in range(0, len(items), batch_size):
+            batch = items[start:start + batch_size]
+            ids, mask = _batch([it.teacher for it in batch], pad_id, device)
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            out += [answer_log_probs(logits[row], len(it.teacher), it.answer_len) for row, it in enumerate(batch)]
+    return out
+
+
+def _kl_rows(logits, items, teacher):
+    """L_g of the distill objective for every row: mean KL(teacher ‖ student) over its answer positions."""
+    losses = []
+    for row, (item, t_logp) in enumerate(zip(items, teacher)):
+        s_logp = answer_log_probs(logits[row], len(item.student), item.answer_len)
+        losses.append((t_logp.exp() * (t_logp - s_logp)).sum(-1).mean())
+    return torch.stack(losses)
+
+
+def train_documents(model, tokenizer, samples_per_doc, config=TrainConfig(), progress=True, doc_keys=None,
+                    distill_per_doc=None, base_docs=()):
     """Train one DocParams per entry of `samples_per_doc` (a list of token id lists per document), together.
 
+    distill_per_doc: one list of samples.DistillItem per document (objective distill or both).
+    base_docs: frozen DocParams active beside every document (the warm-up pair).
     doc_keys: one string per document that seeds its B under the per-document inits (build passes the
     text's sha256); default the documents' positions.
 
     Returns detached DocParams whose meta holds `training` (config.to_dict()) and `losses` (the document's
     mean loss per epoch). The model is injected and frozen (requires_grad False on every parameter)."""
-    if not samples_per_doc or not all(samples_per_doc):
+    uses = {"ntp": (True, False), "distill": (False, True), "both": (True, True)}[config.objective]
+    if distill_per_doc is None and uses[1]:
+        raise ValueError(f"objective {config.objective!r} needs distill_per_doc")
+    # per document, step s of an epoch: (sequence or None, distillation item or None)
+    per_doc = [list(zip_longest(n if uses[0] else [], d if uses[1] else []))
+               for n, d in zip(samples_per_doc, distill_per_doc or [[]] * len(samples_per_doc))]
+    if not samples_per_doc or not all(per_doc):
         raise ValueError("train_documents needs at least one document, each with at least one sequence")
     inject(model).requires_grad_(False)
     device = next(model.parameters()).device
@@ -98,20 +150,37 @@ def train_documents(model, tokenizer, samples_per_doc, config=TrainConfig(), pro
         raise ValueError(f"{len(doc_keys)} doc_keys for {len(samples_per_doc)} documents")
     docs = [DocParams.init(model, config.rank, config.alpha, config.targets, config.seed, DTYPES[config.dtype],
                            meta={"training": config.to_dict()}, init=config.init, doc_key=key) for key in doc_keys]
+    base_docs = list(base_docs)
     optimizer = torch.optim.AdamW([t for d in docs for t in d.tensors()], lr=config.lr, weight_decay=0.0)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    steps = max(len(s) for s in samples_per_doc)
+    teachers = {}  # (g, s) -> teacher log-probs of document g's distillation item at step s
+    if uses[1]:
+        keys = [(g, s) for g, steps in enumerate(per_doc) for s, (_, item) in enumerate(steps) if item is not None]
+        teachers = dict(zip(keys, teacher_log_probs(model, tokenizer, [per_doc[g][s][1] for g, s in keys], device)))
+    steps = max(len(s) for s in per_doc)
     losses = [[] for _ in docs]
     with tqdm(total=config.epochs * steps, desc=f"train {len(docs)} doc(s)", unit="step", leave=False,
               disable=not progress) as bar:
         for _ in range(config.epochs):
             epoch_loss = [0.0] * len(docs)
             for s in range(steps):
-                rows = [g for g, seqs in enumerate(samples_per_doc) if s < len(seqs)]
-                ids, mask = _batch([samples_per_doc[g][s] for g in rows], pad_id, device)
-                with use_documents(model, [[docs[g]] for g in rows]):
-                    logits = model(input_ids=ids, attention_mask=mask).logits
-                row_loss = per_row_loss(logits, ids, mask)
+                rows = [g for g, seqs in enumerate(per_doc) if s < len(seqs)]
+                row_loss = torch.zeros(len(rows), device=device)
+                ntp_rows = [i for i, g in enumerate(rows) if per_doc[g][s][0] is not None]
+                if ntp_rows:
+                    ids, mask = _batch([per_doc[rows[i]][s][0] for i in ntp_rows], pad_id, device)
+                    with use_documents(model, [[*base_docs, docs[rows[i]]] for i in ntp_rows]):
+                        logits = model(input_ids=ids, attention_mask=mask).logits
+                    row_loss = row_loss.index_add(0, torch.tensor(ntp_rows, device=device),
+                                                  per_row_loss(logits, ids, mask))
+                kd_rows = [i for i, g in enumerate(rows) if per_doc[g][s][1] is not None]
+                if kd_rows:
+                    items = [per_doc[rows[i]][s][1] for i in kd_rows]
+                    ids, mask = _batch([it.student for it in items], pad_id, device)
+                    with use_documents(model, [[*base_docs, docs[rows[i]]] for i in kd_rows]):
+                        logits = model(input_ids=ids, attention_mask=mask).logits
+                    kl = _kl_rows(logits, items, [teachers[rows[i], s] for i in kd_rows])
+                    row_loss = row_loss.index_add(0, torch.tensor(kd_rows, device=device), kl)
                 optimizer.zero_grad(set_to_none=True)  # documents absent from this step keep grad None: no update
                 row_loss.sum().backward()
                 optimizer.step()
@@ -119,7 +188,7 @@ def train_documents(model, tokenizer, samples_per_doc, config=TrainConfig(), pro
                     epoch_loss[g] += value
                 bar.set_postfix(loss=f"{sum(row_loss.tolist()) / len(rows):.3f}")
                 bar.update()
-            for g, seqs in enumerate(samples_per_doc):
+            for g, seqs in enumerate(per_doc):
                 losses[g].append(epoch_loss[g] / len(seqs))
     return [DocParams({p: (a.detach(), b.detach()) for p, (a, b) in d.pairs.items()}, d.alpha,
                       {**d.meta, "losses": [round(x, 5) for x in loss]})

@@ -32,8 +32,16 @@ def test_demo_builds_prints_three_sections_and_reuses_the_build(tmp_path, capsys
     examples, scores, latency = sections[1:]
     shown = demo.spread(read_questions(qa), demo.EXAMPLES)
     assert [q.question for q in shown] == [QA[0]["question"], QA[3]["question"]]
-    assert examples.splitlines()[-3].split() == ["#", "gold", *MODES]
-    assert examples.splitlines()[-1].split()[:2] == ["2", "Rex"]
+    blocks = examples.strip().split("\n\n")[1:]  # after the section title: one block per question
+    assert [block.splitlines()[0].split(None, 1) for block in blocks] == [["1", QA[0]["question"]],
+                                                                          ["2", QA[3]["question"]]]
+    prediction = {(r["id"], r["mode"]): r["prediction"] for r in results["questions"]}
+    for block, q in zip(blocks, ("q1", "q4")):
+        rows = [line.split(None, 1) for line in block.splitlines()[1:]]
+        assert [r[0] for r in rows] == ["gold", *MODES]
+        # every answer whole, never cut (a random model's answers run to the token limit)
+        assert [r[1] if len(r) > 1 else "" for r in rows[1:]] == [" ".join(prediction[q, m].split()) or "(empty)"
+                                                                  for m in MODES]
     assert [line.split()[0] for line in scores.splitlines()[-4:]] == list(MODES)
     assert len([line for line in latency.splitlines() if line.startswith(("q1 ", "q4 "))]) == 2
     assert "mean" in latency and "per-row documents" in latency
