@@ -29,30 +29,33 @@ from pathlib import Path
 
 import torch
 
-from prag_core.augment import LMGenerator, augment_documents
+from prag_core.augment import LMGenerator, augment_documents, cache_settings
 from prag_core.combine import SCHEMES
 from prag_core.corpus import read_corpus, read_questions
-from prag_core.doc_params import model_fingerprint
+from prag_core.doc_params import DocParams, model_fingerprint
 from prag_core.evaluate import evaluate
 from prag_core.model import cache_dir, load_model
 from prag_core.pipeline import Pipeline
-from prag_core.retrieval import BM25Index
-from prag_core.samples import build_samples
+from prag_core.retrieval import BM25Index, corpus_sha256
+from prag_core.samples import build_samples, distill_items
 from prag_core.store import Store
 from prag_core.train import TrainConfig, train_documents
+from prag_core.warmup import WARMUP_CORPUS, train_warmup, warmup_key
 
 DATA = Path(__file__).parent / "data"
 RESULTS = Path(__file__).parent / "results" / "sweep.jsonl"
-TRAIN_FIELDS = {"rank": int, "epochs": int, "lr": float, "alpha": float, "construction": str, "init": str}
+TRAIN_FIELDS = {"rank": int, "epochs": int, "lr": float, "alpha": float, "construction": str, "init": str,
+                "objective": str}
+DEFAULT_LABEL = {"objective": "ntp", "warmup": "none"}  # left out of a row's label when at these values
 
 
 def parse_grid(text):
-    """'rank=2,lr=1e-3,init=document,augmenter=model; ...' -> [(TrainConfig, augmenter), ...]."""
+    """'rank=2,init=document,augmenter=model,warmup=shipped; ...' -> [(TrainConfig, augmenter, warmup), ...]."""
     configs = []
     for item in filter(None, (s.strip() for s in text.split(";"))):
         fields = dict(kv.split("=") for kv in item.replace(" ", "").split(",") if kv)
-        augmenter = fields.pop("augmenter", "fallback")
-        configs.append((TrainConfig(**{k: TRAIN_FIELDS[k](v) for k, v in fields.items()}), augmenter))
+        augmenter, warmup = fields.pop("augmenter", "fallback"), fields.pop("warmup", "none")
+        configs.append((TrainConfig(**{k: TRAIN_FIELDS[k](v) for k, v in fields.items()}), augmenter, warmup))
     return configs
 
 
@@ -67,8 +70,26 @@ def parse_schemes(text):
     return schemes
 
 
-def config_label(config, augmenter):
-    return {**{k: v for k, v in config.to_dict().items() if k in TRAIN_FIELDS}, "augmenter": augmenter}
+def config_label(config, augmenter, warmup):
+    label = {**{k: v for k, v in config.to_dict().items() if k in TRAIN_FIELDS}, "augmenter": augmenter,
+             "warmup": warmup}
+    return {k: v for k, v in label.items() if DEFAULT_LABEL.get(k) != v}
+
+
+def warmup_pair(model, tokenizer, generator, config, workdir):
+    """The warm-up pair of the shipped warm-up corpus for `config` (trained once, kept under workdir)."""
+    docs = read_corpus(WARMUP_CORPUS)
+    key = warmup_key(corpus_sha256(docs), cache_settings(generator), config)
+    path = workdir / f"warmup-{key[:12]}.safetensors"
+    if path.is_file():
+        return DocParams.load(path)
+    augs = augment_documents(docs, generator, workdir / "augment.jsonl")
+    cpu = time.process_time()
+    samples = [q for d, a in zip(docs, augs) for q in build_samples(d.text, a, tokenizer, config.construction)]
+    warm = train_warmup(model, tokenizer, samples, config, key)
+    warm.meta["cpu_s"] = time.process_time() - cpu
+    warm.save(path)
+    return warm
 
 
 def run(args):
@@ -106,13 +127,15 @@ def run(args):
         measure("base", base, "rag")
     fingerprint = model_fingerprint(model)
     schemes = parse_schemes(args.schemes)
-    for config, augmenter in parse_grid(args.grid):
+    for config, augmenter, warmup in parse_grid(args.grid):
         generator = LMGenerator(model, tokenizer) if augmenter == "model" else None
         aug_start = time.process_time()
         augs = augment_documents(docs, generator, workdir / "augment.jsonl")
         augment_cpu = time.process_time() - aug_start
-        label = config_label(config, augmenter)
+        label = config_label(config, augmenter, warmup)
         key = hashlib.sha256(json.dumps(label, sort_keys=True).encode()).hexdigest()[:12]
+        warm = warmup_pair(model, tokenizer, generator, config, workdir) if warmup == "shipped" else None
+        base_docs = [warm] if warm is not None else []
         store = Store(workdir / "stores" / key, fingerprint, config.to_dict())
         pending = [i for i, d in enumerate(docs) if not store.done(d)]
         for start in range(0, len(pending), args.batch_docs):
@@ -120,7 +143,9 @@ def run(args):
             cpu = time.process_time()
             params = train_documents(model, tokenizer, [build_samples(docs[i].text, augs[i], tokenizer,
                                                                       config.construction) for i in group],
-                                     config, doc_keys=[docs[i].sha256 for i in group])
+                                     config, doc_keys=[docs[i].sha256 for i in group], base_docs=base_docs,
+                                     distill_per_doc=[distill_items(docs[i].text, augs[i], tokenizer)
+                                                      for i in group])
             cpu = time.process_time() - cpu
             for i, p in zip(group, params):
                 p.meta.update(cpu_s=cpu / len(group))
@@ -128,14 +153,16 @@ def run(args):
             store.flush()
         params = [store[d.id] for d in docs]
         fields = {"config": label, "fallback_docs": sum(a.source == "fallback" for a in augs),
+                  "dropped": {f: sum(a.dropped.get(f, 0) for a in augs) for f in ("qa_round_trip", "rewrite_repeat")},
+                  "warmup_cpu_s": round(warm.meta.get("cpu_s", 0.0) / 2, 1) if warm is not None else None,
                   "cpu_s_per_doc": round(sum(p.meta["cpu_s"] for p in params) / len(docs) / 2, 1),
                   "augment_cpu_s_per_doc": round(augment_cpu / len(docs) / 2, 1) if pending else None,
                   "final_loss": round(sum(p.meta["losses"][-1] for p in params) / len(params), 3)}
         for mode in args.modes.split(","):
-            measure(key, Pipeline(model, tokenizer, index, store, texts, top_k=1), mode, **fields)
+            measure(key, Pipeline(model, tokenizer, index, store, texts, top_k=1, warmup=warm), mode, **fields)
             for scheme, temperature in schemes:
                 pipeline = Pipeline(model, tokenizer, index, store, texts, top_k=args.k, combination=scheme,
-                                    temperature=temperature)
+                                    temperature=temperature, warmup=warm)
                 measure(key, pipeline, mode, **fields)
 
 
@@ -147,7 +174,8 @@ def table(path, split):
     for r in rows:
         c = r.get("config")
         training = ("—" if c is None else
-                    f"r{c['rank']} lr {c['lr']:g} ×{c['epochs']} {c['init']} {c['construction']} {c['augmenter']}")
+                    f"r{c['rank']} lr {c['lr']:g} ×{c['epochs']} {c['init']} {c['construction']} {c['augmenter']} "
+                    f"{c.get('objective', 'ntp')}{' warm-up' if c.get('warmup', 'none') != 'none' else ''}")
         scheme = "" if r["mode"] in ("vanilla", "rag") or r["k"] == 1 else (
             f"score T={r['temperature']:g}" if r["scheme"] == "score" else r["scheme"])
         recall = "" if r["recall"] is None else f"{r['recall']:.3f}"

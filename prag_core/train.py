@@ -40,6 +40,7 @@ from .inject import inject, use_documents
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OBJECTIVES = ("ntp", "distill", "both")
+LEGACY = {"init": "shared", "objective": "ntp", "warmup": None}  # see TrainConfig.to_dict
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,10 @@ class TrainConfig:
             object.__setattr__(self, "targets", tuple(self.targets))
 
     def to_dict(self):
-        return {**asdict(self), "targets": list(self.targets) if self.targets is not None else None}
+        """The config as recorded; fields added after stores existed are left out at their old behaviour's
+        value (LEGACY), so documents encoded before they existed still count as done."""
+        fields = {**asdict(self), "targets": list(self.targets) if self.targets is not None else None}
+        return {k: v for k, v in fields.items() if k not in LEGACY or LEGACY[k] != v}
 
 
 def _batch(sequences, pad_id, device):

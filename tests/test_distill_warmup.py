@@ -154,5 +154,5 @@ def test_build_with_warmup_and_distill_then_ask(tmp_path, capsys):
     assert "documents: d0" in capsys.readouterr().out
     assert main([*build[:-2], "--warmup", "none"]) == 0  # another warm-up: every document is encoded again
     assert f"{len(TEXTS)} encoded now" in capsys.readouterr().out
-    assert json.loads((work / "config.json").read_text())["warmup"] is None
+    assert json.loads((work / "config.json").read_text()).get("warmup") is None
     assert main(["ask", "--workdir", str(work), "Who has a red kite?"]) == 0

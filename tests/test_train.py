@@ -108,3 +108,14 @@ def test_bad_config_and_input():
     tok = word_tokenizer(TEXTS)
     with pytest.raises(ValueError, match="at least one sequence"):
         train_documents(tiny_llama(vocab=len(tok)), tok, [[]], progress=False)
+
+
+def test_config_dict_of_the_old_behaviour_has_no_new_fields():
+    """Stores written before init/objective/warmup existed record configs without them: at their old values
+    the new fields are left out, so those documents still count as done; other values are recorded."""
+    old = TrainConfig().to_dict()
+    assert not {"init", "objective", "warmup"} & set(old)
+    assert TrainConfig(objective="distill", init="document", warmup="ab").to_dict() == {
+        **old, "objective": "distill", "init": "document", "warmup": "ab"}
+    with pytest.raises(ValueError, match="objective 'kl'"):
+        TrainConfig(objective="kl")
