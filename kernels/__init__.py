@@ -3,8 +3,12 @@
     fused_lora_linear(x, weight, bias, lora_a, lora_b, scale, row_docs=None)
         = x Wᵀ + bias + scale · Σ_j (x B_j) A_jᵀ        (DESIGN §4.1; see its docstring)
 
-One Triton launch on CUDA (fused_lora_triton.py), three GEMMs in plain torch elsewhere
-(torch_path.py), differentiable through autograd.py; reference.py is the specification.
+On CUDA Triton (fused_lora_triton.py): one launch for prefill (M > 16) and for decode (M ≤ 16,
+swap-AB) when its output columns fill the GPU, else a split-K launch plus a tiny reduction launch.
+Three GEMMs in plain torch elsewhere (torch_path.py). The op is the torch.library custom op
+prag::fused_lora_linear (fake impl for torch.compile, autograd from autograd.py); reference.py is the
+specification. compile_gate.py compiles every Triton launch for sm_80/sm_90 on a CPU and checks that
+none spills and all fit shared memory (`python -m prag_kernels.compile_gate`).
 
 Fast entry for callers that cache the stacked documents (the injection layer):
 

@@ -79,20 +79,26 @@ def _wants_grad(x, weight, bias, lora_a, lora_b):
                                         or lora_b.requires_grad or (bias is not None and bias.requires_grad))
 
 
-@torch.library.custom_op("prag::fused_lora_linear", mutates_args=())
-def _op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], lora_a: torch.Tensor,
-        lora_b: torch.Tensor, scale: float, row_docs: Optional[torch.Tensor], row_mask: Optional[torch.Tensor],
-        backend: str) -> torch.Tensor:
-    """y (M, out) for x (M, in), checked arguments, at least one rank column; backend "torch" or "triton"."""
-    return _PATHS[backend](x, weight, bias, lora_a, lora_b, scale, row_docs, row_mask)
+def _define_op():
+    @torch.library.custom_op("prag::fused_lora_linear", mutates_args=())
+    def op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], lora_a: torch.Tensor,
+           lora_b: torch.Tensor, scale: float, row_docs: Optional[torch.Tensor], row_mask: Optional[torch.Tensor],
+           backend: str) -> torch.Tensor:
+        """y (M, out) for x (M, in), checked arguments, at least one rank column; backend "torch" or "triton"."""
+        return _PATHS[backend](x, weight, bias, lora_a, lora_b, scale, row_docs, row_mask)
+
+    @op.register_fake
+    def _(x, weight, bias, lora_a, lora_b, scale, row_docs, row_mask, backend):
+        return x.new_empty((x.shape[0], weight.shape[0]))
+
+    op.register_autograd(autograd.backward, setup_context=autograd.setup_context)
+    return op
 
 
-@_op.register_fake
-def _(x, weight, bias, lora_a, lora_b, scale, row_docs, row_mask, backend):
-    return x.new_empty((x.shape[0], weight.shape[0]))
-
-
-_op.register_autograd(autograd.backward, setup_context=autograd.setup_context)
+# Once per process: when the repo root is on sys.path, kernels/ can be imported a second time as the top-level
+# package `kernels` (transformers probes that name); that copy must reuse the op, as defining it again
+# corrupts the dispatcher's registration (crashes at the next call).
+_op = torch.ops.prag.fused_lora_linear.default if hasattr(torch.ops.prag, "fused_lora_linear") else _define_op()
 _PATHS = {"torch": lora_linear_torch, "triton": lora_linear_triton}
 
 

@@ -23,7 +23,7 @@ at HBM bandwidth. _decode_kernel computes the transposed product ("swap-AB"),
 
 so W's rows fill the MMA's M side (≥ 64 for sm_90's wgmma, which reads W straight from shared
 memory: no register tile of W, no spills) and the 16 padded rows of x sit on its narrow N side.
-The grid is (N / BLOCK_N) × SPLIT output-column tiles × K chunks. With SPLIT = 1 (enough column
+The grid is ⌈N / BLOCK_N⌉ output-column tiles × SPLIT K chunks. With SPLIT = 1 (enough column
 tiles to fill the GPU, e.g. 4096→14336) each program runs the epilogue itself: one launch. With
 SPLIT > 1 (few columns, long K, e.g. 14336→4096) each program writes fp32 partials of acc and
 shrink (part (SPLIT, M, N + R_PAD)) and a second, tiny launch (_reduce_kernel) sums them and runs
@@ -112,6 +112,39 @@ def _lora_columns(R_PAD: tl.constexpr, RANK, stride_d, stride_r):
 
 
 @triton.jit
+def _load_k(ptrs, ok, k_ok, K_FIRST: tl.constexpr):
+    """A tile whose axes are (K, other) if K_FIRST else (other, K), masked by k_ok and ok."""
+    if K_FIRST:
+        mask = k_ok[:, None] & ok[None, :]
+    else:
+        mask = ok[:, None] & k_ok[None, :]
+    return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _k_loop(x_ptrs, w_ptrs, b_ptrs, m_ok, n_ok, r_ok, k_lo, k_hi, stride_xk, stride_wk, stride_bk, acc, shrink,
+            SWAP_AB: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """The K-loop over columns [k_lo, k_hi) of `in`: acc += x Wᵀ, shrink += x B_cat, one x tile feeding both;
+    SWAP_AB: the transposes, acc += W xᵀ and shrink += B_catᵀ xᵀ (pointer tiles laid out to match)."""
+    offs_k = tl.arange(0, BLOCK_K)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k_ok = offs_k < k_hi - k0
+        x = _load_k(x_ptrs, m_ok, k_ok, SWAP_AB)
+        w = _load_k(w_ptrs, n_ok, k_ok, not SWAP_AB)
+        b = _load_k(b_ptrs, r_ok, k_ok, not SWAP_AB)
+        if SWAP_AB:
+            acc = tl.dot(w, x, acc, input_precision=PRECISION)
+            shrink = tl.dot(b, x, shrink, input_precision=PRECISION)
+        else:
+            acc = tl.dot(x, w, acc, input_precision=PRECISION)
+            shrink = tl.dot(x, b, shrink, input_precision=PRECISION)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+        b_ptrs += BLOCK_K * stride_bk
+    return acc, shrink
+
+
+@triton.jit
 def _epilogue(acc, shrink, offs_m, offs_n, M, N, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows,
               a_ptr, bias_ptr, rows_ptr, y_ptr, stride_ad, stride_an, stride_ar, stride_rg, stride_rj,
               stride_ym, stride_yn, R_PAD: tl.constexpr, PRECISION: tl.constexpr):
@@ -164,18 +197,9 @@ def _fused_lora_kernel(
     w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk  # (BLOCK_K, BLOCK_N) of Wᵀ
     b_ptrs = b_ptr + offs_k[:, None] * stride_bk + _lora_columns(R_PAD, RANK, stride_bd, stride_br)[None, :]
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    shrink = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_ok = offs_k < K - k0
-        x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=k_ok[:, None] & r_ok[None, :], other=0.0)
-        acc = tl.dot(x, w, acc, input_precision=PRECISION)
-        shrink = tl.dot(x, b, shrink, input_precision=PRECISION)
-        x_ptrs += BLOCK_K * stride_xk
-        w_ptrs += BLOCK_K * stride_wk
-        b_ptrs += BLOCK_K * stride_bk
+    acc, shrink = _k_loop(x_ptrs, w_ptrs, b_ptrs, m_ok, n_ok, r_ok, 0, K, stride_xk, stride_wk, stride_bk,
+                          tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32),
+                          False, BLOCK_K, PRECISION)
     _epilogue(acc, shrink, offs_m, offs_n, M, N, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows,
               a_ptr, bias_ptr, rows_ptr, y_ptr, stride_ad, stride_an, stride_ar, stride_rg, stride_rj,
               stride_ym, stride_yn, R_PAD, PRECISION)
@@ -205,18 +229,9 @@ def _decode_kernel(
     b_ptrs = (b_ptr + _lora_columns(R_PAD, RANK, stride_bd, stride_br)[:, None]
               + (k_lo + offs_k)[None, :] * stride_bk)  # (R_PAD, BLOCK_K) of B_catᵀ
 
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    shrink = tl.zeros((R_PAD, BLOCK_M), dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        k_ok = offs_k < k_hi - k0
-        x = tl.load(x_ptrs, mask=k_ok[:, None] & m_ok[None, :], other=0.0)
-        w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=r_ok[:, None] & k_ok[None, :], other=0.0)
-        acc = tl.dot(w, x, acc, input_precision=PRECISION)
-        shrink = tl.dot(b, x, shrink, input_precision=PRECISION)
-        x_ptrs += BLOCK_K * stride_xk
-        w_ptrs += BLOCK_K * stride_wk
-        b_ptrs += BLOCK_K * stride_bk
+    acc, shrink = _k_loop(x_ptrs, w_ptrs, b_ptrs, m_ok, n_ok, r_ok, k_lo, k_hi, stride_xk, stride_wk, stride_bk,
+                          tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), tl.zeros((R_PAD, BLOCK_M), dtype=tl.float32),
+                          True, BLOCK_K, PRECISION)
     if partial:  # part[pid_k, m, :N] = accᵀ, part[pid_k, m, N:] = shrinkᵀ (the first column tile writes it)
         row = part_ptr + (pid_k * M + offs_m).to(tl.int64)[None, :] * (N + R_PAD)
         tl.store(row + offs_n[:, None], acc, mask=n_ok[:, None] & m_ok[None, :])
