@@ -17,7 +17,7 @@ setup(
     python_requires=">=3.10",
     packages=["prag_kernels", "prag_core"],
     package_dir={"prag_kernels": "kernels", "prag_core": "prag_core"},
-    package_data={"prag_core": ["data/*.jsonl"]},
+    package_data={"prag_core": ["data/*.jsonl", "data/*.safetensors"]},
     install_requires=[
         # torch is a lower bound only: an existing torch is never replaced.
         "torch>=2.9",

@@ -136,8 +136,11 @@ def run(args):
         key = hashlib.sha256(json.dumps(label, sort_keys=True).encode()).hexdigest()[:12]
         warm = warmup_pair(model, tokenizer, generator, config, workdir) if warmup == "shipped" else None
         base_docs = [warm] if warm is not None else []
-        store = Store(workdir / "stores" / key, fingerprint, config.to_dict())
+        # --eval-only: serve the pairs already trained for this configuration, whatever version wrote them
+        store = Store(workdir / "stores" / key, fingerprint, None if args.eval_only else config.to_dict())
         pending = [i for i, d in enumerate(docs) if not store.done(d)]
+        if pending and args.eval_only:
+            raise SystemExit(f"--eval-only: {len(pending)} documents of {label} are not trained yet")
         for start in range(0, len(pending), args.batch_docs):
             group = pending[start:start + args.batch_docs]
             cpu = time.process_time()
@@ -166,22 +169,42 @@ def run(args):
                 measure(key, pipeline, mode, **fields)
 
 
+def _training(c):
+    extras = [c.get("objective", "ntp"), c["init"] + " B", c["augmenter"] + " pairs"]
+    if c.get("warmup", "none") != "none":
+        extras.append("warm-up")
+    return f"r{c['rank']} lr {c['lr']:g} ×{c['epochs']}, " + ", ".join(extras)
+
+
 def table(path, split):
-    """Markdown: one line per training configuration and serving setting of `split`."""
+    """Markdown: the baselines, then one line per training configuration and pair mode: F1 at top-1 and at
+    top-k for every combination measured, the ungrounded share and the cost."""
     rows = [r for r in map(json.loads, path.read_text().splitlines()) if r["split"] == split]
-    lines = [f"| training | mode | k | combination | F1 | EM | ungrounded | recall@k | s/doc (2 cores) |",
-             "|" + "---|" * 9]
+    base = [r for r in rows if r.get("config") is None]
+    lines = ["| baseline | k | F1 | EM | ungrounded | recall@k |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['mode']} | {r['k'] if r['mode'] != 'vanilla' else '—'} | {r['f1']:.3f} | {r['em']:.3f} | "
+              f"{r['ungrounded']:.3f} | {'' if r['recall'] is None else format(r['recall'], '.3f')} |" for r in base]
+    settings = []
     for r in rows:
-        c = r.get("config")
-        training = ("—" if c is None else
-                    f"r{c['rank']} lr {c['lr']:g} ×{c['epochs']} {c['init']} {c['construction']} {c['augmenter']} "
-                    f"{c.get('objective', 'ntp')}{' warm-up' if c.get('warmup', 'none') != 'none' else ''}")
-        scheme = "" if r["mode"] in ("vanilla", "rag") or r["k"] == 1 else (
-            f"score T={r['temperature']:g}" if r["scheme"] == "score" else r["scheme"])
-        recall = "" if r["recall"] is None else f"{r['recall']:.3f}"
-        cost = "" if c is None else r["cpu_s_per_doc"]
-        lines.append(f"| {training} | {r['mode']} | {r['k']} | {scheme} | {r['f1']:.3f} | {r['em']:.3f} | "
-                     f"{r['ungrounded']:.3f} | {recall} | {cost} |")
+        setting = (r["k"], r["scheme"], r["temperature"]) if r["k"] > 1 else (1, "", 0)
+        if r.get("config") is not None and setting not in settings:
+            settings.append(setting)
+    settings.sort()
+    names = ["top-1"] + [f"top-{k} {name}{f' T={t:g}' if name == 'score' else ''}" for k, name, t in settings[1:]]
+    groups = {}
+    for r in rows:
+        if r.get("config") is not None:
+            groups.setdefault((json.dumps(r["config"], sort_keys=True), r["mode"]), {})[
+                (r["k"], r["scheme"], r["temperature"]) if r["k"] > 1 else (1, "", 0)] = r
+    lines += ["", "| training | mode | " + " | ".join(f"F1 {n}" for n in names) + " | ungrounded (worst top-k) "
+              "| s/doc (2 cores) |", "|" + "---|" * (len(names) + 4)]
+    for (config, mode), by in groups.items():
+        cells = [f"{by[s]['f1']:.3f}" if s in by else "" for s in settings]
+        worst = max((by[s]["ungrounded"] for s in settings[1:] if s in by), default=0.0)
+        any_row = next(iter(by.values()))
+        cost = any_row["cpu_s_per_doc"] + (any_row.get("augment_cpu_s_per_doc") or 0)
+        lines.append(f"| {_training(json.loads(config))} | {mode} | " + " | ".join(cells) +
+                     f" | {worst:.3f} | {cost:.1f} |")
     return "\n".join(lines)
 
 
@@ -197,6 +220,7 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--workdir", type=Path, default=cache_dir() / "sweep", help="augmentations and stores")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--eval-only", action="store_true", help="answer with the stores already trained")
     parser.add_argument("--table", action="store_true", help="print the tables of --results and exit")
     args = parser.parse_args()
     if args.table:

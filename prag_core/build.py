@@ -39,7 +39,7 @@ from .retrieval import BM25Index, corpus_sha256
 from .samples import CONSTRUCTIONS, build_samples, distill_items
 from .shards import open_store
 from .train import DTYPES, TrainConfig, train_documents
-from .warmup import FILE as WARMUP_FILE, train_warmup, warmup_key
+from .warmup import FILE as WARMUP_FILE, TRAINED_WARMUP, WARMUP_CORPUS, train_warmup, warmup_key
 
 AUGMENTERS = ("model", "fallback")
 
@@ -100,9 +100,9 @@ class BuildSummary:
                 f"store {self.store_bytes / 2**20:.2f} MiB on disk")
 
 
-def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augmenter="model", n_rewrites=1,
+def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augmenter="fallback", n_rewrites=1,
           n_qa=3, device="cpu", progress=True, storage_dtype=None, shard_size=None, ray=None, workers=None,
-          augment_model=None, warmup=None):
+          augment_model=None, warmup=WARMUP_CORPUS):
     """Build (or resume) the work directory `workdir` from `corpus` (a corpus.jsonl path) with `model`
     (a name or path for load_model; None = the embedded SmolLM2). Returns a BuildSummary.
 
@@ -124,7 +124,7 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     if batch_docs < 1 or n_qa < 1 or n_rewrites < 0:
         raise BuildError(f"batch_docs ({batch_docs}) and n_qa ({n_qa}) must be ≥ 1, n_rewrites ({n_rewrites}) ≥ 0")
     if warmup is not None and ray is not None:
-        raise BuildError("--warmup is not supported with --ray yet; build the warm-up without --ray")
+        raise BuildError("a warm-up pair is not supported with --ray yet: pass --warmup none")
     corpus, workdir = Path(corpus), Path(workdir)
     docs = read_corpus(corpus)
     warmup_docs = read_corpus(warmup) if warmup is not None else None
@@ -201,16 +201,23 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
 
 
 def _warmup_pair(lm, tokenizer, docs, generator, workdir, config, n_rewrites, n_qa, progress):
-    """The warm-up pair of `docs`: W/warmup.safetensors when it matches (same key), else trained and saved."""
+    """The warm-up pair of `docs`: W/warmup.safetensors when it matches (same key), else the one shipped for
+    the embedded model when it matches (same key and model), else trained; saved in W either way."""
     key = warmup_key(corpus_sha256(docs), cache_settings(generator, n_rewrites, n_qa), config)
     path = workdir / WARMUP_FILE
-    if path.is_file():
+    for candidate in (path, TRAINED_WARMUP):
+        if not candidate.is_file():
+            continue
         try:
-            warm = DocParams.load(path, fingerprint=model_fingerprint(lm), device=lm.device)
-            if warm.meta.get("warmup_key") == key:
-                return warm
+            warm = DocParams.load(candidate, fingerprint=model_fingerprint(lm), device=lm.device)
         except DocParamsError as err:
-            warnings.warn(f"{err}; training the warm-up pair again", stacklevel=2)
+            if candidate == path:
+                warnings.warn(f"{err}; training the warm-up pair again", stacklevel=2)
+            continue
+        if warm.meta.get("warmup_key") == key:
+            if candidate != path:
+                warm.save(path)
+            return warm
     augs = augment_documents(docs, generator, workdir / "augment.jsonl", n_rewrites=n_rewrites, n_qa=n_qa)
     samples = [seq for doc, aug in zip(docs, augs) for seq in build_samples(doc.text, aug, tokenizer, config.construction)]
     warm = train_warmup(lm, tokenizer, samples, config, key, progress=progress)

@@ -11,7 +11,7 @@ from . import __version__
 
 
 STORE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --store-dtype spellings
-WARMUP_DEFAULT = "none"  # `prag build --warmup` (README "Training defaults")
+WARMUP_DEFAULT = "shipped"  # `prag build --warmup` (README "Training defaults")
 
 
 class UserError(Exception):
@@ -46,9 +46,9 @@ def _add_build(sub):
     p.add_argument("--construction", default=TrainConfig.construction, choices=["prag", "cross"],
                    help="training sequences: prag (PRAG's 5) or cross (every version x every QA pair)")
     p.add_argument("--batch-docs", type=_positive_int, default=4, help="documents trained together in one batch")
-    p.add_argument("--augmenter", default="model", choices=["model", "fallback"],
-                   help="who writes rewrites and QA pairs: an LLM (see --augment-model), or the deterministic "
-                        "fallback only")
+    p.add_argument("--augmenter", default="fallback", choices=["model", "fallback"],
+                   help="who writes rewrites and QA pairs: the deterministic fallback (cloze pairs; default, "
+                        "measured best on SmolLM2), or an LLM (see --augment-model), its pairs filtered")
     p.add_argument("--augment-model", default=None,
                    help="the LLM that writes them, a name or path (default: the model being trained)")
     p.add_argument("--n-rewrites", type=int, default=1, help="rewrites per document")

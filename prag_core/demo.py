@@ -23,12 +23,6 @@ from .model import cache_dir
 from .pipeline import MODES, Pipeline
 
 BATCH_SIZE = 8
-# Measured on SmolLM2-135M (bench/sweep_train.py, README "Training defaults"): the deterministic augmenter's
-# cloze pairs inject more than the model's own QA pairs (F1 0.50 vs 0.26, same training) and cost nothing,
-# and summing three documents' pairs at α = 16 each drowns the right one (top-3 F1 0.0 vs gold 0.5), so the
-# demo retrieves one document. `prag build`/`ask`/`eval` keep the paper's defaults (model augmenter, top 3).
-DEMO_BUILD = {"augmenter": "fallback"}
-DEMO_TOP_K = 1
 EXAMPLES = 5  # questions shown side by side
 LATENCY_QUESTIONS = 10  # questions timed fused vs merge
 
@@ -78,19 +72,18 @@ def latency(pipeline, questions, batched_s, n=LATENCY_QUESTIONS):
     return "\n".join(lines)
 
 
-def run(workdir=None, model=None, device=None, corpus=DEMO_CORPUS, questions=DEMO_QUESTIONS, top_k=DEMO_TOP_K,
-        **build_options):
+def run(workdir=None, model=None, device=None, corpus=DEMO_CORPUS, questions=DEMO_QUESTIONS, **build_options):
     """Build (or reuse) the demo work directory, then print the three sections. build_options go to
-    build.build over DEMO_BUILD (the defaults are the measured ones; tests pass a faster setting)."""
+    build.build, whose defaults are the CLI's (tests pass a faster setting); serving uses the CLI's too."""
     from .build import build
 
     start = time.perf_counter()
     workdir = Path(workdir) if workdir else cache_dir() / "demo"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(f"prag demo: {Path(corpus).name} into {workdir}", flush=True)
-    print(build(corpus, workdir, model=model, device=device, **{**DEMO_BUILD, **build_options}), flush=True)
+    print(build(corpus, workdir, model=model, device=device, **build_options), flush=True)
     built = time.perf_counter()
-    pipeline = Pipeline.open(workdir, device=device, top_k=top_k)
+    pipeline = Pipeline.open(workdir, device=device)
     questions = read_questions(questions)
     results = evaluate(pipeline, questions, MODES, "fused", BATCH_SIZE)
     write_results(workdir / "demo_results.json", results)

@@ -44,7 +44,7 @@ MODES = ("vanilla", "rag", "prag", "combine")
 UPDATES = ("fused", "merge")
 # Serving defaults (README "Training defaults"): documents per question and how their pairs combine.
 TOP_K = 3
-COMBINATION = "sum"
+COMBINATION = "score"
 TEMPERATURE = 1.0
 _ANSWER_END = re.compile(r"[.!?](?=\s|$)|\n")
 

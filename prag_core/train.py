@@ -58,7 +58,7 @@ class TrainConfig:
     dtype: str = "float32"
     seed: int = 0
     construction: str = "prag"
-    init: str = "shared"
+    init: str = "document"
     objective: str = "ntp"
     warmup: str | None = None  # the warm-up pair's sha256 (warmup.py), None without one
 

@@ -24,7 +24,7 @@ DOCS = [{"id": "kite", "title": "Kite", "text": "Tom has a red kite. It flies ov
         {"id": "figs", "text": "Bo eats 3 figs. Figs are sweet in May."},
         {"id": "dog", "text": "Kai's dog is Rex. Rex barks at Lulu."},
         {"id": "owl", "text": "Mira keeps 7 owls. They sleep in the barn."}]
-FAST = ["--epochs", "1", "--batch-docs", "2", "--augmenter", "fallback"]
+FAST = ["--epochs", "1", "--batch-docs", "2", "--augmenter", "fallback", "--warmup", "none"]
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_model_augmenter_on_tiny_model_records_fallback(tmp_path, model_dir):
     tiny_tokenizer().save_pretrained(writer)
     for workdir, extra in (("W", []), ("W2", ["--augment-model", str(writer)])):
         assert main(["build", "--corpus", str(corpus), "--workdir", str(tmp_path / workdir), "--model", str(model_dir),
-                     "--epochs", "1", "--n-qa", "2", *extra]) == 0
+                     "--epochs", "1", "--n-qa", "2", "--warmup", "none", "--augmenter", "model", *extra]) == 0
     rows = [json.loads(line) for line in (tmp_path / "W" / "augment.jsonl").read_text().splitlines()]
     assert [(r["source"], r["attempts"], len(r["qa"])) for r in rows] == [("fallback", 3, 2)]
     assert rows[0]["settings"]["generator"] == f"LlamaForCausalLM:{model_dir}"

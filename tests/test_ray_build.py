@@ -16,7 +16,7 @@ from prag_core.shards import ShardedStore, _Shard, open_store
 
 DOCS = [{"id": f"d{i}", "text": f"Person {i} owns {i + 2} red kites. They fly over town {i} in May."}
         for i in range(6)]
-FAST = ["--epochs", "2", "--batch-docs", "2", "--augmenter", "fallback"]
+FAST = ["--epochs", "2", "--batch-docs", "2", "--augmenter", "fallback", "--warmup", "none"]
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +139,13 @@ def test_ray_flags_need_ray(setup, monkeypatch, capsys):
     assert _build(setup, setup / "none", "--workers", "2") == 2
     assert "--workers applies to --ray builds" in capsys.readouterr().err
     assert not (setup / "none").exists()
+
+
+def test_ray_with_a_warmup_pair_is_a_one_line_error(setup, capsys):
+    """The warm-up pair is not sent to Ray workers yet: asking for both is refused before anything is written."""
+    code = main(["build", "--corpus", str(setup / "corpus.jsonl"), "--workdir", str(setup / "warm"), "--model",
+                 str(setup / "model"), "--epochs", "1", "--augmenter", "fallback", "--ray"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "prag: error: a warm-up pair is not supported with --ray yet: pass --warmup none")
+    assert not (setup / "warm").exists()
