@@ -133,6 +133,16 @@ def run(args):
         augs = augment_documents(docs, generator, workdir / "augment.jsonl")
         augment_cpu = time.process_time() - aug_start
         label = config_label(config, augmenter, warmup)
+        if args.augment_only:  # what the augmenter wrote and what its filters dropped, nothing trained
+            row = {"split": args.split, "docs": len(docs), "mode": "augment", "augmenter": augmenter,
+                   "fallback_docs": sum(a.source == "fallback" for a in augs),
+                   "kept_qa": sum(len(a.qa) for a in augs if a.source == "model"),
+                   "dropped": {f: sum(a.dropped.get(f, 0) for a in augs) for f in ("qa_round_trip", "rewrite_repeat")},
+                   "augment_cpu_s_per_doc": round(augment_cpu / len(docs) / 2, 1)}
+            print(json.dumps(row), flush=True)
+            with open(args.augment_results, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            continue
         key = hashlib.sha256(json.dumps(label, sort_keys=True).encode()).hexdigest()[:12]
         warm = warmup_pair(model, tokenizer, generator, config, workdir) if warmup == "shipped" else None
         base_docs = [warm] if warm is not None else []
@@ -221,6 +231,9 @@ def main():
     parser.add_argument("--workdir", type=Path, default=cache_dir() / "sweep", help="augmentations and stores")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--eval-only", action="store_true", help="answer with the stores already trained")
+    parser.add_argument("--augment-only", action="store_true",
+                        help="only augment; append the filters' drop counts to --augment-results")
+    parser.add_argument("--augment-results", type=Path, default=RESULTS.with_name("augment_filters.jsonl"))
     parser.add_argument("--table", action="store_true", help="print the tables of --results and exit")
     args = parser.parse_args()
     if args.table:
