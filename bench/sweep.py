@@ -121,7 +121,7 @@ def run(args):
         done.add(key)
 
     for k in sorted({1, args.k}):
-        base = Pipeline(model, tokenizer, index, {}, texts, top_k=k)
+        base = Pipeline(model, tokenizer, index, {}, texts, top_k=k, combination="sum")  # no pairs: any scheme
         if k == 1:
             measure("base", base, "vanilla")
         measure("base", base, "rag")
