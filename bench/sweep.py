@@ -158,7 +158,7 @@ def run(args):
                                                                       config.construction) for i in group],
                                      config, doc_keys=[docs[i].sha256 for i in group], base_docs=base_docs,
                                      distill_per_doc=[distill_items(docs[i].text, augs[i], tokenizer)
-                                                      for i in group])
+                                                      for i in group] if config.objective != "ntp" else None)
             cpu = time.process_time() - cpu
             for i, p in zip(group, params):
                 p.meta.update(cpu_s=cpu / len(group))

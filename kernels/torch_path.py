@@ -26,10 +26,13 @@ def split_rank(t, n_docs):
     return t.view(t.shape[0], n_docs, -1).transpose(0, 1)
 
 
-def column_mask(row_docs, n_docs, rank, dtype):
-    """(G, J) document ids -> (G, D·rank) counts: w[g, j] = #{k : row_docs[g, k] = j // rank}."""
-    col_doc = torch.arange(n_docs * rank, device=row_docs.device) // rank
-    return (row_docs.unsqueeze(-1) == col_doc).sum(1, dtype=dtype)
+def column_mask(row_docs, n_docs, rank, dtype, slot_weights=None):
+    """(G, J) document ids -> (G, D·rank) column weights: w[g, j] = Σ_k v[g, k]·[row_docs[g, k] = j // rank],
+    v = slot_weights (G, J) or 1, i.e. counts: a document listed twice counts twice; -1 matches nothing."""
+    hits = row_docs.unsqueeze(-1) == torch.arange(n_docs * rank, device=row_docs.device) // rank
+    if slot_weights is None:
+        return hits.sum(1, dtype=dtype)
+    return (hits * slot_weights.to(row_docs.device).unsqueeze(-1)).sum(1).to(dtype)
 
 
 def row_weights(row_docs, row_mask, lora_a, dtype):

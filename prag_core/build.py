@@ -182,7 +182,8 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
         for start_g in range(0, len(pending), batch_docs):
             group = list(zip(pending, augs))[start_g:start_g + batch_docs]
             samples = [build_samples(fit.text, aug, tokenizer, config.construction) for (_, fit), aug in group]
-            distill = [distill_items(fit.text, aug, tokenizer) for (_, fit), aug in group]
+            distill = ([distill_items(fit.text, aug, tokenizer) for (_, fit), aug in group]
+                       if config.objective != "ntp" else None)
             params = train_documents(lm, tokenizer, samples, config, progress=progress,
                                      doc_keys=[text_sha256(fit.text) for (_, fit), _ in group],
                                      distill_per_doc=distill, base_docs=[warm] if warm is not None else [])

@@ -65,7 +65,8 @@ class _Encoder:
                                                 self.n_qa)):
             augs[i] = aug
         samples = [build_samples(text, aug, self.tokenizer, self.config.construction) for text, aug in zip(texts, augs)]
-        distill = [distill_items(text, aug, self.tokenizer) for text, aug in zip(texts, augs)]
+        distill = ([distill_items(text, aug, self.tokenizer) for text, aug in zip(texts, augs)]
+                   if self.config.objective != "ntp" else None)
         params = train_documents(self.lm, self.tokenizer, samples, self.config, progress=False,
                                  doc_keys=[text_sha256(text) for text in texts], distill_per_doc=distill)
         marker = os.environ.get(FAIL_ONCE_ENV)

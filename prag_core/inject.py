@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from prag_kernels import fused_lora_linear_cat, merge_lora_, restore_
+from prag_kernels import column_mask, fused_lora_linear_cat, merge_lora_, restore_
 
 GATED = ("gate_proj", "up_proj", "down_proj")
 # model_type -> (path of the decoder-layer list, FFN projections under each layer's `.mlp`),
@@ -204,14 +204,6 @@ def _document_sets(docs, weights=None):
     return distinct, None, index, row_weights
 
 
-def weighted_column_mask(row_index, row_weights, n_docs, rank, dtype):
-    """(G, J) document ids and their weights -> (G, D·rank) column weights:
-    w[g, j] = Σ_k row_weights[g, k]·[row_index[g, k] = j // rank] (prag_kernels.column_mask with weights)."""
-    col_doc = torch.arange(n_docs * rank, device=row_index.device) // rank
-    hits = row_index.unsqueeze(-1) == col_doc
-    return (hits * row_weights.to(row_index.device).unsqueeze(-1)).sum(1).to(dtype)
-
-
 def _check_documents(modules, docs, scale):
     """The scale to use, after checking that the documents fit the model and each other."""
     if not docs:
@@ -278,8 +270,8 @@ class _Documents:
         key = (x.device, x.dtype)
         if key not in self.masks:
             rank = a_cat.shape[1] // len(self.docs)
-            self.masks[key] = weighted_column_mask(self.row_index.to(x.device), self.row_weights, len(self.docs),
-                                                   rank, x.dtype)
+            self.masks[key] = column_mask(self.row_index.to(x.device), len(self.docs), rank, x.dtype,
+                                          self.row_weights)
         return a_cat, b_cat, self.masks[key]
 
 

@@ -156,3 +156,32 @@ def test_build_with_warmup_and_distill_then_ask(tmp_path, capsys):
     assert f"{len(TEXTS)} encoded now" in capsys.readouterr().out
     assert json.loads((work / "config.json").read_text()).get("warmup") is None
     assert main(["ask", "--workdir", str(work), "Who has a red kite?"]) == 0
+
+
+@pytest.mark.parametrize("matching", [True, False])
+def test_shipped_trained_warmup_is_used_only_when_key_and_model_match(tmp_path, monkeypatch, capsys, matching):
+    """The default build (--warmup shipped) takes the shipped trained pair when its key is this build's and it
+    was trained for this model; otherwise it trains the pair from the shipped corpus."""
+    from prag_core import build as build_module
+    from prag_core.augment import cache_settings
+    from prag_core.corpus import read_corpus
+    from prag_core.retrieval import corpus_sha256
+    from prag_core.warmup import WARMUP_CORPUS, warmup_key
+
+    model = tmp_path / "model"
+    tiny_llama().save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
+    config = TrainConfig(epochs=1)
+    key = warmup_key(corpus_sha256(read_corpus(WARMUP_CORPUS)), cache_settings(None, 1, 3), config)
+    shipped = random_doc_params(tiny_llama(), 1, seed=4)[0]
+    shipped.meta["warmup_key"] = key if matching else "another"
+    shipped.save(tmp_path / "shipped.safetensors")
+    monkeypatch.setattr(build_module, "TRAINED_WARMUP", tmp_path / "shipped.safetensors")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"id": "d0", "text": TEXTS[0]}) + "\n")
+    assert main(["build", "--corpus", str(corpus), "--workdir", str(tmp_path / "W"), "--model", str(model),
+                 "--epochs", "1"]) == 0
+    used = DocParams.load(tmp_path / "W" / "warmup.safetensors")
+    assert used.meta["warmup_key"] == key
+    path = next(iter(shipped.pairs))
+    assert torch.equal(used.pairs[path][0], shipped.pairs[path][0]) == matching

@@ -394,3 +394,13 @@ def test_gpu_bench_cpu_smoke_mode_checks_and_prints_a_table():
         k, n = (int(v) for v in cells[0].split()[-1].split("→"))
         m, docs = int(cells[1]), 3 if cells[2] == "3" else 8
         assert float(cells[6]) == float(f"{4 * (n * k + m * k + docs * 2 * (n + k) + m * n) / 1e6:.3g}")  # fp32
+
+
+def test_column_mask_with_slot_weights_sums_them_per_document():
+    row_docs = torch.tensor([[0, 2, -1], [1, 1, 0]])
+    weights = torch.tensor([[0.5, 2.0, 9.0], [0.25, 0.5, -1.0]], dtype=torch.float64)
+    got = column_mask(row_docs, 3, 2, torch.float64, weights)
+    assert torch.equal(got, torch.tensor([[0.5, 0.5, 0, 0, 2.0, 2.0], [-1.0, -1.0, 0.75, 0.75, 0, 0]],
+                                         dtype=torch.float64))  # -1 slots count nothing; repeats add
+    assert torch.equal(column_mask(row_docs, 3, 2, torch.float32, torch.ones(2, 3)), column_mask(row_docs, 3, 2,
+                                                                                                 torch.float32))
