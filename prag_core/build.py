@@ -10,6 +10,11 @@ A work directory W holds one knowledge base:
     W/store/              parameter store: manifest.json + one .safetensors per document (store.Store), or
                           with shard_size, shards of many documents + an index (shards.ShardedStore)
 
+W/config.json records the training tag (`training`: TrainConfig.to_dict(), with a digest of the augmentation
+settings); a rebuild with other settings would re-encode every document, so it is refused unless
+retrain=True (`--retrain`), and `prag ask` refuses a document whose tag is not the recorded one (a
+rebuild killed midway), instead of serving a mix.
+
 Resumable: every file is written atomically, documents already in the store (same
 text, same model, same training config) are skipped, and augmentations are cached,
 so re-running after a kill, or after editing a few documents, redoes only what is
@@ -22,6 +27,7 @@ truncated to that many tokens (less the last, maybe split, word), with a warning
 truncated text is what is augmented, trained and put in W/corpus.jsonl.
 """
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -34,11 +40,11 @@ from .augment import LMGenerator, augment_documents, cache_settings
 from .corpus import read_corpus, text_sha256, write_jsonl_atomic, write_text_atomic
 from .doc_params import DocParams, DocParamsError, model_fingerprint
 from .inject import ffn_module_paths, inject
-from .model import load_model
+from .model import context_length, load_model
 from .retrieval import BM25Index, corpus_sha256
 from .samples import CONSTRUCTIONS, build_samples, distill_items
 from .shards import open_store
-from .train import DTYPES, TrainConfig, train_documents
+from .train import DTYPES, TrainConfig, TrainingError, train_documents
 from .warmup import FILE as WARMUP_FILE, TRAINED_WARMUP, WARMUP_CORPUS, train_warmup, warmup_key
 
 AUGMENTERS = ("model", "fallback")
@@ -51,12 +57,8 @@ EXIT_AFTER_ENV = "PRAG_BUILD_EXIT_AFTER"
 
 
 def max_passage_tokens(model, tokenizer):
-    """How many tokens of a document fit: (context - 256) * 2/5, the context being the smaller of the
-    model's position limit and the tokenizer's model_max_length."""
-    context = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 2048
-    if tokenizer.model_max_length and tokenizer.model_max_length < 1e9:
-        context = min(context, tokenizer.model_max_length)
-    return max(16, (context - 256) * 2 // 5)
+    """How many tokens of a document fit: (context - 256) * 2/5 (model.context_length)."""
+    return max(16, (context_length(model, tokenizer) - 256) * 2 // 5)
 
 
 def _line_of(path, doc_id):
@@ -102,7 +104,7 @@ class BuildSummary:
 
 def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augmenter="fallback", n_rewrites=1,
           n_qa=3, device="cpu", progress=True, storage_dtype=None, shard_size=None, ray=None, workers=None,
-          augment_model=None, warmup=WARMUP_CORPUS):
+          augment_model=None, warmup=WARMUP_CORPUS, retrain=False):
     """Build (or resume) the work directory `workdir` from `corpus` (a corpus.jsonl path) with `model`
     (a name or path for load_model; None = the embedded SmolLM2). Returns a BuildSummary.
 
@@ -114,6 +116,8 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     Ray cluster address ("" = a local cluster) whose workers (one per GPU, or per CPU; or `workers`) do it
     (distributed.encode_on_ray). warmup: a corpus.jsonl of documents outside the knowledge base to train the
     warm-up pair on (warmup.py; kept in W/warmup.safetensors and reused while it matches), or None.
+    retrain: allow a rebuild with other training settings than W/config.json records (every document is
+    encoded again); without it such a rebuild is a BuildError.
 
     Raises CorpusError (bad corpus), ModelLoadError, StoreError (a store built for another model) or
     BuildError (bad settings) before anything in `workdir` is changed."""
@@ -126,6 +130,8 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     if warmup is not None and ray is not None:
         raise BuildError("a warm-up pair is not supported with --ray yet: pass --warmup none")
     corpus, workdir = Path(corpus), Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise BuildError(f"{workdir}: a file, not a work directory; choose another --workdir")
     docs = read_corpus(corpus)
     warmup_docs = read_corpus(warmup) if warmup is not None else None
     # with Ray, the driver's model only checks settings, fingerprints and tokenizes: the CPU is enough
@@ -135,10 +141,12 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
         ffn_module_paths(lm, config.targets)
     except ValueError as err:
         raise BuildError(f"targets: {err}") from None
+    _warn_rank_above_width(lm, config)
     generator = None
     if augmenter == "model":
         writer = (lm, tokenizer) if augment_model is None else load_model(augment_model, device=device)
         generator = LMGenerator(*writer)
+    config = dataclasses.replace(config, augmentation=_digest(cache_settings(generator, n_rewrites, n_qa)))
     warm = None
     if warmup_docs is not None:
         warm = _warmup_pair(lm, tokenizer, warmup_docs, generator, workdir, config, n_rewrites, n_qa, progress)
@@ -149,7 +157,10 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
         model = str(Path(model).resolve())
     settings = {"model": model, **config.to_dict(), "augmenter": augmenter, "augment_model": augment_model,
                 "n_rewrites": n_rewrites, "n_qa": n_qa,
-                "warmup_corpus": str(Path(warmup).resolve()) if warmup is not None else None}
+                "warmup_corpus": str(Path(warmup).resolve()) if warmup is not None else None,
+                "training": config.to_dict()}
+    if not retrain and len(store):
+        _check_same_training(workdir / "config.json", settings, len(store))
     write_text_atomic(workdir / "config.json", json.dumps(settings, indent=1) + "\n")
 
     fitted = fit_documents(docs, tokenizer, max_passage_tokens(lm, tokenizer), corpus)
@@ -184,9 +195,15 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
             samples = [build_samples(fit.text, aug, tokenizer, config.construction) for (_, fit), aug in group]
             distill = ([distill_items(fit.text, aug, tokenizer) for (_, fit), aug in group]
                        if config.objective != "ntp" else None)
-            params = train_documents(lm, tokenizer, samples, config, progress=progress,
-                                     doc_keys=[text_sha256(fit.text) for (_, fit), _ in group],
-                                     distill_per_doc=distill, base_docs=[warm] if warm is not None else [])
+            try:
+                params = train_documents(lm, tokenizer, samples, config, progress=progress,
+                                         doc_keys=[text_sha256(fit.text) for (_, fit), _ in group],
+                                         distill_per_doc=distill, base_docs=[warm] if warm is not None else [])
+            except TrainingError as err:
+                doc = group[err.doc][0][0]
+                store.close()  # what was trained before stays
+                raise BuildError(f"{corpus}:{_line_of(corpus, doc.id)}: document {doc.id!r} diverged ({err}); "
+                                 f"nothing stored for it; lower --lr (now {config.lr:g})") from None
             for ((doc, _), _), p in zip(group, params):
                 store.put(doc, p)
                 written += 1
@@ -199,6 +216,37 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     return BuildSummary(len(docs), len(pending), sum(a.source == "fallback" for a in augs),
                         time.perf_counter() - start, store.size_bytes())
 
+
+
+def _digest(settings):
+    """A short stable digest of a JSON-able dict (the augmentation settings in the training tag)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_same_training(config_path, settings, n_stored):
+    """BuildError when W/config.json records another training tag than `settings` (a rebuild that would
+    re-encode all `n_stored` documents), naming the settings that differ."""
+    try:
+        previous = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return  # no readable record of what the store holds: per-document tags still decide what is done
+    if not isinstance(previous, dict) or previous.get("training") == settings["training"]:
+        return
+    changed = [f"{k} {previous.get(k)!r} → {v!r}" for k, v in settings.items()
+               if k not in ("model", "training", "augmentation", "warmup") and previous.get(k) != v]
+    why = (", ".join(changed) or "augmentation or warm-up" if "training" in previous else
+           "by a prag too old to record its training settings in config.json")
+    raise BuildError(f"{config_path.parent}: its {n_stored} stored documents were trained with other settings "
+                     f"({why}); pass --retrain to encode them all again, or build into another --workdir")
+
+
+def _warn_rank_above_width(lm, config):
+    """A warning when the rank exceeds a target layer's smaller side: such a pair cannot use its extra rank."""
+    width = min(min(lm.get_submodule(p).in_features, lm.get_submodule(p).out_features)
+                for p in ffn_module_paths(lm, config.targets))
+    if config.rank > width:
+        warnings.warn(f"--rank {config.rank} is more than the narrowest target layer's width {width}: the pairs "
+                      f"cannot use more than rank {width}", stacklevel=3)
 
 
 def _warmup_pair(lm, tokenizer, docs, generator, workdir, config, n_rewrites, n_qa, progress):

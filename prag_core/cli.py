@@ -58,6 +58,9 @@ def _add_build(sub):
                    help="dtype of the stored pairs (a new store; default fp32): bf16 or fp16 halve the size")
     p.add_argument("--shard-size", type=_positive_int, default=None,
                    help="pack this many documents per shard file (a new store; default: one file per document)")
+    p.add_argument("--retrain", action="store_true",
+                   help="allow settings other than the work directory's config.json records: every stored "
+                        "document is encoded again (without it such a rebuild is refused)")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="augment and train on a Ray cluster at ADDRESS, or a local one without it (prag[ray])")
     p.add_argument("--workers", type=_positive_int, default=None,
@@ -97,7 +100,8 @@ def cmd_build(args):
                             n_rewrites=args.n_rewrites, n_qa=args.n_qa,
                             device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
                             storage_dtype=STORE_DTYPES.get(args.store_dtype), shard_size=args.shard_size,
-                            ray=args.ray, workers=args.workers, warmup=_warmup_path(args.warmup))
+                            ray=args.ray, workers=args.workers, warmup=_warmup_path(args.warmup),
+                            retrain=args.retrain)
         except (BuildError, StoreError) as err:
             raise UserError(str(err)) from None
     print(summary)
@@ -142,7 +146,8 @@ def _add_eval(sub):
     p.add_argument("--batch-size", type=_positive_int, default=1, help="questions per generate call (fused)")
     _add_retrieval_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--out", required=True, help="results.json to write")
+    p.add_argument("--out", required=True, help="results.json to write (rewritten as answers come, so a stopped "
+                                                "run keeps what was answered)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -173,6 +178,7 @@ def _add_export_peft(sub):
     p.add_argument("--workdir", required=True, help="work directory written by `prag build`")
     p.add_argument("--docs", required=True, help="ID[,ID...]: one document, or several concatenated along rank")
     p.add_argument("--out", required=True, help="adapter folder to write")
+    p.add_argument("--force", action="store_true", help="overwrite an adapter already in --out")
     p.set_defaults(func=cmd_export_peft)
 
 
@@ -182,7 +188,7 @@ def cmd_export_peft(args):
     doc_ids = [d.strip() for d in args.docs.split(",") if d.strip()]
     if not doc_ids:
         raise UserError("--docs: no document id given")
-    out = export_workdir(args.workdir, doc_ids, args.out)
+    out = export_workdir(args.workdir, doc_ids, args.out, force=args.force)
     print(f"wrote {out} ({len(doc_ids)} document{'s' if len(doc_ids) > 1 else ''})")
 
 
@@ -264,6 +270,13 @@ def main(argv=None):
     except (UserError, ModelLoadError, CorpusError, DocParamsError, PipelineError, RetrievalError, StoreError) as err:
         print(f"prag: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a path the user gave that cannot be written or read (a file, read-only, full)
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"prag: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prag: interrupted", file=sys.stderr)
+        return 130
     return status or 0
 
 

@@ -47,6 +47,8 @@ def text_sha256(text: str) -> str:
 def _records(path):
     """Yield (line number, JSON object) for every non-blank line, then check ids are unique."""
     path = Path(path)
+    if path.is_dir():
+        raise CorpusError(f"{path}: a directory, not a .jsonl file")
     if not path.is_file():
         raise CorpusError(f"{path}: no such file")
     first_line = {}

@@ -81,6 +81,7 @@ def run(workdir=None, model=None, device=None, corpus=DEMO_CORPUS, questions=DEM
     workdir = Path(workdir) if workdir else cache_dir() / "demo"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(f"prag demo: {Path(corpus).name} into {workdir}", flush=True)
+    build_options.setdefault("retrain", True)  # prag's own cache: re-encode when prag's defaults change
     print(build(corpus, workdir, model=model, device=device, **build_options), flush=True)
     built = time.perf_counter()
     pipeline = Pipeline.open(workdir, device=device)

@@ -1,7 +1,7 @@
 """Evaluation: answer a question set in several modes, score it, write results.json (DESIGN §4.4).
 
 results.json:
-    {"modes": {MODE: {"em", "f1", "acc", "latency_s", "ungrounded", "recall", "n"}},
+    {"complete": bool, "modes": {MODE: {"em", "f1", "acc", "latency_s", "ungrounded", "recall", "n"}},
      "questions": [{"id", "mode", "prediction", "em", "f1", "acc", "docs", "latency_s", "ungrounded",
                     "recall"}, ...]}
 
@@ -13,8 +13,15 @@ the mode's value is the share of such answers). recall: for a question whose fil
 lists its supporting `docs`, the share of them among the retrieved documents
 (recall@k); null for vanilla or without `docs`, and the mode's value is the mean
 over the questions that have one (null if none).
+
+`prag eval` checks that --out can be written before the model loads, and rewrites
+it as answers come (every SAVE_EVERY_S seconds, and on Ctrl-C or an error), with
+"complete": false until every question is answered, so a stopped run keeps its answers.
 """
 import json
+import sys
+import time
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -23,27 +30,34 @@ from .metrics import scores, ungrounded
 from .pipeline import COMBINATION, MODES, TEMPERATURE, TOP_K
 
 METRICS = ("em", "f1", "acc", "latency_s", "ungrounded")
+SAVE_EVERY_S = 10.0
 
 
 def evaluate(pipeline, questions, modes=MODES, update="fused", batch_size=1, progress=True):
     """Answer `questions` (corpus.Question list) in every mode; returns the results.json dict."""
+    rows = [row for batch in answer_rows(pipeline, questions, modes, update, batch_size, progress) for row in batch]
+    return {"complete": True, "modes": summarize(rows, modes), "questions": rows}
+
+
+def answer_rows(pipeline, questions, modes=MODES, update="fused", batch_size=1, progress=True):
+    """Yield the scored rows of each batch of questions, mode after mode."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    rows = []
     with tqdm(total=len(modes) * len(questions), unit="q", disable=not progress) as bar:
         for mode in modes:
             bar.set_description(mode)
             for start in range(0, len(questions), batch_size):
                 batch = questions[start:start + batch_size]
                 answers = pipeline.answer([q.question for q in batch], mode, update)
+                rows = []
                 for q, a in zip(batch, answers):
                     sources = [q.question] + [pipeline.documents_text.get(d, "") for d in a.docs]
                     recall = (sum(d in a.docs for d in q.docs) / len(q.docs)) if q.docs and mode != "vanilla" else None
                     rows.append({"id": q.id, "mode": mode, "prediction": a.prediction,
                                  **scores(a.prediction, q.answers), "docs": a.docs, "latency_s": a.latency_s,
                                  "ungrounded": float(ungrounded(a.prediction, sources)), "recall": recall})
+                yield rows
                 bar.update(len(batch))
-    return {"modes": summarize(rows, modes), "questions": rows}
 
 
 def summarize(rows, modes):
@@ -84,10 +98,34 @@ def run(workdir, questions_path, modes=MODES, update="fused", batch_size=1, out=
     for mode in modes:
         check_request(mode=mode, update=update, combination=combination, temperature=temperature)
     questions = read_questions(questions_path)  # before the model loads: a bad line fails fast
+
+    def save(rows, complete):
+        results = {"complete": complete, "modes": summarize(rows, modes), "questions": rows}
+        if out is not None:
+            write_results(out, results)
+        return results
+
+    if out is not None:
+        out = Path(out)
+        if out.is_dir():
+            raise IsADirectoryError(21, "a directory, not a results file", str(out))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save([], False)  # fails now, not after the run, if --out cannot be written
     pipeline = Pipeline.open(workdir, device=device, top_k=top_k, combination=combination, temperature=temperature)
-    results = evaluate(pipeline, questions, modes, update, batch_size)
+    rows, saved = [], time.monotonic()
+    try:
+        for batch in answer_rows(pipeline, questions, modes, update, batch_size):
+            rows += batch
+            if time.monotonic() - saved > SAVE_EVERY_S:
+                save(rows, False)
+                saved = time.monotonic()
+    except BaseException:
+        if out is not None and rows:
+            save(rows, False)
+            print(f"prag: kept the {len(rows)} answers so far in {out}", file=sys.stderr)
+        raise
+    results = save(rows, True)
     print(table(results["modes"]))
     if out is not None:
-        write_results(out, results)
         print(f"wrote {out}")
     return results

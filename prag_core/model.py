@@ -61,10 +61,45 @@ def _embedded_folder() -> Path:
 
 
 def resolve_model_path(name_or_path=None) -> str:
-    """The folder or hub id behind a model name; None or "smollm2" mean the embedded model."""
+    """The folder or hub id behind a model name; None or "smollm2" mean the embedded model. A name that
+    can only be a path (absolute, or starting with . or ~) must be a folder with a config.json, and so
+    must an existing path; else ModelLoadError says what is missing."""
     if name_or_path in (None, "", EMBEDDED):
         return str(_embedded_folder())
-    return str(name_or_path)
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.exists() or path.is_absolute() or name.startswith((".", "~")):
+        if not path.is_dir():
+            raise ModelLoadError(f"{name}: no such model folder" if not path.exists() else
+                                 f"{name}: not a folder; a model is a Hugging Face folder with a config.json")
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{name}: no config.json in the folder; not a Hugging Face model folder")
+        return str(path)
+    return name  # a hub id
+
+
+def check_device(device):
+    """`device` as a torch.device, or ModelLoadError for a name torch does not know or a device it lacks."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ModelLoadError(f"--device {device!r}: not a device torch knows ({str(err).splitlines()[0]}); "
+                             f"use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {device}: this torch has no usable CUDA device "
+                             f"(torch {torch.__version__}, cuda {torch.version.cuda}); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def context_length(model, tokenizer):
+    """Tokens the model can attend over: the smaller of its position limit and the tokenizer's
+    model_max_length (2048 when neither says)."""
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 2048
+    if tokenizer.model_max_length and tokenizer.model_max_length < 1e9:
+        context = min(context, tokenizer.model_max_length)
+    return context
 
 
 def load_model(name_or_path=None, dtype=torch.float32, device="cpu", trust_remote_code=False):
@@ -75,6 +110,7 @@ def load_model(name_or_path=None, dtype=torch.float32, device="cpu", trust_remot
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = check_device(device)
     path = resolve_model_path(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

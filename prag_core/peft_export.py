@@ -87,10 +87,17 @@ def export_peft(doc_params_list, out_dir, base_model_name_or_path=None):
     return out
 
 
-def export_workdir(workdir, doc_ids, out_dir):
-    """export_peft for documents of a built work directory, by id; StoreError names a missing id or store."""
+def export_workdir(workdir, doc_ids, out_dir, force=False):
+    """export_peft for documents of a built work directory, by id; StoreError names a missing id or store,
+    or an adapter already in `out_dir` (unless force)."""
     from .shards import open_store
     from .store import StoreError
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"{out}: a file, not a folder for the adapter")
+    if not force and any((out / name).exists() for name in (CONFIG_NAME, WEIGHTS_NAME)):
+        raise StoreError(f"{out}: holds an adapter already; pass --force to overwrite it")
 
     store_dir = Path(workdir) / "store"
     manifest_path = store_dir / "manifest.json"

@@ -34,7 +34,7 @@ from .combine import check_scheme, combine
 from .corpus import read_corpus
 from .doc_params import DocParams, model_fingerprint
 from .inject import inject, merged_documents, use_documents
-from .model import load_model
+from .model import context_length, load_model
 from .prompts import ANSWER_PREFIX, left_pad, qa_messages, render
 from .retrieval import BM25Index, corpus_sha256
 from .shards import open_store
@@ -51,6 +51,10 @@ _ANSWER_END = re.compile(r"[.!?](?=\s|$)|\n")
 
 class PipelineError(ValueError):
     """A question or knowledge base the pipeline cannot serve; one line naming what is wrong."""
+
+
+class PromptTooLong(PipelineError):
+    """A prompt that, with the answer's max_new_tokens, does not fit the model's context (refused, not cut)."""
 
 
 @dataclass
@@ -112,10 +116,12 @@ class Pipeline:
     documents_text: a mapping from document id to its passage text (for rag and combine).
     combination, temperature: how the top_k documents' pairs combine (prag_core.combine).
     warmup: the warm-up pair (prag_core.warmup), active with weight 1 beside every question's documents in
-    the pair modes, or None."""
+    the pair modes, or None.
+    training: the training tag (TrainConfig.to_dict()) every served document must carry, so a store left
+    half re-encoded by an interrupted rebuild is refused, not mixed; None = not checked."""
 
     def __init__(self, model, tokenizer, index, store, documents_text, top_k=TOP_K, max_new_tokens=32,
-                 combination=COMBINATION, temperature=TEMPERATURE, warmup=None):
+                 combination=COMBINATION, temperature=TEMPERATURE, warmup=None, training=None):
         check_request(combination=combination, temperature=temperature)
         if tokenizer.pad_token_id is None:
             raise PipelineError("the tokenizer has no pad token (load_model sets one)")
@@ -128,14 +134,16 @@ class Pipeline:
         self.max_new_tokens = max_new_tokens
         self.combination, self.temperature = combination, temperature
         self.warmup = warmup
+        self.training = training
 
     @classmethod
     def open(cls, workdir, device=None, top_k=TOP_K, max_new_tokens=32, combination=COMBINATION,
              temperature=TEMPERATURE):
         """The pipeline of a work directory written by `prag build`: its model (from W/config.json),
         BM25 index, corpus passages and parameter store, checked against each other."""
-        model, tokenizer, index, store, texts, warmup = _open_workdir(Path(workdir), device)
-        return cls(model, tokenizer, index, store, texts, top_k, max_new_tokens, combination, temperature, warmup)
+        model, tokenizer, index, store, texts, warmup, training = _open_workdir(Path(workdir), device)
+        return cls(model, tokenizer, index, store, texts, top_k, max_new_tokens, combination, temperature, warmup,
+                   training)
 
     def retrieve(self, question):
         """(ids, scores) of the top_k documents for `question`, best first."""
@@ -156,11 +164,23 @@ class Pipeline:
         with_passages = mode in ("rag", "combine")
         prompts = [prompt_ids(self.tokenizer, q, [self._text(d) for d in ids] if with_passages else None)
                    for q, ids in zip(questions, doc_ids)]
+        self._check_fits(questions, prompts, with_passages)
         with self._update(mode, update, hits):
             texts = self._generate(prompts)
         per_question = (time.perf_counter() - start) / len(questions)
         return [Answer(q, mode, cut_answer(t), ids, per_question, scores)
                 for q, t, (ids, scores) in zip(questions, texts, hits)]
+
+    def _check_fits(self, questions, prompts, with_passages):
+        """PromptTooLong for the first prompt with no room left for the answer in the model's context."""
+        context = context_length(self.model, self.tokenizer)
+        for question, prompt in zip(questions, prompts):
+            if len(prompt) + self.max_new_tokens > context:
+                raise PromptTooLong(
+                    f"question {question[:40]!r}{'…' if len(question) > 40 else ''}: its prompt is {len(prompt)} "
+                    f"tokens{' with the passages' if with_passages else ''}; with {self.max_new_tokens} for the "
+                    f"answer that is more than the model's context of {context}; shorten the question"
+                    + (" or lower --top-k" if with_passages else ""))
 
     def _text(self, doc_id):
         if doc_id not in self.documents_text:
@@ -171,7 +191,12 @@ class Pipeline:
         if doc_id not in self.store:
             raise PipelineError(f"document {doc_id!r} was retrieved but is not in the parameter store; "
                                 f"run `prag build` again to encode it")
-        return self.store[doc_id]
+        params = self.store[doc_id]
+        if self.training is not None and params.meta.get("training") != self.training:
+            raise PipelineError(f"document {doc_id!r} was trained with other settings than the work directory's "
+                                f"config.json records (an interrupted `prag build` with new settings?); run that "
+                                f"`prag build` again to finish")
+        return params
 
     def _update(self, mode, update, hits):
         """The context that applies each row's documents, combined by the scheme (pair modes), else nothing."""
@@ -204,9 +229,11 @@ class Pipeline:
 
 
 def _open_workdir(workdir, device):
-    """(model, tokenizer, index, store, passages, warm-up pair or None) of a built work directory, or a
-    one-line PipelineError."""
+    """(model, tokenizer, index, store, passages, warm-up pair or None, training tag or None) of a built work
+    directory, or a one-line PipelineError."""
     config_file = workdir / "config.json"
+    if workdir.exists() and not workdir.is_dir():
+        raise PipelineError(f"{workdir}: a file, not a work directory")
     if not workdir.is_dir():
         raise PipelineError(f"{workdir}: no such work directory; create it with "
                             f"`prag build --corpus corpus.jsonl --workdir {workdir}`")
@@ -221,8 +248,12 @@ def _open_workdir(workdir, device):
     if corpus_sha256(corpus) != index.corpus_sha256:
         raise PipelineError(f"{workdir}: index.safetensors was built from another corpus than corpus.jsonl; "
                             f"run `prag build` again")
+    model_path = config.get("model")
+    if model_path and Path(model_path).is_absolute() and not Path(model_path).exists():
+        raise PipelineError(f"{config_file}: the model folder of its 'model' entry, {model_path}, does not exist "
+                            f"(moved?); put the model back or set 'model' to where it is now")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model(config.get("model"), device=device)
+    model, tokenizer = load_model(model_path, device=device)
     # A store built for another model is refused (StoreError); each document is checked again on load, and
     # 16-bit stored pairs are upcast for an fp32 model.
     fingerprint = model_fingerprint(model)
@@ -233,4 +264,4 @@ def _open_workdir(workdir, device):
         if warmup.meta.get("warmup_key") != config["warmup"]:
             raise PipelineError(f"{workdir / WARMUP_FILE}: another warm-up pair than the store was trained with; "
                                 f"run `prag build` again")
-    return model, tokenizer, index, store, {doc.id: doc.text for doc in corpus}, warmup
+    return model, tokenizer, index, store, {doc.id: doc.text for doc in corpus}, warmup, config.get("training")

@@ -40,7 +40,15 @@ from .inject import inject, use_documents
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OBJECTIVES = ("ntp", "distill", "both")
-LEGACY = {"init": "shared", "objective": "ntp", "warmup": None}  # see TrainConfig.to_dict
+LEGACY = {"init": "shared", "objective": "ntp", "warmup": None, "augmentation": None}  # see TrainConfig.to_dict
+
+
+class TrainingError(ValueError):
+    """Training diverged: `doc` (its position in the batch) had a non-finite loss at `epoch`, `step`."""
+
+    def __init__(self, doc, epoch, step, loss):
+        super().__init__(f"loss is {loss} at epoch {epoch + 1}, step {step + 1}")
+        self.doc, self.epoch, self.step, self.loss = doc, epoch, step, loss
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,8 @@ class TrainConfig:
 
     targets: FFN projection names (None = all of the architecture's); dtype: the pairs' dtype;
     seed: the B init's seed; init: how B starts (doc_params.INITS: shared, document, orthogonal);
-    construction: samples.build_samples' construction."""
+    construction: samples.build_samples' construction; augmentation: a digest of the augmentation settings
+    the sequences came from (build sets it, so another augmenter re-encodes), None when not recorded."""
     rank: int = 2
     alpha: float = 16.0
     lr: float = 3e-3
@@ -61,12 +70,20 @@ class TrainConfig:
     init: str = "document"
     objective: str = "ntp"
     warmup: str | None = None  # the warm-up pair's sha256 (warmup.py), None without one
+    augmentation: str | None = None
 
     def __post_init__(self):
-        if self.rank < 1 or self.epochs < 1 or not self.lr > 0 or not math.isfinite(self.alpha):
-            raise ValueError(f"training config: rank and epochs must be ≥ 1, lr > 0, alpha finite; got {self}")
+        if self.rank < 1 or self.epochs < 1:
+            raise ValueError(f"training config: rank and epochs must be ≥ 1, got rank {self.rank}, epochs {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or not math.isfinite(self.alpha):
+            raise ValueError(f"training config: lr must be a finite number > 0 and alpha finite, got lr {self.lr}, "
+                             f"alpha {self.alpha}")
         if self.dtype not in DTYPES:
             raise ValueError(f"training config: dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        if self.dtype == "float16":  # no fp32 master pairs or loss scaling here: the loss is NaN within steps
+            raise ValueError("training config: dtype float16 cannot train (its range overflows without fp32 master "
+                             "weights and loss scaling); train in float32 or bfloat16 and store the pairs in fp16 "
+                             "with --store-dtype fp16")
         if self.init not in INITS:
             raise ValueError(f"training config: init {self.init!r}; choose from {', '.join(INITS)}")
         if self.objective not in OBJECTIVES:
@@ -165,7 +182,7 @@ def train_documents(model, tokenizer, samples_per_doc, config=TrainConfig(), pro
     losses = [[] for _ in docs]
     with tqdm(total=config.epochs * steps, desc=f"train {len(docs)} doc(s)", unit="step", leave=False,
               disable=not progress) as bar:
-        for _ in range(config.epochs):
+        for epoch in range(config.epochs):
             epoch_loss = [0.0] * len(docs)
             for s in range(steps):
                 rows = [g for g, seqs in enumerate(per_doc) if s < len(seqs)]
@@ -185,6 +202,9 @@ def train_documents(model, tokenizer, samples_per_doc, config=TrainConfig(), pro
                         logits = model(input_ids=ids, attention_mask=mask).logits
                     kl = _kl_rows(logits, items, [teachers[rows[i], s] for i in kd_rows])
                     row_loss = row_loss.index_add(0, torch.tensor(kd_rows, device=device), kl)
+                if not torch.isfinite(row_loss).all():  # stop at once: a NaN pair would be stored and served
+                    i = int((~torch.isfinite(row_loss)).nonzero()[0])
+                    raise TrainingError(rows[i], epoch, s, row_loss[i].item())
                 optimizer.zero_grad(set_to_none=True)  # documents absent from this step keep grad None: no update
                 row_loss.sum().backward()
                 optimizer.step()

@@ -34,7 +34,7 @@ FILE = "warmup.safetensors"  # in the work directory
 
 def warmup_key(corpus_hash, augment_settings, config):
     """The identity of a warm-up pair: what it is trained from and how."""
-    train = {k: v for k, v in config.to_dict().items() if k not in ("warmup", "objective", "init")}  # ntp, shared
+    train = {k: v for k, v in config.to_dict().items() if k not in ("warmup", "objective", "init", "augmentation")}  # ntp, shared
     blob = json.dumps([corpus_hash, augment_settings, train], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 

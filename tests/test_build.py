@@ -161,10 +161,19 @@ def test_bad_corpus(tmp_path, model_dir, capsys, raw, message):
 def test_bad_model_and_settings(tmp_path, model_dir, capsys):
     corpus = _corpus(tmp_path / "corpus.jsonl", DOCS[:1])
     work = tmp_path / "W"
-    cases = [(["--model", str(tmp_path / "nope")], "cannot load model"),
+    not_a_model = tmp_path / "folder"
+    not_a_model.mkdir()
+    cases = [(["--model", str(tmp_path / "nope")], "nope: no such model folder"),
+             (["--model", str(not_a_model)], "folder: no config.json in the folder"),
+             (["--model", str(corpus)], "corpus.jsonl: not a folder"),
              (["--targets", "q_proj"], "targets"),
              (["--n-rewrites", "-1"], "n_rewrites"),
-             (["--lr", "0"], "lr > 0")]
+             (["--lr", "0"], "lr must be a finite number > 0"),
+             (["--lr", "inf"], "lr must be a finite number > 0"),
+             (["--dtype", "float16"], "dtype float16 cannot train"),
+             (["--device", "bogus"], "--device 'bogus': not a device torch knows"),
+             (["--device", "cuda:99"], "--device cuda:99: "),
+             (["--workdir", str(corpus)], "corpus.jsonl: a file, not a work directory")]
     for extra, message in cases:
         assert main(["build", "--corpus", str(corpus), "--workdir", str(work), "--model", str(model_dir), *FAST,
                      *extra]) == 2
@@ -188,3 +197,58 @@ def test_store_of_another_model_is_refused_and_kept(tmp_path, model_dir, capsys)
     assert {p.name: p.read_bytes() for p in sorted((work / "store").iterdir())} == before
     assert (work / "config.json").read_text() == config_before
     assert Path(json.loads(config_before)["model"]) == model_dir
+
+
+def _tag(work):
+    return {p.meta["training"]["rank"] for p in map(DocParams.load, (work / "store").glob("*.safetensors"))}
+
+
+@pytest.mark.slow
+def test_other_settings_are_refused_and_a_killed_retrain_is_never_served_mixed(tmp_path, model_dir, capsys):
+    """A rebuild with another --rank (or augmenter) would re-encode everything: refused, store untouched,
+    unless --retrain; a --retrain killed midway leaves a store `prag ask` refuses in one line, and re-running
+    the same build finishes it."""
+    corpus = _corpus(tmp_path / "corpus.jsonl", DOCS[:4])
+    work = tmp_path / "W"
+    assert _build(corpus, work, model_dir) == 0
+    before = {p.name: p.read_bytes() for p in (work / "store").iterdir()}
+    capsys.readouterr()
+    for extra, said in [(["--rank", "4"], "rank 2 → 4"), (["--n-qa", "2"], "n_qa 3 → 2"),
+                        (["--augmenter", "model"], "augmenter 'fallback' → 'model'")]:
+        assert _build(corpus, work, model_dir, *extra) == 2
+        err = _error(capsys.readouterr().err)
+        assert said in err and "--retrain" in err and "4 stored documents" in err
+    assert {p.name: p.read_bytes() for p in (work / "store").iterdir()} == before
+    env = dict(os.environ, **{EXIT_AFTER_ENV: "2", "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run([sys.executable, "-m", "prag_core.cli", "build", "--corpus", str(corpus), "--workdir",
+                           str(work), "--model", str(model_dir), *FAST, "--rank", "4", "--retrain"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 17, proc.stderr[-2000:]
+    assert _tag(work) == {2, 4}  # mixed on disk...
+    asks = [main(["ask", "--workdir", str(work), "--top-k", "4", "Who has a red kite?"])]
+    err = _error(capsys.readouterr().err)
+    assert asks == [2] and "trained with other settings than the work directory's config.json" in err  # ...never served
+    assert _build(corpus, work, model_dir, "--rank", "4") == 0  # the same build again finishes it
+    assert _tag(work) == {4}
+    assert main(["ask", "--workdir", str(work), "--top-k", "4", "Who has a red kite?"]) == 0
+
+
+def test_diverging_training_stops_naming_the_document(tmp_path, model_dir, capsys):
+    corpus = _corpus(tmp_path / "corpus.jsonl", DOCS[:2])
+    assert _build(corpus, tmp_path / "W", model_dir, "--lr", "1e30") == 2
+    err = _error(capsys.readouterr().err)
+    assert re.search(r"corpus.jsonl:1: document 'kite' diverged \(loss is nan at epoch 1, step \d\)", err), err
+    assert not list((tmp_path / "W" / "store").glob("*.safetensors"))
+
+
+def test_rank_above_a_layer_width_warns(tmp_path, model_dir, capsys):
+    corpus = _corpus(tmp_path / "corpus.jsonl", DOCS[:1])
+    assert _build(corpus, tmp_path / "W", model_dir, "--rank", "40") == 0
+    assert "--rank 40 is more than the narrowest target layer's width 32" in capsys.readouterr().err
+
+
+def test_unwritable_workdir_is_one_line(tmp_path, model_dir, capsys):
+    corpus = _corpus(tmp_path / "corpus.jsonl", DOCS[:1])
+    assert _build(corpus, corpus / "W", model_dir) == 2  # a folder under a file: NotADirectoryError
+    err = _error(capsys.readouterr().err)
+    assert err.startswith(f"prag: error: {corpus}") and "Not a directory" in err

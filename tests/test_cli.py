@@ -227,3 +227,65 @@ def test_bad_combination_or_temperature(capsys, built, argv, fragment):
     with pytest.raises(SystemExit) as exit_info:
         main(["ask", "--workdir", str(built[0]), *argv, "Who?"])
     assert exit_info.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_eval_checks_out_before_answering(capsys, built):
+    qa = built[1]
+    code, out, err = run_cli(capsys, "eval", "--workdir", str(built[0]), "--questions", str(qa), "--modes", "vanilla",
+                             "--out", str(qa / "results.json"))
+    assert_one_line_error(code, err, str(qa))
+    assert "vanilla" not in out  # refused before the first question
+
+
+def test_eval_stopped_midway_keeps_its_answers(capsys, built, tmp_path, monkeypatch):
+    from prag_core.pipeline import Pipeline
+
+    answer, calls = Pipeline.answer, []
+
+    def stop_at_the_third(self, questions, mode="prag", update="fused"):
+        calls.append(questions)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return answer(self, questions, mode, update)
+
+    monkeypatch.setattr(Pipeline, "answer", stop_at_the_third)
+    out = tmp_path / "res.json"
+    code, _, err = run_cli(capsys, "eval", "--workdir", str(built[0]), "--questions", str(built[1]),
+                           "--modes", "vanilla", "--out", str(out))
+    assert code == 130 and "kept the 2 answers so far" in err
+    results = json.loads(out.read_text())
+    assert results["complete"] is False and [q["id"] for q in results["questions"]] == ["q1", "q2"]
+
+
+def test_question_longer_than_the_context_is_refused(capsys, built):
+    code, _, err = run_cli(capsys, "ask", "--workdir", str(built[0]), "--mode", "rag", "kite " * 600)
+    assert_one_line_error(code, err, "tokens with the passages", "more than the model's context of 512",
+                          "shorten the question or lower --top-k")
+
+
+def test_moved_model_names_the_config_entry(capsys, workdir, tmp_path):
+    config = json.loads((workdir / "config.json").read_text())
+    config["model"] = str(tmp_path / "moved-away")
+    (workdir / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(capsys, "ask", "--workdir", str(workdir), "Who has a red kite?")
+    assert_one_line_error(code, err, "config.json: the model folder of its 'model' entry", "moved-away",
+                          "does not exist")
+
+
+def test_export_peft_refuses_to_overwrite_without_force(capsys, built, tmp_path):
+    adapter = tmp_path / "adapter"
+    argv = ["export-peft", "--workdir", str(built[0]), "--docs", "kite", "--out", str(adapter)]
+    assert run_cli(capsys, *argv)[0] == 0
+    first = (adapter / "adapter_model.safetensors").read_bytes()
+    code, _, err = run_cli(capsys, *argv[:3], "--docs", "dog", "--out", str(adapter))
+    assert_one_line_error(code, err, "holds an adapter already; pass --force")
+    assert (adapter / "adapter_model.safetensors").read_bytes() == first
+    assert run_cli(capsys, *argv[:3], "--docs", "dog", "--out", str(adapter), "--force")[0] == 0
+    assert (adapter / "adapter_model.safetensors").read_bytes() != first
+    code, _, err = run_cli(capsys, *argv[:-1], str(built[1]))
+    assert_one_line_error(code, err, "a file, not a folder for the adapter")
+
+
+def test_workdir_that_is_a_file(capsys, built):
+    code, _, err = run_cli(capsys, "ask", "--workdir", str(built[1]), "Who has a red kite?")
+    assert_one_line_error(code, err, "a file, not a work directory")

@@ -87,8 +87,8 @@ def test_duplicate_id_after_blank_lines_names_both_lines(tmp_path):
 def test_file_level_errors(tmp_path):
     with pytest.raises(CorpusError, match=r"missing\.jsonl: no such file"):
         read_corpus(tmp_path / "missing.jsonl")
-    with pytest.raises(CorpusError, match="no such file"):
-        read_questions(tmp_path)  # a directory is not a corpus file
+    with pytest.raises(CorpusError, match="a directory, not a .jsonl file"):
+        read_questions(tmp_path)
     with pytest.raises(CorpusError, match=r"empty\.jsonl: no records"):
         read_corpus(_write(tmp_path / "empty.jsonl", ["", "   "]))
     latin1 = tmp_path / "latin1.jsonl"

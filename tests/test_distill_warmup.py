@@ -152,7 +152,9 @@ def test_build_with_warmup_and_distill_then_ask(tmp_path, capsys):
     assert main(build) == 0 and "0 encoded now" in capsys.readouterr().out  # reused: same warm-up, same store
     assert main(["ask", "--workdir", str(work), "Who has a red kite?"]) == 0
     assert "documents: d0" in capsys.readouterr().out
-    assert main([*build[:-2], "--warmup", "none"]) == 0  # another warm-up: every document is encoded again
+    assert main([*build[:-2], "--warmup", "none"]) == 2  # another warm-up: refused without --retrain
+    assert "(warmup_corpus " in capsys.readouterr().err
+    assert main([*build[:-2], "--warmup", "none", "--retrain"]) == 0  # every document is encoded again
     assert f"{len(TEXTS)} encoded now" in capsys.readouterr().out
     assert json.loads((work / "config.json").read_text()).get("warmup") is None
     assert main(["ask", "--workdir", str(work), "Who has a red kite?"]) == 0

@@ -36,7 +36,7 @@ def test_scores_per_question_and_per_mode():
     pipe = Scripted()
     results = evaluate(pipe, QUESTIONS, modes=["vanilla", "prag"], update="merge", batch_size=2, progress=False)
     assert pipe.calls == [("vanilla", "merge", 2), ("vanilla", "merge", 1), ("prag", "merge", 2), ("prag", "merge", 1)]
-    assert set(results) == {"modes", "questions"}
+    assert set(results) == {"complete", "modes", "questions"} and results["complete"] is True
     for mode, expected in EXPECTED.items():
         summary = results["modes"][mode]
         assert set(summary) == {"em", "f1", "acc", "latency_s", "ungrounded", "recall", "n"}
