@@ -127,8 +127,6 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
         raise BuildError(f"construction: unknown {config.construction!r}; choose from {', '.join(CONSTRUCTIONS)}")
     if batch_docs < 1 or n_qa < 1 or n_rewrites < 0:
         raise BuildError(f"batch_docs ({batch_docs}) and n_qa ({n_qa}) must be ≥ 1, n_rewrites ({n_rewrites}) ≥ 0")
-    if warmup is not None and ray is not None:
-        raise BuildError("a warm-up pair is not supported with --ray yet: pass --warmup none")
     corpus, workdir = Path(corpus), Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise BuildError(f"{workdir}: a file, not a work directory; choose another --workdir")
@@ -182,7 +180,7 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
         fallbacks = encode_on_ray(ray, pending, store, workdir / "augment.jsonl",
                                   cache_settings(generator, n_rewrites, n_qa), model=model, config=config,
                                   batch_docs=batch_docs, augmenter=augmenter, n_rewrites=n_rewrites, n_qa=n_qa,
-                                  workers=workers, total=len(docs), progress=progress)
+                                  workers=workers, total=len(docs), progress=progress, warm=warm)
         store.close()
         return BuildSummary(len(docs), len(pending), fallbacks, time.perf_counter() - start, store.size_bytes())
     augs = augment_documents(to_augment, generator, workdir / "augment.jsonl", n_rewrites=n_rewrites, n_qa=n_qa)

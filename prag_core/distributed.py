@@ -45,7 +45,7 @@ FAIL_ONCE_ENV = "PRAG_RAY_FAIL_ONCE"
 class _Encoder:
     """One worker: the model, loaded once, and the batches it is given."""
 
-    def __init__(self, model, config, augmenter, n_rewrites, n_qa, storage_dtype, fingerprint):
+    def __init__(self, model, config, augmenter, n_rewrites, n_qa, storage_dtype, fingerprint, warm):
         device = "cuda" if ray.get_gpu_ids() else "cpu"
         self.lm, self.tokenizer = load_model(model, dtype=DTYPES[config.dtype], device=device)
         inject(self.lm)
@@ -56,6 +56,7 @@ class _Encoder:
                                  f"the driver's (fingerprint.{key}); every node needs the same model files")
         self.generator = LMGenerator(self.lm, self.tokenizer) if augmenter == "model" else None
         self.config, self.n_rewrites, self.n_qa, self.storage_dtype = config, n_rewrites, n_qa, storage_dtype
+        self.base_docs = [warm.to(self.lm.device)] if warm is not None else []  # the driver's warm-up pair
 
     def encode(self, texts, augs):
         """(augmentations, DocParams) for a batch of texts; augs: the cached Augmentation or None for each."""
@@ -68,7 +69,8 @@ class _Encoder:
         distill = ([distill_items(text, aug, self.tokenizer) for text, aug in zip(texts, augs)]
                    if self.config.objective != "ntp" else None)
         params = train_documents(self.lm, self.tokenizer, samples, self.config, progress=False,
-                                 doc_keys=[text_sha256(text) for text in texts], distill_per_doc=distill)
+                                 doc_keys=[text_sha256(text) for text in texts], distill_per_doc=distill,
+                                 base_docs=self.base_docs)
         marker = os.environ.get(FAIL_ONCE_ENV)
         if marker:
             try:
@@ -80,10 +82,11 @@ class _Encoder:
 
 
 def encode_on_ray(address, pending, store, cache_path, cache_settings, *, model, config, batch_docs, augmenter,
-                  n_rewrites, n_qa, workers=None, total=None, progress=True):
+                  n_rewrites, n_qa, workers=None, total=None, progress=True, warm=None):
     """Augment and train `pending` ((document, fitted document) pairs) on the Ray cluster at `address`
     ("" or None: a local cluster, or RAY_ADDRESS), writing each batch into `store` and the augmentation
-    cache as it arrives. Returns the number of documents whose augmentation used the fallback."""
+    cache as it arrives; `warm` (the warm-up pair, trained by the driver) is active beside every document.
+    Returns the number of documents whose augmentation used the fallback."""
     if not pending:
         return 0
     started = not ray.is_initialized()
@@ -95,7 +98,7 @@ def encode_on_ray(address, pending, store, cache_path, cache_settings, *, model,
             raise BuildError(f"ray: cannot reach a cluster at {address!r} ({err})") from None
     actors = []
     try:
-        actors = _start_workers(workers, model, config, augmenter, n_rewrites, n_qa, store)
+        actors = _start_workers(workers, model, config, augmenter, n_rewrites, n_qa, store, warm)
         return _run(actors, pending, store, AugmentCache(cache_path, cache_settings), batch_docs, total, progress)
     finally:
         for actor in actors:
@@ -104,7 +107,7 @@ def encode_on_ray(address, pending, store, cache_path, cache_settings, *, model,
             ray.shutdown()
 
 
-def _start_workers(workers, model, config, augmenter, n_rewrites, n_qa, store):
+def _start_workers(workers, model, config, augmenter, n_rewrites, n_qa, store, warm):
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     capacity = gpus or cpus
@@ -115,7 +118,8 @@ def _start_workers(workers, model, config, augmenter, n_rewrites, n_qa, store):
         options["runtime_env"] = {"env_vars": {FAIL_ONCE_ENV: os.environ[FAIL_ONCE_ENV]}}
     encoder = ray.remote(_Encoder).options(**options)
     storage_dtype = DTYPES[store.storage_dtype]
-    return [encoder.remote(model, config, augmenter, n_rewrites, n_qa, storage_dtype, store.fingerprint)
+    warm = warm.to("cpu") if warm is not None else None
+    return [encoder.remote(model, config, augmenter, n_rewrites, n_qa, storage_dtype, store.fingerprint, warm)
             for _ in range(workers or capacity)]
 
 

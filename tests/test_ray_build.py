@@ -12,6 +12,7 @@ import torch
 from tiny import tiny_llama, tiny_tokenizer
 
 from prag_core.cli import main
+from prag_core.doc_params import DocParams
 from prag_core.shards import ShardedStore, _Shard, open_store
 
 DOCS = [{"id": f"d{i}", "text": f"Person {i} owns {i + 2} red kites. They fly over town {i} in May."}
@@ -141,11 +142,22 @@ def test_ray_flags_need_ray(setup, monkeypatch, capsys):
     assert not (setup / "none").exists()
 
 
-def test_ray_with_a_warmup_pair_is_a_one_line_error(setup, capsys):
-    """The warm-up pair is not sent to Ray workers yet: asking for both is refused before anything is written."""
-    code = main(["build", "--corpus", str(setup / "corpus.jsonl"), "--workdir", str(setup / "warm"), "--model",
-                 str(setup / "model"), "--epochs", "1", "--augmenter", "fallback", "--ray"])
-    assert code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "prag: error: a warm-up pair is not supported with --ray yet: pass --warmup none")
-    assert not (setup / "warm").exists()
+@pytest.mark.ray
+def test_ray_build_with_a_warmup_pair_equals_single_process_build(setup, cluster, tmp_path):
+    """The driver trains the warm-up pair once and sends it to every worker, where it is active beside each
+    document as in the single-process build."""
+    warm = tmp_path / "warm.jsonl"
+    warm.write_text("".join(json.dumps({"id": f"w{i}", "text": f"Ola has {i} blue boats. They sail at dawn."}) + "\n"
+                            for i in range(3)))
+    extra = ["--warmup", str(warm)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # one thread for both drivers too: they train the warm-up pair
+        assert _build(setup, tmp_path / "single", *extra) == 0
+        assert _build(setup, tmp_path / "ray", *extra, "--ray") == 0
+    finally:
+        torch.set_num_threads(threads)
+    warm_single, warm_ray = (DocParams.load(tmp_path / w / "warmup.safetensors") for w in ("single", "ray"))
+    assert warm_single.meta == warm_ray.meta
+    assert all(torch.equal(t, u) for t, u in zip(warm_single.tensors(), warm_ray.tensors()))
+    _assert_same_store(_tensors(tmp_path / "single"), _tensors(tmp_path / "ray"))
