@@ -7,8 +7,8 @@ A work directory W holds one knowledge base:
     W/index.safetensors   BM25 index over title + text
     W/augment.jsonl       augmentation cache (augment.AugmentCache)
     W/warmup.safetensors  the warm-up pair (warmup.py), when the build has one
-    W/store/              parameter store: manifest.json + one .safetensors per document (store.Store), or
-                          with shard_size, shards of many documents + an index (shards.ShardedStore)
+    W/store/              parameter store (store.Store): catalog.sqlite + one .safetensors per document, or
+                          with shard_size, shards of many documents
 
 W/config.json records the training tag (`training`: TrainConfig.to_dict(), with a digest of the augmentation
 settings); a rebuild with other settings would re-encode every document, so it is refused unless
@@ -39,19 +39,17 @@ from tqdm.auto import tqdm
 from .augment import LMGenerator, augment_documents, cache_settings
 from .corpus import read_corpus, text_sha256, write_jsonl_atomic, write_text_atomic
 from .doc_params import DocParams, DocParamsError, model_fingerprint
+from .errors import BuildError
 from .inject import ffn_module_paths, inject
 from .model import context_length, load_model
 from .retrieval import BM25Index, corpus_sha256
 from .samples import CONSTRUCTIONS, build_samples, distill_items
-from .shards import open_store
+from .store import Store
 from .train import DTYPES, TrainConfig, TrainingError, train_documents
 from .warmup import FILE as WARMUP_FILE, TRAINED_WARMUP, WARMUP_CORPUS, train_warmup, warmup_key
 
 AUGMENTERS = ("model", "fallback")
 
-
-class BuildError(ValueError):
-    """Build settings that cannot work (unknown augmenter or construction, targets the model lacks); one line."""
 # Test hook: end the process abruptly (os._exit, like a kill) after this many documents were written.
 EXIT_AFTER_ENV = "PRAG_BUILD_EXIT_AFTER"
 
@@ -112,7 +110,7 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     another (name or path); "fallback": the deterministic augmenter only.
 
     storage_dtype ("float32", "bfloat16", "float16") and shard_size (documents per shard; None = a file per
-    document) apply to a new store (shards.open_store). ray: None = this process augments and trains; else a
+    document) apply to a new store (store.Store). ray: None = this process augments and trains; else a
     Ray cluster address ("" = a local cluster) whose workers (one per GPU, or per CPU; or `workers`) do it
     (distributed.encode_on_ray). warmup: a corpus.jsonl of documents outside the knowledge base to train the
     warm-up pair on (warmup.py; kept in W/warmup.safetensors and reused while it matches), or None.
@@ -149,8 +147,8 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     if warmup_docs is not None:
         warm = _warmup_pair(lm, tokenizer, warmup_docs, generator, workdir, config, n_rewrites, n_qa, progress)
         config = dataclasses.replace(config, warmup=warm.meta["warmup_key"])
-    store = open_store(workdir / "store", model_fingerprint(lm), config.to_dict(), storage_dtype=storage_dtype,
-                       shard_size=shard_size)
+    store = Store(workdir / "store", model_fingerprint(lm), config.to_dict(), storage_dtype=storage_dtype,
+                  shard_size=shard_size)
     if model and Path(model).exists():  # so `prag ask/eval` find it from any directory
         model = str(Path(model).resolve())
     settings = {"model": model, **config.to_dict(), "augmenter": augmenter, "augment_model": augment_model,

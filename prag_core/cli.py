@@ -195,16 +195,17 @@ def cmd_export_peft(args):
 def _add_store(sub):
     p = sub.add_parser("store", help="the parameter store of a work directory")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    v = actions.add_parser("verify", help="check every shard or file and every manifest entry; print every "
+    v = actions.add_parser("verify", help="check every document of the catalog against its bytes; print every "
                                           "problem; exit 1 if any")
     v.add_argument("--workdir", required=True, help="work directory written by `prag build`")
     v.add_argument("--repair", action="store_true",
-                   help="drop the documents concerned from a sharded store, so `prag build` encodes them again")
+                   help="drop the documents concerned, so `prag build` encodes them again; list the payload "
+                        "files in a new catalog if it is lost or unreadable")
     v.set_defaults(func=cmd_store_verify)
 
 
 def cmd_store_verify(args):
-    from .shards import run_verify
+    from .store import run_verify
 
     return run_verify(args.workdir, repair=args.repair)
 

@@ -29,9 +29,9 @@ from ray.exceptions import RayActorError, RayTaskError
 from tqdm.auto import tqdm
 
 from .augment import AugmentCache, LMGenerator, augment_many
-from .build import BuildError
 from .corpus import text_sha256
 from .doc_params import FINGERPRINT_FIELDS, model_fingerprint
+from .errors import BuildError
 from .inject import inject
 from .model import load_model
 from .samples import build_samples, distill_items

@@ -122,8 +122,12 @@ class DocParams:
 
     def save(self, path):
         """Write the §4.3 safetensors file atomically (temp file + rename), after the checks load makes."""
-        metadata, tensors = self.encode(path)
-        write_bytes_atomic(path, safetensors_bytes(tensors, metadata=metadata))
+        write_bytes_atomic(path, self.to_bytes(path))
+
+    def to_bytes(self, where):
+        """The §4.3 file's bytes, after the checks load makes; `where` names it in errors."""
+        metadata, tensors = self.encode(where)
+        return safetensors_bytes(tensors, metadata=metadata)
 
     def encode(self, where):
         """(metadata, tensors) of the §4.3 file, checked as load checks them; `where` names it in errors.

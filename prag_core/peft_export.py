@@ -90,8 +90,7 @@ def export_peft(doc_params_list, out_dir, base_model_name_or_path=None):
 def export_workdir(workdir, doc_ids, out_dir, force=False):
     """export_peft for documents of a built work directory, by id; StoreError names a missing id or store,
     or an adapter already in `out_dir` (unless force)."""
-    from .shards import open_store
-    from .store import StoreError
+    from .store import Store, StoreError
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -99,16 +98,8 @@ def export_workdir(workdir, doc_ids, out_dir, force=False):
     if not force and any((out / name).exists() for name in (CONFIG_NAME, WEIGHTS_NAME)):
         raise StoreError(f"{out}: holds an adapter already; pass --force to overwrite it")
 
-    store_dir = Path(workdir) / "store"
-    manifest_path = store_dir / "manifest.json"
-    try:  # the store's own fingerprint: exporting needs its documents, not the model
-        fingerprint = json.loads(manifest_path.read_text(encoding="utf-8"))["fingerprint"]
-    except FileNotFoundError:
-        raise StoreError(f"{workdir}: no parameter store (no store/manifest.json); run `prag build` into it") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise StoreError(f"{manifest_path}: unreadable manifest ({type(err).__name__}: {err})") from None
-    store = open_store(store_dir, fingerprint)
+    store = Store(Path(workdir) / "store")  # its own fingerprint: exporting needs its documents, not the model
     missing = [d for d in doc_ids if d not in store]
     if missing:
-        raise StoreError(f"{manifest_path}: unknown document id(s) {', '.join(map(repr, missing))}")
+        raise StoreError(f"{store.path}: unknown document id(s) {', '.join(map(repr, missing))}")
     return export_peft([store[d] for d in doc_ids], out_dir)

@@ -37,7 +37,7 @@ from .inject import inject, merged_documents, use_documents
 from .model import context_length, load_model
 from .prompts import ANSWER_PREFIX, left_pad, qa_messages, render
 from .retrieval import BM25Index, corpus_sha256
-from .shards import open_store
+from .store import Store
 from .warmup import FILE as WARMUP_FILE
 
 MODES = ("vanilla", "rag", "prag", "combine")
@@ -112,7 +112,7 @@ class _AnswerComplete(StoppingCriteria):
 class Pipeline:
     """Answers questions over one knowledge base: a model, a BM25 index, document parameters, passages.
 
-    store: a mapping from document id to DocParams (a dict, or a work directory's store, shards.open_store).
+    store: a mapping from document id to DocParams (a dict, or a work directory's store.Store).
     documents_text: a mapping from document id to its passage text (for rag and combine).
     combination, temperature: how the top_k documents' pairs combine (prag_core.combine).
     warmup: the warm-up pair (prag_core.warmup), active with weight 1 beside every question's documents in
@@ -257,7 +257,7 @@ def _open_workdir(workdir, device):
     # A store built for another model is refused (StoreError); each document is checked again on load, and
     # 16-bit stored pairs are upcast for an fp32 model.
     fingerprint = model_fingerprint(model)
-    store = open_store(workdir / "store", fingerprint, device=device, compute_dtype=model.dtype)
+    store = Store(workdir / "store", fingerprint, device=device, compute_dtype=model.dtype)
     warmup = None
     if config.get("warmup"):
         warmup = DocParams.load(workdir / WARMUP_FILE, fingerprint, device=device, dtype=model.dtype)
