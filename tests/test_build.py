@@ -16,7 +16,7 @@ from prag_core.cli import main
 from prag_core.corpus import read_corpus
 from prag_core.doc_params import DocParams
 from prag_core.retrieval import BM25Index
-from prag_core.store import file_name
+from prag_core.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DOCS = [{"id": "kite", "title": "Kite", "text": "Tom has a red kite. It flies over Leeds."},
@@ -53,13 +53,17 @@ def _error(err):
 
 def _tensors(workdir):
     """id -> {tensor name: tensor} of every document in the store."""
-    manifest = json.loads((workdir / "store" / "manifest.json").read_text())
     out = {}
-    for doc_id, entry in manifest["documents"].items():
-        doc = DocParams.load(workdir / "store" / entry["file"])
+    for row in Store(workdir / "store").rows():
+        doc = DocParams.load(workdir / "store" / row.file)  # a document file: the §4.3 format
+        doc_id = row.id
         # copies: loaded tensors may share the file's memory map, and a test below overwrites a file in place
         out[doc_id] = {f"{p}.{s}": t.clone() for p, pair in doc.pairs.items() for s, t in zip(("a", "b"), pair)}
     return out
+
+
+def _file(workdir, doc_id):
+    return next(row.file for row in Store(workdir / "store").rows() if row.id == doc_id)
 
 
 def test_build_outputs_and_rerun(tmp_path, model_dir, capsys):
@@ -87,15 +91,17 @@ def test_build_outputs_and_rerun(tmp_path, model_dir, capsys):
     assert _build(corpus, work, model_dir) == 0  # nothing to do
     assert "0 encoded now, 6 already in the store" in capsys.readouterr().out
 
+    long_file = work / "store" / _file(work, "long")
     changed = [dict(DOCS[0], text="Tom has a blue kite. It flies over York.")] + DOCS[1:]
     _corpus(corpus, changed)  # one text changed, "long" left the corpus
-    (work / "store" / file_name("owl")).write_bytes(b"\0" * 100)  # and one file corrupted
+    owl = work / "store" / _file(work, "owl")
+    owl.write_bytes(b"\0" * 100)  # and one file corrupted
     assert _build(corpus, work, model_dir) == 0
     out, err = capsys.readouterr()
     assert "built 5 documents (2 encoded now, 3 already in the store" in out
-    assert f"{file_name('owl')}: not a readable safetensors file" in err and "re-encoding document 'owl'" in err
+    assert f"{owl}: bytes do not match: corrupted; re-encoding document 'owl'" in err
     again = _tensors(work)
-    assert set(again) == {d["id"] for d in DOCS} and not (work / "store" / file_name("long")).exists()
+    assert set(again) == {d["id"] for d in DOCS} and not long_file.exists()
     for doc_id in ("bell", "figs", "dog", "owl"):  # owl redone from the same text: the same pairs
         for name, t in first[doc_id].items():
             torch.testing.assert_close(again[doc_id][name], t, rtol=1e-4, atol=1e-7)
@@ -104,16 +110,15 @@ def test_build_outputs_and_rerun(tmp_path, model_dir, capsys):
 
 @pytest.mark.slow
 def test_killed_build_resumes_to_the_same_store(tmp_path, model_dir):
-    """The process dies (os._exit, as under SIGKILL) right after the 3rd document's file is written, before
-    the manifest mentions it; re-running finishes, and the store equals an uninterrupted build's."""
+    """The process dies (os._exit, as under SIGKILL) right after the 3rd document was stored, in the middle of
+    a batch; re-running finishes, and the store equals an uninterrupted build's."""
     corpus = _corpus(tmp_path / "corpus.jsonl", DOCS[:4])
     killed = tmp_path / "killed"
     env = dict(os.environ, **{EXIT_AFTER_ENV: "3", "OMP_NUM_THREADS": "1"})
     proc = subprocess.run([sys.executable, "-m", "prag_core.cli", "build", "--corpus", str(corpus), "--workdir",
                            str(killed), "--model", str(model_dir), *FAST], env=env, capture_output=True, text=True)
     assert proc.returncode == 17, proc.stderr[-2000:]
-    assert len(list((killed / "store").glob("*.safetensors"))) == 3
-    assert len(json.loads((killed / "store" / "manifest.json").read_text())["documents"]) == 2
+    assert len(list((killed / "store").glob("*.safetensors"))) == 3 and len(Store(killed / "store")) == 3
     assert _build(corpus, killed, model_dir) == 0
     assert _build(corpus, tmp_path / "clean", model_dir) == 0
     resumed, clean = _tensors(killed), _tensors(tmp_path / "clean")
@@ -182,11 +187,17 @@ def test_bad_model_and_settings(tmp_path, model_dir, capsys):
         assert not work.exists()
 
 
+def _store_contents(workdir):
+    """The store's payload files' bytes and its catalog's rows (SQLite may rewrite the catalog's bytes)."""
+    files = {p.name: p.read_bytes() for p in sorted((workdir / "store").iterdir()) if "catalog" not in p.name}
+    return files, Store(workdir / "store").rows()
+
+
 def test_store_of_another_model_is_refused_and_kept(tmp_path, model_dir, capsys):
     corpus = _corpus(tmp_path / "corpus.jsonl", DOCS[:2])
     work = tmp_path / "W"
     assert _build(corpus, work, model_dir) == 0
-    before = {p.name: p.read_bytes() for p in sorted((work / "store").iterdir())}
+    before = _store_contents(work)
     config_before = (work / "config.json").read_text()
     other = tmp_path / "other_model"
     tiny_llama(seed=1).save_pretrained(other)
@@ -194,7 +205,7 @@ def test_store_of_another_model_is_refused_and_kept(tmp_path, model_dir, capsys)
     capsys.readouterr()
     assert _build(corpus, work, other) == 2
     assert _error(capsys.readouterr().err).startswith(f"prag: error: {work / 'store'}: built for another model")
-    assert {p.name: p.read_bytes() for p in sorted((work / "store").iterdir())} == before
+    assert _store_contents(work) == before
     assert (work / "config.json").read_text() == config_before
     assert Path(json.loads(config_before)["model"]) == model_dir
 

@@ -163,9 +163,10 @@ def test_corpus_changed_after_the_index(capsys, workdir):
 
 
 def test_retrieved_document_missing_from_the_store(capsys, workdir):
-    manifest = json.loads((workdir / "store" / "manifest.json").read_text())
-    del manifest["documents"]["dog"]
-    (workdir / "store" / "manifest.json").write_text(json.dumps(manifest))
+    from prag_core.store import Store
+
+    store = Store(workdir / "store")
+    store.retain(set(store) - {"dog"})
     code, out, err = run_cli(capsys, "ask", "--workdir", str(workdir), "--mode", "rag", "Kai's dog?")
     assert code == 0, err
     code, _, err = run_cli(capsys, "ask", "--workdir", str(workdir), "Kai's dog?")
@@ -175,14 +176,13 @@ def test_retrieved_document_missing_from_the_store(capsys, workdir):
 def test_export_peft_writes_the_documents_concatenated_along_rank(capsys, built, tmp_path):
     from safetensors.torch import load_file
 
-    from prag_core.doc_params import DocParams
-    from prag_core.store import file_name
+    from prag_core.store import Store
 
     code, out, _ = run_cli(capsys, "export-peft", "--workdir", str(built[0]), "--docs", "kite,dog",
                            "--out", str(tmp_path / "adapter"))
     assert code == 0 and "2 documents" in out
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    kite, dog = (DocParams.load(built[0] / "store" / file_name(d)) for d in ("kite", "dog"))
+    kite, dog = (Store(built[0] / "store")[d] for d in ("kite", "dog"))
     assert config["r"] == kite.rank + dog.rank
     assert config["lora_alpha"] == pytest.approx(kite.alpha * config["r"])  # PEFT scaling lora_alpha/r = α
     tensors = load_file(tmp_path / "adapter" / "adapter_model.safetensors")

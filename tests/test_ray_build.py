@@ -13,7 +13,7 @@ from tiny import tiny_llama, tiny_tokenizer
 
 from prag_core.cli import main
 from prag_core.doc_params import DocParams
-from prag_core.shards import ShardedStore, _Shard, open_store
+from prag_core.store import Store, _Shard
 
 DOCS = [{"id": f"d{i}", "text": f"Person {i} owns {i + 2} red kites. They fly over town {i} in May."}
         for i in range(6)]
@@ -43,9 +43,8 @@ def _build(tmp, workdir, *extra):
 
 def _tensors(workdir):
     """id -> {tensor name: tensor} of every document in a work directory's store (either layout, as stored)."""
-    fp = json.loads((workdir / "store" / "manifest.json").read_text())["fingerprint"]
     return {doc_id: {f"{p}.{s}": t for p, pair in doc.pairs.items() for s, t in zip("ab", pair)}
-            for doc_id, doc in open_store(workdir / "store", fp).items()}
+            for doc_id, doc in Store(workdir / "store").items()}
 
 
 def _assert_same_store(one, other):
@@ -83,8 +82,8 @@ def test_worker_dying_mid_batch_is_retried_and_every_document_written_once(setup
     marker = setup / "died"
     monkeypatch.setenv("PRAG_RAY_FAIL_ONCE", str(marker))
     puts = []
-    original_put = ShardedStore.put
-    monkeypatch.setattr(ShardedStore, "put", lambda self, doc, params: (puts.append(doc.id),
+    original_put = Store.put
+    monkeypatch.setattr(Store, "put", lambda self, doc, params: (puts.append(doc.id),
                                                                        original_put(self, doc, params)))
     work = setup / "ray_sharded"
     assert _build(setup, work, "--ray", "--shard-size", "4") == 0
@@ -106,7 +105,7 @@ def test_worker_dying_mid_batch_is_retried_and_every_document_written_once(setup
     finally:
         (setup / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in DOCS))
     assert "built 7 documents (2 encoded now, 5 already in the store" in capsys.readouterr().out
-    assert len(open_store(work / "store", json.loads((work / "store" / "manifest.json").read_text())["fingerprint"])) == 7
+    assert len(Store(work / "store")) == 7
 
 
 def test_build_without_ray_does_not_import_ray(setup, capsys):
@@ -122,8 +121,8 @@ def test_build_without_ray_does_not_import_ray(setup, capsys):
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.stdout.splitlines()[-1] == "0 False", proc.stderr[-2000:]
     assert "built 6 documents" in proc.stdout and "MiB on disk" in proc.stdout
-    manifest = json.loads((setup / "plain" / "store" / "manifest.json").read_text())
-    assert manifest["layout"] == "sharded" and manifest["dtype"] == "bfloat16"
+    store = Store(setup / "plain" / "store")
+    assert store.shard_size == 4 and store.storage_dtype == "bfloat16"
     # served: the retrieved documents come out of the shards, upcast to the fp32 model's dtype
     assert main(["ask", "--workdir", str(setup / "plain"), "--device", "cpu", "How many kites does Person 3 own?"]) == 0
     assert "documents: d3, " in capsys.readouterr().out
