@@ -143,9 +143,11 @@ class Store(Mapping):
         self._present = None  # shard files on disk, listed once for done()
         self._shard = functools.lru_cache(maxsize=64)(lambda file: _Shard(self.folder / file))
         self._load = functools.lru_cache(maxsize=256)(self._read)
-        if training is not None and self.shard_size:
-            self._set("shard_size", self.shard_size)
-            self._adopt()
+        if training is not None:
+            _remove_legacy(self.folder)  # left by a conversion killed after its rename
+            if self.shard_size:
+                self._set("shard_size", self.shard_size)
+                self._adopt()
 
     def _create(self, fingerprint, storage_dtype, shard_size):
         """A new catalog: converted from an older store's files, or empty; else a StoreError."""
@@ -480,7 +482,8 @@ def _write_catalog(path, meta, rows, sizes):
     rows: the documents' rows; sizes: payload file -> bytes."""
     tmp = path.with_name(f".{path.name}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.unlink(missing_ok=True)
+    for leftover in (tmp, Path(f"{tmp}-journal")):  # of a killed conversion
+        leftover.unlink(missing_ok=True)
     db = sqlite3.connect(tmp)
     with db:
         db.executescript(SCHEMA)
