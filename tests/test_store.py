@@ -21,7 +21,7 @@ from prag_core.cli import main
 from prag_core.corpus import Document, text_sha256
 from prag_core.doc_params import DocParamsError, model_fingerprint
 from prag_core.inject import inject
-from prag_core.store import CATALOG, Store, StoreError, run_verify, shard_bytes, training_tag
+from prag_core.store import CATALOG, Store, StoreError, run_verify, shard_bytes, training_tag, verify
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TRAINING = {"rank": 2, "lr": 0.001}
@@ -114,6 +114,10 @@ def test_done_tags_and_what_is_redone(tmp_path, fp, params, layout):
     rebuild.close()
     assert store.tags() == {training_tag(TRAINING): 3, training_tag(other): 1} and rebuild.tag == training_tag(other)
     assert rebuild.done(_doc(0)) and not store.done(_doc(0))
+    tags = sorted([training_tag(TRAINING), training_tag(other)])
+    counts = {training_tag(TRAINING): 3, training_tag(other): 1}
+    assert verify(store, progress=False) == ([f"{store.path}: documents trained with 2 training configs "
+                                               f"({', '.join(f'{counts[t]} tagged {t}' for t in tags)})"], set())
     victim = tmp_path / next(row.file for row in store.rows() if row.id == "doc/2")
     if layout == "files":
         victim.write_bytes(victim.read_bytes()[:-40])  # torn
