@@ -211,7 +211,7 @@ def test_store_of_another_model_is_refused_and_kept(tmp_path, model_dir, capsys)
 
 
 def _tag(work):
-    return {p.meta["training"]["rank"] for p in map(DocParams.load, (work / "store").glob("*.safetensors"))}
+    return {doc.meta["training"]["rank"] for doc in Store(work / "store").values()}
 
 
 @pytest.mark.slow
@@ -222,14 +222,14 @@ def test_other_settings_are_refused_and_a_killed_retrain_is_never_served_mixed(t
     corpus = _corpus(tmp_path / "corpus.jsonl", DOCS[:4])
     work = tmp_path / "W"
     assert _build(corpus, work, model_dir) == 0
-    before = {p.name: p.read_bytes() for p in (work / "store").iterdir()}
+    before = _store_contents(work)
     capsys.readouterr()
     for extra, said in [(["--rank", "4"], "rank 2 → 4"), (["--n-qa", "2"], "n_qa 3 → 2"),
                         (["--augmenter", "model"], "augmenter 'fallback' → 'model'")]:
         assert _build(corpus, work, model_dir, *extra) == 2
         err = _error(capsys.readouterr().err)
         assert said in err and "--retrain" in err and "4 stored documents" in err
-    assert {p.name: p.read_bytes() for p in (work / "store").iterdir()} == before
+    assert _store_contents(work) == before
     env = dict(os.environ, **{EXIT_AFTER_ENV: "2", "OMP_NUM_THREADS": "1"})
     proc = subprocess.run([sys.executable, "-m", "prag_core.cli", "build", "--corpus", str(corpus), "--workdir",
                            str(work), "--model", str(model_dir), *FAST, "--rank", "4", "--retrain"],
