@@ -101,7 +101,8 @@ def bench_build(args, model, fingerprint, root):
                           "last_over_first": round(per_thousand[-1] / per_thousand[0], 2),
                           "last_3_over_first_3": round(statistics.median(per_thousand[-3:])
                                                        / statistics.median(per_thousand[:3]), 2),
-                          "close_s": round(time.perf_counter() - start, 2), "store_mib": round(store.size_bytes() / 2**20, 1)})
+                          "close_s": round(time.perf_counter() - start, 2),
+                          "store_mib": round(store.size_bytes() / 2**20, 1)})
 
 
 def main():

@@ -371,15 +371,16 @@ class _Shard:
     def read(self, slot, fingerprint=None, device="cpu", dtype=None, digest=None):
         """The DocParams in `slot`: its bytes checked against their sha256 (the header's, and `digest` when
         given), then as DocParams.load checks."""
-        where = f"{self.path} [slot {slot}, document {self.field(slot, 'doc_id')!r}]"
         if slot >= len(self.documents):
             raise DocParamsError(f"{self.path}: has no slot {slot}")
+        where = f"{self.path} [slot {slot}, document {self.field(slot, 'doc_id')!r}]"
         try:
             flat = self.handle.get_tensor(str(slot))
         except (SafetensorError, OSError, ValueError) as err:
             raise DocParamsError(f"{where}: unreadable tensor ({err})") from None
         record = self.documents[slot]
-        if _digest(flat) not in ({record["sha256"]} & {digest or record["sha256"]}):
+        actual = _digest(flat)
+        if actual != record["sha256"] or digest not in (None, actual):
             raise DocParamsError(f"{where}: sha256 of the document's bytes does not match: corrupted")
         tensors, offset = {}, 0
         for name, shape in self.layouts[record["layout"]]:
@@ -425,10 +426,10 @@ def _payload_files(folder, temporary=False):
 
 def _shard_rows(folder, shard, slots=None):
     """The catalog rows of a shard's documents (those in `slots`, default all), from its header."""
-    file = shard.path.relative_to(folder).as_posix()
+    file, slots = shard.path.relative_to(folder).as_posix(), range(len(shard.documents)) if slots is None else slots
     try:
         return [(shard.field(s, "doc_id"), shard.field(s, "doc_sha256"), training_tag(shard.field(s, "training")),
-                 file, s, shard.documents[s]["sha256"]) for s in (range(len(shard.documents)) if slots is None else slots)]
+                 file, s, shard.documents[s]["sha256"]) for s in slots]
     except IndexError:
         raise DocParamsError(f"{shard.path}: has fewer slots than the index says") from None
 

@@ -403,7 +403,8 @@ def _old_sharded_store(folder, fp, params):
                "slot": np.array([s for _, _, s in rows], np.int32),
                "sha256": np.frombuffer(bytes.fromhex("".join(_doc(int(d[4:])).sha256 for d, _, _ in rows)),
                                        np.uint8).reshape(4, 32),
-               "id_end": np.cumsum([len(r) for r in raw]).astype(np.int64), "ids": np.frombuffer(b"".join(raw), np.uint8)}
+               "id_end": np.cumsum([len(r) for r in raw]).astype(np.int64),
+               "ids": np.frombuffer(b"".join(raw), np.uint8)}
     tag = training_tag(TRAINING)
     save_file(columns, folder / "index.safetensors", metadata={
         "format": "prag.store_index", "shards": json.dumps([[f"{s:010d}.safetensors", tag] for s in (0, 1)]),
