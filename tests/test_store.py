@@ -445,6 +445,22 @@ def test_older_layouts_are_converted_once(tmp_path, fp, params, capfd):
     assert capfd.readouterr().err == ""  # converted once
 
 
+def test_a_conversion_killed_before_its_rename_keeps_the_old_store(tmp_path, fp, params, monkeypatch):
+    _old_sharded_store(tmp_path, fp, params)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        Store(tmp_path, fp)
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "catalog" not in p.name} == before
+    assert not (tmp_path / CATALOG).exists() and (tmp_path / f".{CATALOG}.tmp").exists()
+    assert sorted(Store(tmp_path, fp)) == ["doc/0", "doc/1", "doc/2", "doc/4"]  # the next open converts it
+
+
 def test_an_older_sharded_store_without_its_index_is_not_empty(tmp_path, fp, params, capsys):
     """The previous code's `prag store verify` said "0 problems" here; now it is one line, and --repair
     lists the shards' documents."""
