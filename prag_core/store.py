@@ -168,15 +168,26 @@ class Store(Mapping):
             db.execute("PRAGMA synchronous=NORMAL")  # WAL: a commit survives a killed process without an fsync
         return db
 
-    def _meta(self):
+    def _query(self, sql, args=()):
+        """The rows of a read-only statement; a damaged catalog is a StoreError."""
         try:
-            meta = {key: json.loads(value) for key, value in self._db().execute("SELECT key, value FROM meta")}
-            missing = {"fingerprint", "dtype", "shard_size", "next_shard"} - set(meta)
-            if missing:
-                raise ValueError(f"meta lacks {', '.join(sorted(missing))}")
-        except (sqlite3.Error, ValueError) as err:
-            raise StoreError(f"{self.path}: unreadable catalog ({err}); `prag store verify --repair` rebuilds it "
-                             f"from the payload files") from None
+            return self._db().execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as err:
+            raise self._unreadable(err) from None
+
+    def _unreadable(self, why):
+        return StoreError(f"{self.path}: unreadable catalog ({why}); `prag store verify --repair` rebuilds it "
+                          f"from the payload files")
+
+    def _meta(self):
+        rows = self._query("SELECT key, value FROM meta")
+        try:
+            meta = {key: json.loads(value) for key, value in rows}
+        except ValueError as err:
+            raise self._unreadable(err) from None
+        missing = {"fingerprint", "dtype", "shard_size", "next_shard"} - set(meta)
+        if missing:
+            raise self._unreadable(f"meta lacks {', '.join(sorted(missing))}")
         return meta
 
     def _set(self, key, value):
@@ -184,16 +195,16 @@ class Store(Mapping):
             db.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps(value), key))
 
     def _row(self, doc_id):
-        row = self._db().execute(f"SELECT {COLUMNS} FROM documents WHERE id = ?", (doc_id,)).fetchone()
-        return None if row is None else Row(*row)
+        rows = self._query(f"SELECT {COLUMNS} FROM documents WHERE id = ?", (doc_id,))
+        return Row(*rows[0]) if rows else None
 
     def rows(self):
         """Every document's catalog Row, by payload file and slot."""
-        return [Row(*r) for r in self._db().execute(f"SELECT {COLUMNS} FROM documents ORDER BY file, slot")]
+        return [Row(*r) for r in self._query(f"SELECT {COLUMNS} FROM documents ORDER BY file, slot")]
 
     def tags(self):
         """{training tag: number of documents} (one query); compare with `self.tag`."""
-        return dict(self._db().execute("SELECT tag, count(*) FROM documents GROUP BY tag"))
+        return dict(self._query("SELECT tag, count(*) FROM documents GROUP BY tag"))
 
     def done(self, doc):
         """Whether `doc` (id, sha256) is stored, trained from its text with this store's training config."""
@@ -240,9 +251,8 @@ class Store(Mapping):
         if self._buffer:
             self._write_shard(self._buffer)
             self._buffer.clear()
-        db = self._db()
-        used = {file for (file,) in db.execute("SELECT DISTINCT file FROM documents")}
-        with db:
+        used = {file for (file,) in self._query("SELECT DISTINCT file FROM documents")}
+        with self._db() as db:
             db.execute("DELETE FROM payloads WHERE file NOT IN (SELECT file FROM documents)")
         for path in _payload_files(self.folder, temporary=True):
             if path.relative_to(self.folder).as_posix() not in used:
@@ -288,7 +298,7 @@ class Store(Mapping):
             db.execute("DELETE FROM documents WHERE id NOT IN (SELECT id FROM keep)")
 
     def size_bytes(self):
-        (payloads,) = self._db().execute("SELECT coalesce(sum(bytes), 0) FROM payloads").fetchone()
+        [(payloads,)] = self._query("SELECT coalesce(sum(bytes), 0) FROM payloads")
         return payloads + sum(p.stat().st_size for p in self.folder.glob(CATALOG + "*"))
 
     def _read(self, file, slot, digest):
@@ -313,10 +323,10 @@ class Store(Mapping):
         return self._row(doc_id) is not None
 
     def __iter__(self):
-        return iter([doc_id for (doc_id,) in self._db().execute("SELECT id FROM documents ORDER BY id")])
+        return iter([doc_id for (doc_id,) in self._query("SELECT id FROM documents ORDER BY id")])
 
     def __len__(self):
-        return self._db().execute("SELECT count(*) FROM documents").fetchone()[0]
+        return self._query("SELECT count(*) FROM documents")[0][0]
 
 
 def _read_file(path, fingerprint=None, device="cpu", dtype=None, digest=None):
@@ -566,8 +576,12 @@ def _convert(folder, fingerprint):
 
 def verify(store, progress=True):
     """(problems, ids): every problem of `store`, one line each naming the file, document and what is wrong
-    (none: sound), and the ids of the documents concerned. Reads every byte; stops at nothing."""
+    (none: sound), and the ids of the documents concerned. Reads every byte; stops at nothing but a damaged
+    catalog (a StoreError)."""
     problems, bad = [], set()
+    check = store._query("PRAGMA quick_check")
+    if check != [("ok",)]:
+        raise store._unreadable(" ".join(message for (message,) in check[:3]).replace("\n", " "))
 
     def fail(message, rows):
         problems.append(message)
@@ -609,12 +623,13 @@ def run_verify(workdir, repair=False, progress=True):
     folder = Path(workdir) / "store"
     try:
         store = Store(folder)
+        problems, bad = verify(store, progress)
     except StoreError:
         if not (repair and _payload_files(folder)):
             raise
         print(f"{folder}: listed {rebuild_catalog(folder)} document(s) of the payload files in a new {CATALOG}")
         store = Store(folder)
-    problems, bad = verify(store, progress)
+        problems, bad = verify(store, progress)
     for line in problems:
         print(line)
     print(f"{folder}: {len(problems)} problem(s), {len(bad)} document(s) affected")

@@ -1,5 +1,6 @@
 """The parameter store: both layouts round trip, done/tags, killed writes and kill -9, corruption, verify/repair,
 a lost catalog, a reader during writes, and the conversion of the two older layouts."""
+import gc
 import hashlib
 import json
 import os
@@ -265,19 +266,27 @@ def test_verify_reports_every_corruption_and_repair_drops_them(tmp_path, fp, par
     assert capsys.readouterr().err.strip().endswith(f"no parameter store here (no {CATALOG}); run `prag build` first")
 
 
-@pytest.mark.parametrize("damage", ["deleted", "garbage"])
+@pytest.mark.parametrize("damage", ["deleted", "garbage", "a page"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_lost_catalog_is_one_line_and_repair_lists_the_payloads_again(tmp_path, fp, params, capsys, layout,
                                                                         damage):
     work = tmp_path / "W"
     _build(work / "store", fp, params, n=5, shard_size=LAYOUTS[layout])
-    for f in (work / "store").glob(CATALOG + "*"):
-        f.unlink()
+    catalog = work / "store" / CATALOG
+    gc.collect()  # the writer's connection: closed, so that the WAL is checkpointed into the catalog
+    if damage == "a page":
+        raw = bytearray(catalog.read_bytes())
+        raw[2 * 4096:3 * 4096] = b"\x5a" * 4096  # page 3 of the catalog overwritten
+        catalog.write_bytes(bytes(raw))
+    else:
+        for f in (work / "store").glob(CATALOG + "*"):
+            f.unlink()
     if damage == "garbage":
-        (work / "store" / CATALOG).write_bytes(b"not a database, not at all" * 10)
+        catalog.write_bytes(b"not a database, not at all" * 10)
     expected = "missing, but payload files are there" if damage == "deleted" else "unreadable catalog"
-    with pytest.raises(StoreError, match=expected):
-        Store(work / "store", fp)
+    if damage != "a page":  # that one may open, and fails where the page is needed
+        with pytest.raises(StoreError, match=expected):
+            Store(work / "store", fp)
     capsys.readouterr()
     assert main(["store", "verify", "--workdir", str(work)]) == 2
     err = capsys.readouterr().err.strip()
