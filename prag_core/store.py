@@ -27,7 +27,8 @@ done(doc): the catalog has doc.id with the same text sha256 and the training tag
 store was opened with (any tag when opened without one). A document file's bytes are re-hashed for
 that (corrupted or missing: a warning, and it is encoded again); a shard's bytes are checked by `prag
 store verify` and on load, done() only sees that the shard is there. tags() counts the documents per
-training tag in one query: more than one tag is a store mixed from two training configs.
+training tag in one query ({tag: n}; `store.tag` is the opening config's, training_tag(config) any
+config's): more than one tag is a store mixed from two training configs.
 
 Older stores (manifest.json: a file per document, or shards with index.safetensors + journal.jsonl)
 are converted on opening: a new catalog is committed under a temporary name and renamed into place,
