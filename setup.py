@@ -30,7 +30,8 @@ setup(
         "tqdm>=4.70",
     ],
     extras_require={
-        "test": ["pytest>=9.0", "pytest-benchmark>=5.2", "ray>=2.40"],
+        "test": ["pytest>=9.0", "pytest-benchmark>=5.2", "ray>=2.40", "sentence-transformers>=5.0"],
+        "dense": ["sentence-transformers>=5.0"],
         "ray": ["ray>=2.40"],
         "bench": ["pytest-benchmark>=5.2", "matplotlib>=3.8"],
     },

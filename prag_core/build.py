@@ -1,10 +1,11 @@
-"""`prag build`: corpus -> BM25 index + augmentations + one trained LoRA pair set per document.
+"""`prag build`: corpus -> retrieval indexes + augmentations + one trained LoRA pair set per document.
 
 A work directory W holds one knowledge base:
 
     W/config.json         model, training config, augmentation settings (read by `prag ask/eval`)
     W/corpus.jsonl        the documents as built (see truncation below)
     W/index.safetensors   BM25 index over title + text
+    W/dense.safetensors   dense embeddings of title + text (retriever dense or hybrid; prag_core.retrievers)
     W/augment.jsonl       augmentation cache (augment.AugmentCache)
     W/warmup.safetensors  the warm-up pair (warmup.py), when the build has one
     W/store/              parameter store (store.Store): catalog.sqlite + one .safetensors per document, or
@@ -18,7 +19,7 @@ rebuild killed midway), instead of serving a mix.
 Resumable: every file is written atomically, documents already in the store (same
 text, same model, same training config) are skipped, and augmentations are cached,
 so re-running after a kill, or after editing a few documents, redoes only what is
-missing or changed.
+missing or changed (dense embeddings too).
 
 Long documents: a document whose text has more than `max_passage_tokens(...)`
 tokens (two fifths of the model's context after a 256-token reserve: the
@@ -38,11 +39,13 @@ from tqdm.auto import tqdm
 
 from .augment import LMGenerator, augment_documents, cache_settings
 from .corpus import read_corpus, text_sha256, write_jsonl_atomic, write_text_atomic
+from .dense import load_embedder
 from .doc_params import DocParams, DocParamsError, model_fingerprint
 from .errors import BuildError
 from .inject import ffn_module_paths, inject
 from .model import context_length, load_model
-from .retrieval import BM25Index, corpus_sha256
+from .retrieval import RetrievalError, corpus_sha256
+from .retrievers import RETRIEVER, check_retriever, write_indexes
 from .samples import CONSTRUCTIONS, build_samples, distill_items
 from .store import Store
 from .train import DTYPES, TrainConfig, TrainingError, train_documents
@@ -102,7 +105,7 @@ class BuildSummary:
 
 def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augmenter="fallback", n_rewrites=1,
           n_qa=3, device="cpu", progress=True, storage_dtype=None, shard_size=None, ray=None, workers=None,
-          augment_model=None, warmup=WARMUP_CORPUS, retrain=False):
+          augment_model=None, warmup=WARMUP_CORPUS, retrain=False, retriever=RETRIEVER, embedder=None):
     """Build (or resume) the work directory `workdir` from `corpus` (a corpus.jsonl path) with `model`
     (a name or path for load_model; None = the embedded SmolLM2). Returns a BuildSummary.
 
@@ -116,15 +119,21 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     warm-up pair on (warmup.py; kept in W/warmup.safetensors and reused while it matches), or None.
     retrain: allow a rebuild with other training settings than W/config.json records (every document is
     encoded again); without it such a rebuild is a BuildError.
+    retriever: bm25, dense or hybrid (retrievers.py); embedder: the sentence-transformers model of dense and
+    hybrid, a name or folder (None = the shipped all-MiniLM-L6-v2).
 
-    Raises CorpusError (bad corpus), ModelLoadError, StoreError (a store built for another model) or
-    BuildError (bad settings) before anything in `workdir` is changed."""
+    Raises CorpusError (bad corpus), ModelLoadError, RetrievalError (an embedder that does not load), StoreError
+    (a store built for another model) or BuildError (bad settings) before anything in `workdir` is changed."""
     if augmenter not in AUGMENTERS:
         raise BuildError(f"augmenter: unknown {augmenter!r}; choose from {', '.join(AUGMENTERS)}")
     if config.construction not in CONSTRUCTIONS:
         raise BuildError(f"construction: unknown {config.construction!r}; choose from {', '.join(CONSTRUCTIONS)}")
     if batch_docs < 1 or n_qa < 1 or n_rewrites < 0:
         raise BuildError(f"batch_docs ({batch_docs}) and n_qa ({n_qa}) must be ≥ 1, n_rewrites ({n_rewrites}) ≥ 0")
+    try:
+        check_retriever(retriever)
+    except RetrievalError as err:
+        raise BuildError(str(err)) from None
     corpus, workdir = Path(corpus), Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise BuildError(f"{workdir}: a file, not a work directory; choose another --workdir")
@@ -132,6 +141,7 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     warmup_docs = read_corpus(warmup) if warmup is not None else None
     # with Ray, the driver's model only checks settings, fingerprints and tokenizes: the CPU is enough
     lm, tokenizer = load_model(model, dtype=DTYPES[config.dtype], device="cpu" if ray is not None else device)
+    encoder = None if retriever == "bm25" else load_embedder(embedder, "cpu" if ray is not None else device)
     inject(lm)
     try:
         ffn_module_paths(lm, config.targets)
@@ -152,7 +162,8 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     if model and Path(model).exists():  # so `prag ask/eval` find it from any directory
         model = str(Path(model).resolve())
     settings = {"model": model, **config.to_dict(), "augmenter": augmenter, "augment_model": augment_model,
-                "n_rewrites": n_rewrites, "n_qa": n_qa,
+                "n_rewrites": n_rewrites, "n_qa": n_qa, "retriever": retriever,
+                "embedder": encoder[1] if encoder else None,
                 "warmup_corpus": str(Path(warmup).resolve()) if warmup is not None else None,
                 "training": config.to_dict()}
     if not retrain and len(store):
@@ -162,7 +173,7 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     fitted = fit_documents(docs, tokenizer, max_passage_tokens(lm, tokenizer), corpus)
     write_jsonl_atomic(workdir / "corpus.jsonl",
                        [{"id": d.id, "text": d.text, **({"title": d.title} if d.title else {})} for d in fitted])
-    BM25Index.build(fitted).save(workdir / "index.safetensors")
+    write_indexes(fitted, workdir, retriever, encoder, progress)
 
     pending = [(doc, fit) for doc, fit in zip(docs, fitted) if not store.done(doc)]
     store.retain([d.id for d in docs])

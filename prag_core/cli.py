@@ -20,6 +20,7 @@ class UserError(Exception):
 
 def _add_build(sub):
     from .doc_params import INITS
+    from .retrievers import RETRIEVER, RETRIEVERS
     from .train import DTYPES, OBJECTIVES, TrainConfig
 
     p = sub.add_parser("build", help="index + augment + encode a corpus into a work directory (resumable)")
@@ -53,6 +54,11 @@ def _add_build(sub):
                    help="the LLM that writes them, a name or path (default: the model being trained)")
     p.add_argument("--n-rewrites", type=int, default=1, help="rewrites per document")
     p.add_argument("--n-qa", type=_positive_int, default=3, help="question/answer pairs per document")
+    p.add_argument("--retriever", default=RETRIEVER, choices=list(RETRIEVERS),
+                   help=f"bm25, dense (sentence embeddings) or hybrid (their reciprocal rank fusion); default "
+                        f"{RETRIEVER}, measured best (README \"Retrieval\")")
+    p.add_argument("--embedder", default=None, metavar="PATH_OR_NAME",
+                   help="sentence-transformers model of dense and hybrid (default: the shipped all-MiniLM-L6-v2)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--store-dtype", default=None, choices=list(STORE_DTYPES),
                    help="dtype of the stored pairs (a new store; default fp32): bf16 or fp16 halve the size")
@@ -101,7 +107,7 @@ def cmd_build(args):
                             device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
                             storage_dtype=STORE_DTYPES.get(args.store_dtype), shard_size=args.shard_size,
                             ray=args.ray, workers=args.workers, warmup=_warmup_path(args.warmup),
-                            retrain=args.retrain)
+                            retrain=args.retrain, retriever=args.retriever, embedder=args.embedder)
         except (BuildError, StoreError) as err:
             raise UserError(str(err)) from None
     print(summary)
@@ -130,7 +136,7 @@ def cmd_ask(args):
 
     check_request(args.question, args.mode, args.update, args.combination, args.temperature)
     pipeline = Pipeline.open(args.workdir, device=args.device, top_k=args.top_k, combination=args.combination,
-                             temperature=args.temperature)
+                             temperature=args.temperature, retriever=args.retriever)
     answer = pipeline.answer([args.question], args.mode, args.update)[0]
     print(answer.prediction)
     print(f"documents: {', '.join(answer.docs) or '(none)'}")
@@ -156,7 +162,7 @@ def cmd_eval(args):
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     run(args.workdir, args.questions, modes, args.update, args.batch_size, args.out, args.device, args.top_k,
-        args.combination, args.temperature)
+        args.combination, args.temperature, args.retriever)
 
 
 def _add_demo(sub):
@@ -213,15 +219,19 @@ def cmd_store_verify(args):
 def _add_retrieval_options(p):
     from .combine import SCHEMES
     from .pipeline import COMBINATION, TEMPERATURE, TOP_K
+    from .retrievers import RETRIEVERS
 
+    p.add_argument("--retriever", default=None, choices=list(RETRIEVERS),
+                   help="override the work directory's retriever (its indexes must have been built)")
     p.add_argument("--top-k", type=_positive_int, default=TOP_K,
                    help=f"documents retrieved per question (default {TOP_K})")
     p.add_argument("--combination", default=COMBINATION, choices=list(SCHEMES),
                    help=f"how the k documents' pairs combine: sum (PRAG, α each), mean (α/k each), score (α times "
-                        f"a softmax of the BM25 scores / --temperature), dyprag (one pair: mean A, mean B); "
+                        f"a softmax of the retrieval scores / --temperature), dyprag (one pair: mean A, mean B); "
                         f"default {COMBINATION}")
     p.add_argument("--temperature", type=_positive_float, default=TEMPERATURE,
-                   help=f"softmax temperature of --combination score, in BM25 score units (default {TEMPERATURE:g})")
+                   help=f"softmax temperature of --combination score, in units of the retriever's score scale "
+                        f"(BM25: its scores; default {TEMPERATURE:g})")
 
 
 def _positive_float(text):

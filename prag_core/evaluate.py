@@ -3,7 +3,8 @@
 results.json:
     {"complete": bool, "modes": {MODE: {"em", "f1", "acc", "latency_s", "ungrounded", "recall", "n"}},
      "questions": [{"id", "mode", "prediction", "em", "f1", "acc", "docs", "latency_s", "ungrounded",
-                    "recall"}, ...]}
+                    "recall"}, ...],
+     "retrieval": {"retriever", "recall@1", "recall@3", "recall@5"}}     (when questions list their `docs`)
 
 A mode's em / f1 / acc / latency_s are means over its questions; a question's
 latency_s is its share of its batch's wall time (batch time / batch size), so
@@ -12,7 +13,8 @@ answer has no word of the question or the retrieved passages (metrics.ungrounded
 the mode's value is the share of such answers). recall: for a question whose file
 lists its supporting `docs`, the share of them among the retrieved documents
 (recall@k); null for vanilla or without `docs`, and the mode's value is the mean
-over the questions that have one (null if none).
+over the questions that have one (null if none). retrieval: the same recall of the pipeline's retriever
+alone at depths 1, 3 and 5, whatever top_k (`prag eval --retriever` compares retrievers).
 
 `prag eval` checks that --out can be written before the model loads, and rewrites
 it as answers come (every SAVE_EVERY_S seconds, and on Ctrl-C or an error), with
@@ -31,6 +33,18 @@ from .pipeline import COMBINATION, MODES, TEMPERATURE, TOP_K
 
 METRICS = ("em", "f1", "acc", "latency_s", "ungrounded")
 SAVE_EVERY_S = 10.0
+RECALL_AT = (1, 3, 5)
+
+
+def retrieval_recall(index, questions, depths=RECALL_AT):
+    """{"recall@k": mean share of a question's `docs` among the index's top k} over the questions that list
+    docs, for each k of `depths`; None when none does."""
+    listed = [q for q in questions if q.docs]
+    if not listed:
+        return None
+    top = [[doc_id for doc_id, _ in index.search(q.question, max(depths))] for q in listed]
+    return {f"recall@{k}": sum(sum(d in hits[:k] for d in q.docs) / len(q.docs) for q, hits in zip(listed, top))
+            / len(listed) for k in depths}
 
 
 def evaluate(pipeline, questions, modes=MODES, update="fused", batch_size=1, progress=True):
@@ -90,7 +104,7 @@ def write_results(path, results):
 
 
 def run(workdir, questions_path, modes=MODES, update="fused", batch_size=1, out=None, device=None, top_k=TOP_K,
-        combination=COMBINATION, temperature=TEMPERATURE):
+        combination=COMBINATION, temperature=TEMPERATURE, retriever=None):
     """`prag eval`: check the inputs, answer every question in every mode, print the table, write results."""
     from .corpus import read_questions
     from .pipeline import Pipeline, check_request
@@ -99,8 +113,9 @@ def run(workdir, questions_path, modes=MODES, update="fused", batch_size=1, out=
         check_request(mode=mode, update=update, combination=combination, temperature=temperature)
     questions = read_questions(questions_path)  # before the model loads: a bad line fails fast
 
-    def save(rows, complete):
-        results = {"complete": complete, "modes": summarize(rows, modes), "questions": rows}
+    def save(rows, complete, retrieval=None):
+        results = {"complete": complete, "modes": summarize(rows, modes), "questions": rows,
+                   **({"retrieval": retrieval} if retrieval else {})}
         if out is not None:
             write_results(out, results)
         return results
@@ -111,7 +126,8 @@ def run(workdir, questions_path, modes=MODES, update="fused", batch_size=1, out=
             raise IsADirectoryError(21, "a directory, not a results file", str(out))
         out.parent.mkdir(parents=True, exist_ok=True)
         save([], False)  # fails now, not after the run, if --out cannot be written
-    pipeline = Pipeline.open(workdir, device=device, top_k=top_k, combination=combination, temperature=temperature)
+    pipeline = Pipeline.open(workdir, device=device, top_k=top_k, combination=combination, temperature=temperature,
+                             retriever=retriever)
     rows, saved = [], time.monotonic()
     try:
         for batch in answer_rows(pipeline, questions, modes, update, batch_size):
@@ -124,8 +140,11 @@ def run(workdir, questions_path, modes=MODES, update="fused", batch_size=1, out=
             save(rows, False)
             print(f"prag: kept the {len(rows)} answers so far in {out}", file=sys.stderr)
         raise
-    results = save(rows, True)
+    recall = retrieval_recall(pipeline.index, questions)
+    results = save(rows, True, {"retriever": pipeline.index.name, **recall} if recall is not None else None)
     print(table(results["modes"]))
+    if recall is not None:
+        print(f"retrieval ({pipeline.index.name}): " + "  ".join(f"{k} {v:.3f}" for k, v in recall.items()))
     if out is not None:
         print(f"wrote {out}")
     return results

@@ -36,7 +36,8 @@ from .doc_params import DocParams, model_fingerprint
 from .inject import inject, merged_documents, use_documents
 from .model import context_length, load_model
 from .prompts import ANSWER_PREFIX, left_pad, qa_messages, render
-from .retrieval import BM25Index, corpus_sha256
+from .retrieval import corpus_sha256
+from .retrievers import open_retriever
 from .store import Store
 from .warmup import FILE as WARMUP_FILE
 
@@ -110,7 +111,8 @@ class _AnswerComplete(StoppingCriteria):
 
 
 class Pipeline:
-    """Answers questions over one knowledge base: a model, a BM25 index, document parameters, passages.
+    """Answers questions over one knowledge base: a model, a retriever (prag_core.retrievers), document
+    parameters, passages.
 
     store: a mapping from document id to DocParams (a dict, or a work directory's store.Store).
     documents_text: a mapping from document id to its passage text (for rag and combine).
@@ -138,10 +140,11 @@ class Pipeline:
 
     @classmethod
     def open(cls, workdir, device=None, top_k=TOP_K, max_new_tokens=32, combination=COMBINATION,
-             temperature=TEMPERATURE):
+             temperature=TEMPERATURE, retriever=None):
         """The pipeline of a work directory written by `prag build`: its model (from W/config.json),
-        BM25 index, corpus passages and parameter store, checked against each other."""
-        model, tokenizer, index, store, texts, warmup, training = _open_workdir(Path(workdir), device)
+        retriever (W/config.json's, or `retriever`), corpus passages and parameter store, checked against
+        each other."""
+        model, tokenizer, index, store, texts, warmup, training = _open_workdir(Path(workdir), device, retriever)
         return cls(model, tokenizer, index, store, texts, top_k, max_new_tokens, combination, temperature, warmup,
                    training)
 
@@ -202,7 +205,8 @@ class Pipeline:
         """The context that applies each row's documents, combined by the scheme (pair modes), else nothing."""
         if mode not in ("prag", "combine"):
             return nullcontext()
-        rows = [combine([self._params(d) for d in ids], scores, self.combination, self.temperature)
+        temperature = self.temperature * self.index.score_scale  # in the retriever's score units
+        rows = [combine([self._params(d) for d in ids], scores, self.combination, temperature)
                 for ids, scores in hits]
         if self.warmup is not None:  # once per question, weight 1, whatever the scheme
             rows = [([self.warmup, *docs], [1.0, *w]) for docs, w in rows]
@@ -228,7 +232,7 @@ class Pipeline:
         return self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
 
 
-def _open_workdir(workdir, device):
+def _open_workdir(workdir, device, retriever=None):
     """(model, tokenizer, index, store, passages, warm-up pair or None, training tag or None) of a built work
     directory, or a one-line PipelineError."""
     config_file = workdir / "config.json"
@@ -243,16 +247,14 @@ def _open_workdir(workdir, device):
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise PipelineError(f"{config_file}: unreadable ({err})") from None
-    index = BM25Index.load(workdir / "index.safetensors")
     corpus = read_corpus(workdir / "corpus.jsonl")
-    if corpus_sha256(corpus) != index.corpus_sha256:
-        raise PipelineError(f"{workdir}: index.safetensors was built from another corpus than corpus.jsonl; "
-                            f"run `prag build` again")
     model_path = config.get("model")
     if model_path and Path(model_path).is_absolute() and not Path(model_path).exists():
         raise PipelineError(f"{config_file}: the model folder of its 'model' entry, {model_path}, does not exist "
                             f"(moved?); put the model back or set 'model' to where it is now")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    index = open_retriever(workdir, retriever or config.get("retriever", "bm25"),  # bm25: built before retrievers
+                           corpus_sha256(corpus), config.get("embedder"), device)
     model, tokenizer = load_model(model_path, device=device)
     # A store built for another model is refused (StoreError); each document is checked again on load, and
     # 16-bit stored pairs are upcast for an fp32 model.

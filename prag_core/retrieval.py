@@ -83,6 +83,9 @@ def corpus_sha256(docs) -> str:
 class BM25Index:
     """Top-k BM25 search over a fixed document list; results are (doc_id, score)."""
 
+    name = "bm25"
+    score_scale = 1.0  # the unit of combine's softmax temperature: BM25 scores as they are (T = 1 tuned on dev)
+
     def __init__(self, ids, vocab, arrays, k1, b, corpus_hash):
         self.ids = ids
         self.vocab = vocab

@@ -1,7 +1,8 @@
 """A work directory's retriever: bm25 (retrieval.py), dense (dense.py) or hybrid, their reciprocal rank fusion.
 
-Every retriever answers search(query, k) -> [(doc_id, score)], best first, so the pipeline does not care which
-one it has. Files in a work directory W:
+Every retriever answers search(query, k) -> [(doc_id, score)], best first, and has a score_scale, the unit in
+which combine's softmax temperature is read (so T = 1 weights the top documents alike for every retriever), so
+the pipeline does not care which one it has. Files in a work directory W:
 
     W/index.safetensors   BM25 (always built: it is cheap, and half of hybrid)
     W/dense.safetensors   dense embeddings (built for dense and hybrid)
@@ -10,7 +11,7 @@ Hybrid: RRF (Cormack et al. 2009) over each retriever's top DEPTH documents,
 score(d) = Σ_lists 1 / (RRF_K + rank of d), ranks from 1; a document BM25 scores 0 (no shared word) is not in
 BM25's list.
 """
-from .dense import DenseIndex, load_embedder
+from .dense import DenseIndex, embedder_id, load_embedder
 from .retrieval import BM25Index, RetrievalError
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
@@ -37,6 +38,11 @@ def rrf(rankings, k, rrf_k=RRF_K):
 
 class HybridIndex:
     """RRF of a BM25 and a dense index over the same documents."""
+
+    name = "hybrid"
+    # The unit of combine's softmax temperature, chosen as dense.DenseIndex.score_scale was: top-3 weights on
+    # dev average 0.82/0.16/0.03 (BM25: 0.85/0.13/0.03). RRF scores are ~1/61 with gaps of ~1/61².
+    score_scale = 3e-4
 
     def __init__(self, bm25, dense, rrf_k=RRF_K, depth=DEPTH):
         self.bm25, self.dense, self.rrf_k, self.depth = bm25, dense, rrf_k, depth
@@ -71,8 +77,8 @@ def write_indexes(docs, workdir, retriever, embedder=None, progress=False):
 
 
 def open_retriever(workdir, retriever, corpus_hash, embedder=None, device="cpu"):
-    """W's `retriever`, its indexes checked against the corpus (corpus_sha256) and the embedder (a name or path
-    for dense.load_embedder); one-line RetrievalError otherwise."""
+    """W's `retriever`, its indexes checked against the corpus (corpus_sha256) and, when given, the embedder
+    the work directory was built with (a name or path); one-line RetrievalError otherwise."""
     check_retriever(retriever)
     bm25 = BM25Index.load(workdir / BM25_FILE) if retriever != "dense" else None
     dense = None
@@ -80,12 +86,12 @@ def open_retriever(workdir, retriever, corpus_hash, embedder=None, device="cpu")
         if not (workdir / DENSE_FILE).is_file():
             raise RetrievalError(f"{workdir / DENSE_FILE}: no dense index; build it with "
                                  f"`prag build --retriever {retriever}`")
-        model, ident = load_embedder(embedder, device)
-        dense = DenseIndex.load(workdir / DENSE_FILE, model, ident)
+        dense = DenseIndex.load(workdir / DENSE_FILE, None if embedder is None else embedder_id(embedder))
     for index, name in ((bm25, BM25_FILE), (dense, DENSE_FILE)):
         if index is not None and index.corpus_sha256 != corpus_hash:
             raise RetrievalError(f"{workdir}: {name} was built from another corpus than corpus.jsonl; "
                                  f"run `prag build` again")
-    if bm25 is not None and dense is not None:
-        return HybridIndex(bm25, dense)
-    return dense if bm25 is None else bm25
+    if dense is None:
+        return bm25
+    dense.model, _ = load_embedder(dense.embedder, device)
+    return dense if bm25 is None else HybridIndex(bm25, dense)

@@ -152,6 +152,26 @@ def test_pipeline_schemes_differ_and_bad_ones_are_refused(pipe):
         Pipeline(pipe.model, pipe.tokenizer, pipe.index, pipe.store, pipe.documents_text, temperature=0)
 
 
+class _Scaled:
+    """A retriever with BM25's results and another score scale (as dense and hybrid have)."""
+    name, score_scale = "scaled", 0.05
+
+    def __init__(self, index):
+        self.index = index
+
+    def search(self, query, k):
+        return self.index.search(query, k)
+
+
+def test_score_temperature_is_in_the_retriever_score_scale(pipe):
+    def answers(index, temperature):
+        return predictions(Pipeline(pipe.model, pipe.tokenizer, index, pipe.store, pipe.documents_text, top_k=3,
+                                    max_new_tokens=10, combination="score", temperature=temperature)
+                           .answer(QUESTIONS, "prag"))
+    sharp = answers(pipe.index, 0.05)
+    assert answers(_Scaled(pipe.index), 1.0) == sharp != answers(pipe.index, 1.0)
+
+
 def test_b_inits():
     model = inject(tiny_llama(seed=0))
     shared = [DocParams.init(model, 2, 16.0, init="shared", doc_key=k) for k in ("a", "b")]

@@ -38,6 +38,33 @@ def test_tokenize():
     assert tokenize(" ?!… ") == []
 
 
+def test_tokenize_cjk_runs_as_characters_and_character_pairs():
+    assert tokenize("福莫出生在哪里") == ["福", "莫", "出", "生", "在", "哪", "里",
+                                         "福莫", "莫出", "出生", "生在", "在哪", "哪里"]
+    assert tokenize("iPhone手机, 東京!") == ["iphone", "手", "机", "手机", "東", "京", "東京"]  # Latin runs stay words
+    assert tokenize("ひらがな 한국어") == ["ひ", "ら", "が", "な", "ひら", "らが", "がな", "한", "국", "어", "한국", "국어"]
+    assert tokenize("中") == ["中"] and tokenize("ＡＢＣ２０２４年") == ["abc2024", "年"]  # NFKC: full-width to ASCII
+
+
+CHINESE = [_doc("fumo", "福莫出生在河北省的一个小村庄，后来搬到了北京。", "福莫"),
+           _doc("tea", "龙井茶产于浙江杭州西湖一带，是绿茶的一种。", "龙井茶"),
+           _doc("wall", "长城始建于春秋战国时期，全长两万多公里。", "长城"),
+           _doc("panda", "大熊猫主要生活在四川的竹林里，以竹子为食。", "大熊猫"),
+           _doc("river", "长江是中国最长的河流，流经上海注入东海。", "长江")]
+
+
+@pytest.mark.parametrize("question, expected", [
+    ("福莫出生在哪里？", "fumo"),       # one run of characters: no spaces to split on
+    ("龙井是什么茶？", "tea"),
+    ("长城有多长？", "wall"),            # 长 is in 长江 too: the pair 长城 decides
+    ("熊猫吃什么？", "panda"),
+    ("哪条河流注入东海？", "river"),
+])
+def test_chinese_questions_find_their_document(question, expected):
+    results = BM25Index.build(CHINESE).search(question, k=2)
+    assert results[0][0] == expected and results[0][1] > results[1][1]
+
+
 @pytest.mark.parametrize("query, expected", [
     ("Who built the Velmora Lighthouse?", "light"),     # "velmora" is only in the title
     ("What color does the Pellacine glowtoad glow?", "toad"),

@@ -91,3 +91,31 @@ def random_doc_params(model, n=1, seed=0, rank=2, alpha=16.0, targets=None, std=
             doc.pairs[path] = (torch.randn(a.shape, generator=gen) * std, torch.randn(b.shape, generator=gen) * std)
         docs.append(doc)
     return docs
+
+
+def tiny_embedder(folder, words=(), seed=0, hidden=16):
+    """A tiny random BERT saved as a sentence-transformers folder (mean pooling, unit vectors); returns it.
+    Its vocabulary: letters and digits, and `words` as whole tokens (so texts of different words differ)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import models as st_models
+    from tokenizers import normalizers, processors
+    from transformers import BertConfig, BertModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars),
+              *sorted(set(words) - set(chars))]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                        sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=128, initializer_range=0.5)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    transformer = st_models.Transformer(str(folder), max_seq_length=64)
+    SentenceTransformer(modules=[transformer, st_models.Pooling(hidden, "mean"), st_models.Normalize()]).save(str(folder))
+    return folder

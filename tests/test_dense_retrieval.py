@@ -1,0 +1,216 @@
+"""Dense and hybrid retrieval on a tiny random BERT embedder: exact search, save/load, reuse of unchanged
+embeddings, RRF, the stale/foreign index errors, the shipped embedder's extraction, and the CLI flow."""
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from tiny import tiny_embedder, tiny_llama, tiny_tokenizer
+
+import prag_core.dense as dense
+from prag_core.cli import main
+from prag_core.corpus import Document, text_sha256
+from prag_core.dense import DenseIndex, embedder_id, load_embedder
+from prag_core.retrieval import BM25Index, RetrievalError, corpus_sha256, indexed_text
+from prag_core.retrievers import DENSE_FILE, HybridIndex, open_retriever, rrf, write_indexes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _doc(doc_id, text, title=None):
+    return Document(doc_id, text, title, text_sha256(text))
+
+
+DOCS = [_doc("kite", "Tom has a red kite. It flies over Leeds.", "Kite"),
+        _doc("bell", "The bell rings at 9. Ana rings it."),
+        _doc("figs", "Bo eats 3 figs. Figs are sweet in May."),
+        _doc("dog", "Kai's dog is Rex. Rex barks at Lulu."),
+        _doc("owl", "Mira keeps 7 owls. They sleep in the barn.")]
+QUERIES = ["What color is Tom's kite?", "When does the bell ring?", "owls in the barn", "Rex"]
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory):
+    """(model, id) of a tiny random sentence-transformers folder."""
+    words = re.findall(r"[a-z0-9]+", " ".join(indexed_text(d) for d in DOCS).lower())
+    return load_embedder(str(tiny_embedder(tmp_path_factory.mktemp("embedder"), words)))
+
+
+@pytest.fixture(scope="module")
+def index(embedder):
+    return DenseIndex.build(DOCS, *embedder)
+
+
+def test_exact_search_equals_brute_force(index, embedder):
+    model = embedder[0]
+    one_by_one = np.stack([model.encode([indexed_text(d)], normalize_embeddings=True)[0] for d in DOCS])
+    assert index.embeddings.numpy() == pytest.approx(one_by_one, abs=1e-5)  # title + text, as BM25 indexes
+    for query in QUERIES:
+        scores = index.embeddings.numpy().astype(np.float64) @ model.encode([query], normalize_embeddings=True)[0]
+        order = np.argsort(-scores, kind="stable")
+        got = index.search(query, k=len(DOCS))
+        assert [doc_id for doc_id, _ in got] == [DOCS[i].id for i in order]
+        assert [s for _, s in got] == pytest.approx(scores[order].tolist(), abs=1e-6)
+    assert len(index.search(QUERIES[0], k=2)) == 2 and len(index.search(QUERIES[0], k=50)) == len(DOCS)
+    with pytest.raises(RetrievalError, match="k must be at least 1"):
+        index.search("kite", k=0)
+    with pytest.raises(RetrievalError, match="empty query"):
+        index.search("  ")
+
+
+def test_save_load_round_trip(index, embedder, tmp_path):
+    path = tmp_path / "dense.safetensors"
+    index.save(path)
+    loaded = DenseIndex.load(path, embedder[1])
+    assert loaded.ids == index.ids and loaded.keys == index.keys and loaded.embedder == embedder[1]
+    assert loaded.corpus_sha256 == corpus_sha256(DOCS) and torch.equal(loaded.embeddings, index.embeddings)
+    loaded.model = embedder[0]
+    for query in QUERIES:
+        assert loaded.search(query, k=len(DOCS)) == index.search(query, k=len(DOCS))
+
+
+def _resave(index, path, meta=None, tensor=None):
+    index.save(path)
+    header = {"format": "prag-dense", "version": "1", "embedder": index.embedder,
+              "corpus_sha256": index.corpus_sha256, "ids": json.dumps(index.ids), "keys": json.dumps(index.keys),
+              **(meta or {})}
+    save_file({"embeddings": index.embeddings if tensor is None else tensor}, str(path),
+              metadata={k: v for k, v in header.items() if v is not None})
+
+
+@pytest.mark.parametrize("meta, tensor, expected", [
+    ({"format": "prag-bm25"}, None, r"not a prag dense index \(field 'format'"),
+    ({"version": "0"}, None, r"field 'version' is '0', this prag reads '1'; rebuild the index"),
+    ({"embedder": "someone-else"}, None, r"built with embedder 'someone-else', not .*; rebuild the index"),
+    ({"keys": None}, None, r"header field 'keys' is missing or malformed"),
+    (None, torch.ones(5, 16), r"tensor 'embeddings' has rows that are not unit vectors"),
+    (None, torch.ones(4, 16) / 4, r"tensor 'embeddings' is torch.float32\[4, 16\], expected float32 \[5, dim\]"),
+    (None, torch.ones(5, 16, dtype=torch.float64) / 4, r"tensor 'embeddings' is torch.float64"),
+])
+def test_load_rejects_bad_and_foreign_files(index, embedder, tmp_path, meta, tensor, expected):
+    path = tmp_path / "dense.safetensors"
+    _resave(index, path, meta, tensor)
+    with pytest.raises(RetrievalError, match=r"dense\.safetensors: " + expected):
+        DenseIndex.load(path, embedder[1])
+
+
+def test_unreadable_or_missing_file(tmp_path):
+    (tmp_path / "cut.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{")
+    with pytest.raises(RetrievalError, match=r"cut\.safetensors: unreadable dense index"):
+        DenseIndex.load(tmp_path / "cut.safetensors")
+    with pytest.raises(RetrievalError, match=r"nope\.safetensors: no such dense index file"):
+        DenseIndex.load(tmp_path / "nope.safetensors")
+
+
+def test_rebuild_embeds_only_new_or_changed_documents(embedder, tmp_path, monkeypatch):
+    embedded = []
+    real = dense.embed
+    monkeypatch.setattr(dense, "embed", lambda model, texts, progress=False: embedded.append(list(texts))
+                        or real(model, texts, progress))
+    write_indexes(DOCS, tmp_path, "dense", embedder)
+    first = DenseIndex.load(tmp_path / DENSE_FILE)
+    changed = [DOCS[0], _doc("bell", "The bell rings at noon."), *DOCS[2:], _doc("new", "A new owl arrives.")]
+    write_indexes(changed, tmp_path, "dense", embedder)
+    second = DenseIndex.load(tmp_path / DENSE_FILE)
+    assert embedded == [[indexed_text(d) for d in DOCS], ["The bell rings at noon.", "A new owl arrives."]]
+    assert second.ids == [d.id for d in changed] and second.corpus_sha256 == corpus_sha256(changed)
+    same = [0, 2, 3, 4]
+    assert torch.equal(second.embeddings[same], first.embeddings[same])  # reused bit for bit
+    assert not torch.equal(second.embeddings[1], first.embeddings[1])
+    write_indexes(changed, tmp_path, "dense", embedder)  # nothing changed: nothing embedded
+    assert len(embedded) == 2
+
+
+def test_rrf_on_known_rankings():
+    fused = rrf([["a", "b", "c"], ["c", "a", "d"]], k=4)
+    assert fused == [("a", 1 / 61 + 1 / 62), ("c", 1 / 63 + 1 / 61), ("b", 1 / 62), ("d", 1 / 63)]
+    assert rrf([["x", "y"], ["y", "x"]], k=2) == [("x", 1 / 61 + 1 / 62), ("y", 1 / 62 + 1 / 61)]  # tie: first seen
+    assert rrf([["a", "b"], ["b"]], k=1, rrf_k=0) == [("b", 1 / 2 + 1)]
+
+
+def test_hybrid_fuses_bm25_matches_with_the_dense_ranking(index):
+    bm25 = BM25Index.build(DOCS)
+    hybrid = HybridIndex(bm25, index)
+    for query in ["Rex barks", "red kite", "figs in May"]:
+        lexical = [d for d, s in bm25.search(query, k=len(DOCS)) if s > 0]  # documents with no shared word left out
+        semantic = [d for d, _ in index.search(query, k=len(DOCS))]
+        assert 0 < len(lexical) < len(DOCS)
+        assert hybrid.search(query, k=3) == rrf([lexical, semantic], k=3)
+    with pytest.raises(RetrievalError, match="k must be at least 1"):
+        hybrid.search("kite", k=0)
+
+
+def test_open_retriever_checks_corpus_and_files(embedder, tmp_path):
+    write_indexes(DOCS, tmp_path, "hybrid", embedder)
+    good = corpus_sha256(DOCS)
+    assert isinstance(open_retriever(tmp_path, "hybrid", good, embedder[1]), HybridIndex)
+    assert open_retriever(tmp_path, "dense", good).search("red kite", k=1)[0][0] in {d.id for d in DOCS}
+    with pytest.raises(RetrievalError, match=r"dense\.safetensors was built from another corpus than corpus\.jsonl"):
+        open_retriever(tmp_path, "dense", corpus_sha256(DOCS[:2]))
+    with pytest.raises(RetrievalError, match=r"index\.safetensors was built from another corpus"):
+        open_retriever(tmp_path, "hybrid", corpus_sha256(DOCS[:2]))
+    with pytest.raises(RetrievalError, match=r"built with embedder .*, not 'all-MiniLM-L6-v2'"):
+        open_retriever(tmp_path, "dense", good, "minilm")
+    with pytest.raises(RetrievalError, match="retriever: unknown 'sparse'; choose from bm25, dense, hybrid"):
+        open_retriever(tmp_path, "sparse", good)
+    (tmp_path / DENSE_FILE).unlink()
+    with pytest.raises(RetrievalError, match=r"dense\.safetensors: no dense index; build it with "
+                                             r"`prag build --retriever hybrid`"):
+        open_retriever(tmp_path, "hybrid", good)
+
+
+def test_shipped_embedder_is_extracted_once_from_the_package_zip(embedder, tmp_path, monkeypatch):
+    folder = Path(embedder[1])
+    archive = tmp_path / "model.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            z.write(path, path.relative_to(folder))
+    monkeypatch.setenv("PRAG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(dense, "package_file", lambda package, name, pip_name: archive)
+    model, ident = load_embedder()  # the default: "minilm"
+    assert ident == embedder_id("minilm") == "all-MiniLM-L6-v2"
+    assert (tmp_path / "cache" / "all-MiniLM-L6-v2" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["all-MiniLM-L6-v2"]  # no temporary folder left
+    assert torch.allclose(dense.embed(model, QUERIES), dense.embed(embedder[0], QUERIES))
+    archive.unlink()  # extracted already: the zip is not read again
+    monkeypatch.setattr(dense, "package_file", lambda package, name, pip_name: tmp_path / "gone.zip")
+    assert load_embedder("minilm")[1] == "all-MiniLM-L6-v2"
+
+
+def test_cli_build_records_the_retriever_and_ask_eval_use_or_override_it(embedder, tmp_path, capsys):
+    model = tmp_path / "model"
+    tiny_llama().save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": d.id, "text": d.text, **({"title": d.title} if d.title else {})})
+                              + "\n" for d in DOCS))
+    work = tmp_path / "W"
+    assert main(["build", "--corpus", str(corpus), "--workdir", str(work), "--model", str(model), "--epochs", "1",
+                 "--batch-docs", "5", "--augmenter", "fallback", "--warmup", "none", "--retriever", "hybrid",
+                 "--embedder", embedder[1]]) == 0
+    config = json.loads((work / "config.json").read_text())
+    assert config["retriever"] == "hybrid" and config["embedder"] == embedder[1]
+    assert DenseIndex.load(work / DENSE_FILE, embedder[1]).ids == [d.id for d in DOCS]
+    capsys.readouterr()
+    for retriever in ("hybrid", "bm25", "dense"):
+        argv = ["ask", "--workdir", str(work), "What color is Tom's kite?"]
+        assert main(argv if retriever == "hybrid" else [*argv[:3], "--retriever", retriever, argv[3]]) == 0
+        documents = capsys.readouterr().out.splitlines()[-2]
+        assert documents.startswith("documents: ") and len(documents.split(", ")) == 3
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"id": "q1", "question": "What color is Tom's kite?", "answers": ["red"],
+                              "docs": ["kite"]}) + "\n")
+    out = tmp_path / "results.json"
+    assert main(["eval", "--workdir", str(work), "--questions", str(qa), "--modes", "prag", "--retriever", "bm25",
+                 "--out", str(out)]) == 0
+    assert "retrieval (bm25): recall@1 1.000  recall@3 1.000  recall@5 1.000" in capsys.readouterr().out
+    assert json.loads(out.read_text())["retrieval"] == {"retriever": "bm25", "recall@1": 1.0, "recall@3": 1.0,
+                                                       "recall@5": 1.0}
+    (work / DENSE_FILE).unlink()
+    assert main(["ask", "--workdir", str(work), "kite"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"prag: error: {work / DENSE_FILE}: no dense index; build it with `prag build --retriever hybrid`")
