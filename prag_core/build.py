@@ -3,7 +3,7 @@
 A work directory W holds one knowledge base:
 
     W/config.json         model, training config, augmentation settings (read by `prag ask/eval`)
-    W/corpus.jsonl        the documents as built (see truncation below)
+    W/corpus.jsonl        the documents (or passages) as built (see truncation below)
     W/index.safetensors   BM25 index over title + text
     W/dense.safetensors   dense embeddings of title + text (retriever dense or hybrid; prag_core.retrievers)
     W/augment.jsonl       augmentation cache (augment.AugmentCache)
@@ -44,6 +44,7 @@ from .doc_params import DocParams, DocParamsError, model_fingerprint
 from .errors import BuildError
 from .inject import ffn_module_paths, inject
 from .model import context_length, load_model
+from .passages import split_passages
 from .retrieval import RetrievalError, corpus_sha256
 from .retrievers import RETRIEVER, check_retriever, write_indexes
 from .samples import CONSTRUCTIONS, build_samples, distill_items
@@ -105,7 +106,8 @@ class BuildSummary:
 
 def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augmenter="fallback", n_rewrites=1,
           n_qa=3, device="cpu", progress=True, storage_dtype=None, shard_size=None, ray=None, workers=None,
-          augment_model=None, warmup=WARMUP_CORPUS, retrain=False, retriever=RETRIEVER, embedder=None):
+          augment_model=None, warmup=WARMUP_CORPUS, retrain=False, retriever=RETRIEVER, embedder=None,
+          passage_words=None):
     """Build (or resume) the work directory `workdir` from `corpus` (a corpus.jsonl path) with `model`
     (a name or path for load_model; None = the embedded SmolLM2). Returns a BuildSummary.
 
@@ -120,7 +122,8 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     retrain: allow a rebuild with other training settings than W/config.json records (every document is
     encoded again); without it such a rebuild is a BuildError.
     retriever: bm25, dense or hybrid (retrievers.py); embedder: the sentence-transformers model of dense and
-    hybrid, a name or folder (None = the shipped all-MiniLM-L6-v2).
+    hybrid, a name or folder (None = the shipped all-MiniLM-L6-v2). passage_words: split documents into
+    passages of about that many words (passages.py), each retrieved and trained on its own; None = whole.
 
     Raises CorpusError (bad corpus), ModelLoadError, RetrievalError (an embedder that does not load), StoreError
     (a store built for another model) or BuildError (bad settings) before anything in `workdir` is changed."""
@@ -134,10 +137,17 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
         check_retriever(retriever)
     except RetrievalError as err:
         raise BuildError(str(err)) from None
+    if passage_words is not None and passage_words < 1:
+        raise BuildError(f"passage_words must be at least 1, got {passage_words}")
     corpus, workdir = Path(corpus), Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise BuildError(f"{workdir}: a file, not a work directory; choose another --workdir")
     docs = read_corpus(corpus)
+    if passage_words is not None:
+        try:
+            docs = split_passages(docs, passage_words)
+        except ValueError as err:
+            raise BuildError(f"{corpus}: {err}") from None
     warmup_docs = read_corpus(warmup) if warmup is not None else None
     # with Ray, the driver's model only checks settings, fingerprints and tokenizes: the CPU is enough
     lm, tokenizer = load_model(model, dtype=DTYPES[config.dtype], device="cpu" if ray is not None else device)
@@ -162,7 +172,7 @@ def build(corpus, workdir, model=None, config=TrainConfig(), batch_docs=4, augme
     if model and Path(model).exists():  # so `prag ask/eval` find it from any directory
         model = str(Path(model).resolve())
     settings = {"model": model, **config.to_dict(), "augmenter": augmenter, "augment_model": augment_model,
-                "n_rewrites": n_rewrites, "n_qa": n_qa, "retriever": retriever,
+                "n_rewrites": n_rewrites, "n_qa": n_qa, "retriever": retriever, "passage_words": passage_words,
                 "embedder": encoder[1] if encoder else None,
                 "warmup_corpus": str(Path(warmup).resolve()) if warmup is not None else None,
                 "training": config.to_dict()}

@@ -57,6 +57,9 @@ def _add_build(sub):
     p.add_argument("--retriever", default=RETRIEVER, choices=list(RETRIEVERS),
                    help=f"bm25, dense (sentence embeddings) or hybrid (their reciprocal rank fusion); default "
                         f"{RETRIEVER}, measured best (README \"Retrieval\")")
+    p.add_argument("--passage-words", type=_positive_int, default=None, metavar="N",
+                   help="split documents into passages of about N words on sentence boundaries, each retrieved "
+                        "and trained on its own as ID#1, ID#2, ... (default: whole documents)")
     p.add_argument("--embedder", default=None, metavar="PATH_OR_NAME",
                    help="sentence-transformers model of dense and hybrid (default: the shipped all-MiniLM-L6-v2)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -107,7 +110,8 @@ def cmd_build(args):
                             device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
                             storage_dtype=STORE_DTYPES.get(args.store_dtype), shard_size=args.shard_size,
                             ray=args.ray, workers=args.workers, warmup=_warmup_path(args.warmup),
-                            retrain=args.retrain, retriever=args.retriever, embedder=args.embedder)
+                            retrain=args.retrain, retriever=args.retriever, embedder=args.embedder,
+                            passage_words=args.passage_words)
         except (BuildError, StoreError) as err:
             raise UserError(str(err)) from None
     print(summary)

@@ -12,7 +12,7 @@ batched modes show the per-question cost of batched serving. ungrounded: the
 answer has no word of the question or the retrieved passages (metrics.ungrounded;
 the mode's value is the share of such answers). recall: for a question whose file
 lists its supporting `docs`, the share of them among the retrieved documents
-(recall@k); null for vanilla or without `docs`, and the mode's value is the mean
+(recall@k; a passage doc#3 counts for doc); null for vanilla or without `docs`, and the mode's value is the mean
 over the questions that have one (null if none). retrieval: the same recall of the pipeline's retriever
 alone at depths 1, 3 and 5, whatever top_k (`prag eval --retriever` compares retrievers).
 
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .corpus import write_text_atomic
 from .metrics import scores, ungrounded
+from .passages import source_of
 from .pipeline import COMBINATION, MODES, TEMPERATURE, TOP_K
 
 METRICS = ("em", "f1", "acc", "latency_s", "ungrounded")
@@ -43,8 +44,13 @@ def retrieval_recall(index, questions, depths=RECALL_AT):
     if not listed:
         return None
     top = [[doc_id for doc_id, _ in index.search(q.question, max(depths))] for q in listed]
-    return {f"recall@{k}": sum(sum(d in hits[:k] for d in q.docs) / len(q.docs) for q, hits in zip(listed, top))
-            / len(listed) for k in depths}
+    return {f"recall@{k}": sum(_recall(hits[:k], q.docs) for q, hits in zip(listed, top)) / len(listed)
+            for k in depths}
+
+
+def _recall(retrieved, docs):
+    """The share of `docs` that a retrieved id is, or is a passage of (doc#3)."""
+    return sum(any(source_of(r, d) for r in retrieved) for d in docs) / len(docs)
 
 
 def evaluate(pipeline, questions, modes=MODES, update="fused", batch_size=1, progress=True):
@@ -66,7 +72,7 @@ def answer_rows(pipeline, questions, modes=MODES, update="fused", batch_size=1, 
                 rows = []
                 for q, a in zip(batch, answers):
                     sources = [q.question] + [pipeline.documents_text.get(d, "") for d in a.docs]
-                    recall = (sum(d in a.docs for d in q.docs) / len(q.docs)) if q.docs and mode != "vanilla" else None
+                    recall = _recall(a.docs, q.docs) if q.docs and mode != "vanilla" else None
                     rows.append({"id": q.id, "mode": mode, "prediction": a.prediction,
                                  **scores(a.prediction, q.answers), "docs": a.docs, "latency_s": a.latency_s,
                                  "ungrounded": float(ungrounded(a.prediction, sources)), "recall": recall})
