@@ -18,6 +18,7 @@ language) and `recall` (recall@k of the supporting documents). Cost: `cpu_s_per_
 time per trained document divided by 2, i.e. seconds per document on 2 busy cores.
 
     python bench/sweep.py --split dev --grid "init=shared; init=document" --schemes "sum,mean,score:1"
+    python bench/sweep.py --eval-only --retriever hybrid ...   # the same stores, another retriever
     python bench/sweep.py --table            # markdown tables of every result so far
 """
 import argparse
@@ -36,7 +37,9 @@ from prag_core.doc_params import DocParams, model_fingerprint
 from prag_core.evaluate import evaluate
 from prag_core.model import cache_dir, load_model
 from prag_core.pipeline import Pipeline
+from prag_core.dense import DenseIndex, load_embedder
 from prag_core.retrieval import BM25Index, corpus_sha256
+from prag_core.retrievers import RETRIEVERS, HybridIndex
 from prag_core.samples import build_samples, distill_items
 from prag_core.store import Store
 from prag_core.train import TrainConfig, train_documents
@@ -97,7 +100,7 @@ def run(args):
     model, tokenizer = load_model(None)
     docs = read_corpus(DATA / f"{args.split}_corpus.jsonl")
     questions = read_questions(DATA / f"{args.split}_qa.jsonl")
-    index = BM25Index.build(docs)
+    index = retriever(args.retriever, docs)
     texts = {d.id: d.text for d in docs}
     workdir = args.workdir / args.split
     args.results.parent.mkdir(parents=True, exist_ok=True)
@@ -107,12 +110,14 @@ def run(args):
 
     def measure(key, pipeline, mode, **fields):
         """Answer every question in `mode` and append the row, unless a row with this key exists."""
-        key = json.dumps([args.split, key, mode, pipeline.top_k, pipeline.combination, pipeline.temperature])
+        key = json.dumps([args.split, key, mode, pipeline.top_k, pipeline.combination, pipeline.temperature]
+                         + ([args.retriever] if args.retriever != "bm25" else []))  # bm25 rows predate the option
         if key in done:
             return
         summary = evaluate(pipeline, questions, [mode], batch_size=args.batch_size, progress=False)["modes"][mode]
         row = {"key": key, "split": args.split, "docs": len(docs), "mode": mode, "k": pipeline.top_k,
-               "scheme": pipeline.combination, "temperature": pipeline.temperature, **fields,
+               "scheme": pipeline.combination, "temperature": pipeline.temperature, "retriever": args.retriever,
+               **fields,
                **{m: round(summary[m], 4) if summary[m] is not None else None
                   for m in ("em", "f1", "acc", "ungrounded", "recall", "latency_s")}, "n": summary["n"]}
         print(json.dumps(row), flush=True)
@@ -122,7 +127,7 @@ def run(args):
 
     for k in sorted({1, args.k}):
         base = Pipeline(model, tokenizer, index, {}, texts, top_k=k, combination="sum")  # no pairs: any scheme
-        if k == 1:
+        if k == 1 and args.retriever == "bm25":  # vanilla retrieves nothing
             measure("base", base, "vanilla")
         measure("base", base, "rag")
     fingerprint = model_fingerprint(model)
@@ -179,6 +184,15 @@ def run(args):
                 measure(key, pipeline, mode, **fields)
 
 
+def retriever(name, docs):
+    """The split's `name` retriever (dense and hybrid with the shipped all-MiniLM-L6-v2)."""
+    bm25 = BM25Index.build(docs)
+    if name == "bm25":
+        return bm25
+    dense = DenseIndex.build(docs, *load_embedder())
+    return dense if name == "dense" else HybridIndex(bm25, dense)
+
+
 def _training(c):
     extras = [c.get("objective", "ntp"), c["init"] + " B", c["augmenter"] + " pairs"]
     if c.get("warmup", "none") != "none":
@@ -225,6 +239,7 @@ def main():
     parser.add_argument("--schemes", default="sum,mean,score:1,dyprag", help="combinations at top-k, ','-separated")
     parser.add_argument("--modes", default="prag,combine", help="pair modes to measure")
     parser.add_argument("--k", type=int, default=3, help="documents retrieved per question")
+    parser.add_argument("--retriever", default="bm25", choices=list(RETRIEVERS))
     parser.add_argument("--batch-docs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16, help="questions per generate call")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
