@@ -148,7 +148,12 @@ class BM25Index:
             lo, hi = a["postings_ptr"][t], a["postings_ptr"][t + 1]
             docs, tf = a["postings_doc"][lo:hi], a["postings_tf"][lo:hi]
             scores[docs] += a["idf"][t] * (tf * (self.k1 + 1) / (tf + self._norm[docs]))
-        order = np.argsort(-scores, kind="stable")[:k]  # stable: equal scores keep corpus order
+        # The documents scoring at least the k-th best score, then a stable sort of those alone: equal scores
+        # keep corpus order, as a stable sort of all would, without sorting a large corpus.
+        candidates = np.arange(len(scores))
+        if k < len(scores):
+            candidates = np.flatnonzero(scores >= np.partition(scores, len(scores) - k)[len(scores) - k])
+        order = candidates[np.argsort(-scores[candidates], kind="stable")][:k]
         return [(self.ids[i], float(scores[i])) for i in order]
 
     def save(self, path) -> None:

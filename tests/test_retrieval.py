@@ -110,6 +110,16 @@ def test_ties_keep_corpus_order():
     assert index.search("nothing matches", k=4) == [("b", 0.0), ("a", 0.0), ("c", 0.0), ("d", 0.0)]
 
 
+def test_top_k_is_the_head_of_the_full_ranking_ties_included():
+    rng = np.random.default_rng(0)  # 30 words over 300 documents: many equal scores
+    docs = [_doc(f"d{i}", " ".join(f"w{x}" for x in rng.integers(0, 30, 6))) for i in range(300)]
+    index = BM25Index.build(docs)
+    for query in ("w1 w2", "w3", "w4 w4 w5 w29", "nothing"):
+        full = index.search(query, k=len(docs))
+        for k in (1, 3, 10, 299):
+            assert index.search(query, k) == full[:k]
+
+
 def test_bad_queries(index):
     for query in ("", "   ", "?!…"):
         with pytest.raises(RetrievalError, match="empty query"):
