@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from .corpus import text_sha256, write_bytes_atomic
-from .model import cached_folder, package_file
+from .model import cached_folder, first_line, package_file
 from .retrieval import RetrievalError, corpus_sha256, indexed_text
 
 FORMAT = "prag-dense"
@@ -62,8 +62,8 @@ def load_embedder(name_or_path=None, device="cpu"):
         model = SentenceTransformer(path, device=device, trust_remote_code=False,
                                     model_kwargs={"use_safetensors": True})
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RetrievalError(f"embedder {name_or_path!r}: cannot load it as a sentence-transformers model ({first})") from None
+        raise RetrievalError(f"embedder {name_or_path!r}: cannot load it as a sentence-transformers model "
+                             f"({first_line(err)})") from None
     return model.eval(), ident
 
 

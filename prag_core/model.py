@@ -20,6 +20,12 @@ class ModelLoadError(RuntimeError):
     """A model could not be found or loaded; the message says what to do."""
 
 
+def first_line(err) -> str:
+    """The first line of an exception's message (library errors can run to pages), or its type's name."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("PRAG_CACHE", Path.home() / ".cache" / "prag"))
 
@@ -132,8 +138,7 @@ def load_model(name_or_path=None, dtype=torch.float32, device="cpu", trust_remot
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelLoadError(f"cannot load model {name_or_path!r}: {first}") from err
+        raise ModelLoadError(f"cannot load model {name_or_path!r}: {first_line(err)}") from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer

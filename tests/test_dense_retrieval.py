@@ -181,10 +181,26 @@ def test_shipped_embedder_is_extracted_once_from_the_package_zip(embedder, tmp_p
     assert load_embedder("minilm")[1] == "all-MiniLM-L6-v2"
 
 
-def test_cli_build_records_the_retriever_and_ask_eval_use_or_override_it(embedder, tmp_path, capsys):
-    model = tmp_path / "model"
-    tiny_llama().save_pretrained(model)
-    tiny_tokenizer().save_pretrained(model)
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    tiny_llama().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_cli_build_refuses_an_embedder_that_does_not_load(model, tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"id": "kite", "text": DOCS[0].text}) + "\n")
+    assert main(["build", "--corpus", str(corpus), "--workdir", str(tmp_path / "W"), "--model", str(model),
+                 "--retriever", "dense", "--embedder", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"prag: error: embedder '{tmp_path / 'nope'}': cannot load it as a sentence-transformers model "
+        f"(Path {tmp_path / 'nope'} not found)")
+    assert not (tmp_path / "W").exists()  # refused before anything was written
+
+
+def test_cli_build_records_the_retriever_and_ask_eval_use_or_override_it(model, embedder, tmp_path, capsys):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"id": d.id, "text": d.text, **({"title": d.title} if d.title else {})})
                               + "\n" for d in DOCS))
