@@ -28,10 +28,10 @@ setup(
         "gguf>=0.19",
         "accelerate>=1.15",
         "tqdm>=4.70",
+        "sentence-transformers>=5.0",  # the dense half of the default hybrid retriever
     ],
     extras_require={
-        "test": ["pytest>=9.0", "pytest-benchmark>=5.2", "ray>=2.40", "sentence-transformers>=5.0"],
-        "dense": ["sentence-transformers>=5.0"],
+        "test": ["pytest>=9.0", "pytest-benchmark>=5.2", "ray>=2.40"],
         "ray": ["ray>=2.40"],
         "bench": ["pytest-benchmark>=5.2", "matplotlib>=3.8"],
     },

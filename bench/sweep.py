@@ -125,7 +125,7 @@ def run(args):
             f.write(json.dumps(row) + "\n")
         done.add(key)
 
-    for k in sorted({1, args.k}):
+    for k in sorted({1, args.k}) if args.baselines else ():
         base = Pipeline(model, tokenizer, index, {}, texts, top_k=k, combination="sum")  # no pairs: any scheme
         if k == 1 and args.retriever == "bm25":  # vanilla retrieves nothing
             measure("base", base, "vanilla")
@@ -246,6 +246,8 @@ def main():
     parser.add_argument("--workdir", type=Path, default=cache_dir() / "sweep", help="augmentations and stores")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--eval-only", action="store_true", help="answer with the stores already trained")
+    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
+                        help="skip the vanilla and rag rows (they do not depend on the training)")
     parser.add_argument("--augment-only", action="store_true",
                         help="only augment; append the filters' drop counts to --augment-results")
     parser.add_argument("--augment-results", type=Path, default=RESULTS.with_name("augment_filters.jsonl"))

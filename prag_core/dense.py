@@ -52,10 +52,7 @@ def _embedded_folder() -> Path:
 
 def load_embedder(name_or_path=None, device="cpu"):
     """(SentenceTransformer, its id). Loads safetensors weights only, never remote code."""
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise RetrievalError("dense and hybrid retrieval need sentence-transformers: pip install 'prag[dense]'") from None
+    from sentence_transformers import SentenceTransformer  # here: its import takes seconds, bm25 needs none of it
     ident = embedder_id(name_or_path)
     path = str(_embedded_folder()) if ident == EMBEDDED_ID else ident
     try:

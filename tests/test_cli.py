@@ -36,7 +36,8 @@ def built(tmp_path_factory):
     corpus = write(root / "corpus.jsonl", "".join(json.dumps(d) + "\n" for d in DOCS))
     model = save_tiny(root / "model", seed=0)
     assert main(["build", "--corpus", str(corpus), "--workdir", str(root / "W"), "--model", str(model),
-                 "--epochs", "1", "--batch-docs", "4", "--augmenter", "fallback", "--warmup", "none"]) == 0
+                 "--epochs", "1", "--batch-docs", "4", "--augmenter", "fallback", "--warmup", "none",
+                 "--retriever", "bm25"]) == 0  # the rankings asserted below are BM25's
     return root / "W", write(root / "qa.jsonl", "".join(json.dumps(q) + "\n" for q in QA))
 
 
