@@ -1,6 +1,7 @@
 """How a question's k retrieved documents combine into one update of the FFN weights.
 
-For the documents j = 1..k (best first) with pairs (A_j, B_j), α each, and BM25 scores s_j:
+For the documents j = 1..k (best first) with pairs (A_j, B_j), α each, and retrieval scores s_j (the pipeline
+passes T times its retriever's score_scale, so T = 1 weights alike for BM25, dense and hybrid scores):
 
     sum     ΔW = α Σ_j A_j B_jᵀ                      PRAG (PEFT's `cat`): w_j = 1
     mean    ΔW = α Σ_j (1/k) A_j B_jᵀ                w_j = 1/k

@@ -100,10 +100,8 @@ class DenseIndex:
         if previous is not None and previous.embedder == embedder:
             old = {key: previous.embeddings[i] for i, key in enumerate(previous.keys)}
         todo = [i for i, key in enumerate(keys) if key not in old]
-        new = embed(model, [texts[i] for i in todo], progress) if todo else None
-        rows = [old.get(key) for key in keys]
-        for j, i in enumerate(todo):
-            rows[i] = new[j]
+        new = dict(zip(todo, embed(model, [texts[i] for i in todo], progress))) if todo else {}
+        rows = [new[i] if i in new else old[key] for i, key in enumerate(keys)]
         return cls([doc.id for doc in docs], torch.stack(rows).contiguous(), embedder, corpus_sha256(docs), keys, model)
 
     def search(self, query: str, k: int = 3) -> list[tuple[str, float]]:
