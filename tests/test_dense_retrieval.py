@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny import tiny_embedder, tiny_llama, tiny_tokenizer
+from tiny import save_tiny_llama, tiny_embedder
 
 import prag_core.dense as dense
 from prag_core.cli import main
@@ -183,10 +183,7 @@ def test_shipped_embedder_is_extracted_once_from_the_package_zip(embedder, tmp_p
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    tiny_llama().save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
+    return save_tiny_llama(tmp_path_factory.mktemp("model"))
 
 
 def test_cli_build_refuses_an_embedder_that_does_not_load(model, tmp_path, capsys):

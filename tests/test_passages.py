@@ -3,7 +3,7 @@ each retrieved and trained on its own; a re-run re-encodes nothing; recall count
 import json
 
 import pytest
-from tiny import tiny_llama, tiny_tokenizer
+from tiny import save_tiny_llama
 
 from prag_core.cli import main
 from prag_core.corpus import Document, Question, read_corpus, text_sha256
@@ -46,9 +46,7 @@ def test_recall_counts_a_passage_for_its_document():
 
 
 def test_build_with_passages_trains_each_and_resumes(tmp_path, capsys):
-    model = tmp_path / "model"
-    tiny_llama().save_pretrained(model)
-    tiny_tokenizer().save_pretrained(model)
+    model = save_tiny_llama(tmp_path / "model")
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(json.dumps({"id": "kite", "title": "Kite", "text": LONG}) + "\n"
                       + json.dumps({"id": "bell", "text": "The bell rings at 9. Ana rings it."}) + "\n")

@@ -33,6 +33,13 @@ def tiny_llama(seed=0, layers=2, hidden=32, intermediate=48, vocab=None):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
+def save_tiny_llama(folder, seed=0):
+    """tiny_llama and tiny_tokenizer saved as a model folder (for `prag build --model`); returns it."""
+    tiny_llama(seed=seed).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
 def _common(vocab, hidden, intermediate, layers):
     return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
