@@ -10,6 +10,7 @@ from prag_core.corpus import Document, Question, read_corpus, text_sha256
 from prag_core.evaluate import retrieval_recall
 from prag_core.passages import source_of, split_passages
 from prag_core.retrieval import BM25Index
+from prag_core.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LONG = ("Tom has a red kite. It flies over Leeds on windy days! Does it ever land? Only in May. "
@@ -56,8 +57,7 @@ def test_build_with_passages_trains_each_and_resumes(tmp_path, capsys):
     assert main(argv) == 0
     assert "built 5 documents (5 encoded now" in capsys.readouterr().out
     assert [d.id for d in read_corpus(work / "corpus.jsonl")] == ["kite#1", "kite#2", "kite#3", "kite#4", "bell"]
-    assert sorted(json.loads((work / "store" / "manifest.json").read_text())["documents"]) == [
-        "bell", "kite#1", "kite#2", "kite#3", "kite#4"]
+    assert sorted(Store(work / "store")) == ["bell", "kite#1", "kite#2", "kite#3", "kite#4"]
     assert json.loads((work / "config.json").read_text())["passage_words"] == 10
     assert main(argv) == 0
     assert "built 5 documents (0 encoded now, 5 already in the store" in capsys.readouterr().out
