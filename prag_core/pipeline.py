@@ -19,10 +19,20 @@ continuation cut at the first newline or sentence end, where a sentence ends at
 "v2.1" stay whole; an abbreviation such as "Dr. Vale" is cut after "Dr", a loss
 we accept for one simple rule). Generation of a row stops once its cut point is
 known, so short answers cost a few tokens.
+
+`answer(questions, mode)` answers a list of questions alike. A server's rows differ:
+`prepare(Request(...))` checks one request (its own mode, top_k or explicit documents,
+answer length) and resolves its documents, pairs and prompt, so a bad request fails
+alone; `run(rows)` then answers any mix of rows in one generate call (rows without
+pairs take no kernel columns, which adds exact zeros), each stopping on its own,
+optionally streaming its answer as it settles (Request.on_text) and stopping early
+when its Request.cancel is set.
 """
 import json
 import re
+import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,20 +52,58 @@ from .store import Store
 from .warmup import FILE as WARMUP_FILE
 
 MODES = ("vanilla", "rag", "prag", "combine")
+PAIR_MODES = ("prag", "combine")  # the modes that apply documents' pairs
 UPDATES = ("fused", "merge")
 # Serving defaults (README "Training defaults"): documents per question and how their pairs combine.
 TOP_K = 3
 COMBINATION = "score"
 TEMPERATURE = 1.0
 _ANSWER_END = re.compile(r"[.!?](?=\s|$)|\n")
+# What the next characters may still change at the end of an unfinished continuation: spaces and sentence
+# marks (an end, or part of "3.5"), and the replacement character of a half-decoded multi-byte character.
+_UNSETTLED_TAIL = re.compile("[.!?\\s\ufffd]+$")
 
 
 class PipelineError(ValueError):
-    """A question or knowledge base the pipeline cannot serve; one line naming what is wrong."""
+    """A question or knowledge base the pipeline cannot serve; one line naming what is wrong.
+
+    field: the Request field at fault (question, mode, update, top_k, documents), None for the knowledge base."""
+
+    def __init__(self, message, field=None):
+        super().__init__(message)
+        self.field = field
+
+
+class UnknownDocument(PipelineError):
+    """A requested document id that the knowledge base does not hold."""
 
 
 class PromptTooLong(PipelineError):
     """A prompt that, with the answer's max_new_tokens, does not fit the model's context (refused, not cut)."""
+
+
+@dataclass
+class Request:
+    """One question with its own options (a server's row). None: the pipeline's default."""
+    question: str
+    mode: str = "prag"
+    top_k: int | None = None
+    documents: list | None = None  # document ids to use instead of retrieval, best first
+    max_new_tokens: int | None = None
+    on_text: Callable[[str], None] | None = None  # called, from the generating thread, with each settled piece
+    cancel: threading.Event | None = None  # once set, the row stops generating (finish "cancelled")
+
+
+@dataclass
+class Row:
+    """A checked Request, ready to generate: its documents and scores, their combined pairs, its prompt."""
+    request: Request
+    docs: list
+    scores: list
+    params: list  # DocParams to activate (the warm-up pair first, when there is one); empty: no update
+    weights: list
+    prompt: list  # token ids
+    max_new_tokens: int
 
 
 @dataclass
@@ -66,6 +114,9 @@ class Answer:
     docs: list = field(default_factory=list)  # retrieved document ids, best first
     latency_s: float = 0.0  # wall time of the question's share of its batch
     scores: list = field(default_factory=list)  # the documents' retrieval scores
+    prompt_tokens: int = 0
+    tokens: int = 0  # tokens generated
+    finish: str = "stop"  # stop (the answer ended), length (max_new_tokens) or cancelled
 
 
 def cut_answer(text: str) -> str:
@@ -73,6 +124,18 @@ def cut_answer(text: str) -> str:
     "The answer is: X"."""
     match = _ANSWER_END.search(text)
     return (text[:match.start()] if match else text).strip().removeprefix(":").strip()
+
+
+def answer_complete(text):
+    """Whether the continuation `text` holds an answer end with at least one character after it (a '.' at the
+    very end may still become "3.5")."""
+    return any(m.group() == "\n" or m.end() < len(text) for m in _ANSWER_END.finditer(text))
+
+
+def settled_answer(text):
+    """The part of the answer that the continuation `text` fixes whatever follows it: the whole answer once it is
+    complete, else the answer so far without its unsettled tail. Each value is a prefix of the next one's."""
+    return cut_answer(text if answer_complete(text) else _UNSETTLED_TAIL.sub("", text))
 
 
 def prompt_ids(tokenizer, question, passages=None):
@@ -85,11 +148,11 @@ def check_request(question=None, mode=None, update=None, combination=None, tempe
     """PipelineError for an empty question, an unknown mode, update method or combination scheme, or a bad
     temperature (those given)."""
     if question is not None and (not isinstance(question, str) or not question.strip()):
-        raise PipelineError(f"question: empty ({question!r})")
+        raise PipelineError(f"question: empty ({question!r})", field="question")
     if mode is not None and mode not in MODES:
-        raise PipelineError(f"mode: unknown {mode!r}; choose from {', '.join(MODES)}")
+        raise PipelineError(f"mode: unknown {mode!r}; choose from {', '.join(MODES)}", field="mode")
     if update is not None and update not in UPDATES:
-        raise PipelineError(f"update: unknown {update!r}; choose from {', '.join(UPDATES)}")
+        raise PipelineError(f"update: unknown {update!r}; choose from {', '.join(UPDATES)}", field="update")
     if combination is not None:
         try:
             check_scheme(combination, temperature)
@@ -97,17 +160,34 @@ def check_request(question=None, mode=None, update=None, combination=None, tempe
             raise PipelineError(str(err)) from None
 
 
-class _AnswerComplete(StoppingCriteria):
-    """Per row: done once the continuation holds an answer end with at least one character after it
-    (a '.' at the very end may still become "3.5")."""
+class _RowStops(StoppingCriteria):
+    """Per row: done once its continuation is a complete answer or ends with end-of-turn (finish "stop"), holds
+    its max_new_tokens ("length"), or its cancel event is set ("cancelled"). Hands each row's newly settled
+    answer text to its on_text, and records per row the tokens generated and the finish."""
 
-    def __init__(self, tokenizer, prompt_width):
-        self.tokenizer, self.prompt_width = tokenizer, prompt_width
+    def __init__(self, tokenizer, prompt_width, rows):
+        self.tokenizer, self.prompt_width, self.rows = tokenizer, prompt_width, rows
+        self.tokens, self.finish, self.sent = [0] * len(rows), [None] * len(rows), [""] * len(rows)
 
     def __call__(self, input_ids, scores, **kwargs):
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
-        done = [any(m.group() == "\n" or m.end() < len(t) for m in _ANSWER_END.finditer(t)) for t in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        for i, row in enumerate(self.rows):
+            if self.finish[i] is not None:
+                continue
+            new = input_ids[i, self.prompt_width:]
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            self.tokens[i] = len(new)
+            if row.request.cancel is not None and row.request.cancel.is_set():
+                self.finish[i] = "cancelled"
+            elif answer_complete(text) or new[-1] == self.tokenizer.eos_token_id:
+                self.finish[i] = "stop"
+            elif len(new) >= row.max_new_tokens:
+                self.finish[i] = "length"
+            if row.request.on_text is not None and self.finish[i] != "cancelled":
+                answer = cut_answer(text) if self.finish[i] else settled_answer(text)
+                if len(answer) > len(self.sent[i]):
+                    row.request.on_text(answer[len(self.sent[i]):])
+                    self.sent[i] = answer
+        return torch.tensor([f is not None for f in self.finish], dtype=torch.bool, device=input_ids.device)
 
 
 class Pipeline:
@@ -148,42 +228,70 @@ class Pipeline:
         return cls(model, tokenizer, index, store, texts, top_k, max_new_tokens, combination, temperature, warmup,
                    training)
 
-    def retrieve(self, question):
-        """(ids, scores) of the top_k documents for `question`, best first."""
-        hits = self.index.search(question, k=self.top_k)
+    def retrieve(self, question, k=None):
+        """(ids, scores) of the top k documents for `question` (default top_k), best first."""
+        hits = self.index.search(question, k=self.top_k if k is None else k)
         return [doc_id for doc_id, _ in hits], [float(score) for _, score in hits]
 
     def answer(self, questions, mode="prag", update="fused"):
         """One Answer per question. fused answers the whole list in one generate call (the caller picks
         the batch size); merge answers it one question at a time."""
         check_request(mode=mode, update=update)
-        for q in questions:
-            check_request(question=q)
-        if update == "merge" and mode in ("prag", "combine") and len(questions) > 1:
-            return [a for q in questions for a in self.answer([q], mode, update)]
         start = time.perf_counter()
-        hits = [self.retrieve(q) if mode != "vanilla" else ([], []) for q in questions]
-        doc_ids = [ids for ids, _ in hits]
-        with_passages = mode in ("rag", "combine")
-        prompts = [prompt_ids(self.tokenizer, q, [self._text(d) for d in ids] if with_passages else None)
-                   for q, ids in zip(questions, doc_ids)]
-        self._check_fits(questions, prompts, with_passages)
-        with self._update(mode, update, hits):
-            texts = self._generate(prompts)
-        per_question = (time.perf_counter() - start) / len(questions)
-        return [Answer(q, mode, cut_answer(t), ids, per_question, scores)
-                for q, t, (ids, scores) in zip(questions, texts, hits)]
+        rows = [self.prepare(Request(q, mode)) for q in questions]
+        preparing = (time.perf_counter() - start) / len(rows)
+        answers = self.run(rows, update)
+        for a in answers:
+            a.latency_s += preparing
+        return answers
 
-    def _check_fits(self, questions, prompts, with_passages):
-        """PromptTooLong for the first prompt with no room left for the answer in the model's context."""
+    def prepare(self, request):
+        """The Row that answers `request`: its documents (retrieved, or the request's own), their pairs combined,
+        its prompt. A PipelineError (naming the field) for what the request gets wrong."""
+        mode = request.mode
+        check_request(request.question, mode)
+        k = self.top_k if request.top_k is None else request.top_k
+        if not (isinstance(k, int) and k >= 1):
+            raise PipelineError(f"top_k: expected a positive integer, got {k!r}", field="top_k")
+        ids, scores = [], []
+        if mode != "vanilla" and request.documents is None:
+            ids, scores = self.retrieve(request.question, k)
+        elif mode != "vanilla":
+            ids = list(request.documents)
+            unknown = [d for d in ids if d not in self.documents_text]
+            if unknown:
+                raise UnknownDocument(f"documents: unknown document id {unknown[0]!r}", field="documents")
+            scores = [None] * len(ids)  # not ranked: the scheme weighs them as equals
+        with_passages = mode in ("rag", "combine")
+        prompt = prompt_ids(self.tokenizer, request.question, [self._text(d) for d in ids] if with_passages else None)
+        max_new = self.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
+        self._check_fits(request.question, prompt, with_passages, max_new)
+        params, weights = self._combined(ids, [s or 0.0 for s in scores]) if mode in PAIR_MODES else ([], [])
+        return Row(request, ids, scores, params, weights, prompt, max_new)
+
+    def run(self, rows, update="fused"):
+        """One Answer per prepared Row. fused: all rows in one generate call, each with its own documents; merge:
+        one row at a time (merging changes the weights every row sees)."""
+        check_request(update=update)
+        if update == "merge" and len(rows) > 1 and any(r.params for r in rows):
+            return [a for r in rows for a in self.run([r], update)]
+        start = time.perf_counter()
+        with self._update(rows, update):
+            outputs = self._generate(rows)
+        per_row = (time.perf_counter() - start) / len(rows)
+        return [Answer(r.request.question, r.request.mode, cut_answer(text), r.docs, per_row, r.scores, len(r.prompt),
+                       tokens, finish)
+                for r, (text, tokens, finish) in zip(rows, outputs)]
+
+    def _check_fits(self, question, prompt, with_passages, max_new_tokens):
+        """PromptTooLong when the prompt leaves no room for max_new_tokens of answer in the model's context."""
         context = context_length(self.model, self.tokenizer)
-        for question, prompt in zip(questions, prompts):
-            if len(prompt) + self.max_new_tokens > context:
-                raise PromptTooLong(
-                    f"question {question[:40]!r}{'…' if len(question) > 40 else ''}: its prompt is {len(prompt)} "
-                    f"tokens{' with the passages' if with_passages else ''}; with {self.max_new_tokens} for the "
-                    f"answer that is more than the model's context of {context}; shorten the question"
-                    + (" or lower --top-k" if with_passages else ""))
+        if len(prompt) + max_new_tokens > context:
+            raise PromptTooLong(
+                f"question {question[:40]!r}{'…' if len(question) > 40 else ''}: its prompt is {len(prompt)} "
+                f"tokens{' with the passages' if with_passages else ''}; with {max_new_tokens} for the "
+                f"answer that is more than the model's context of {context}; shorten the question"
+                + (" or lower --top-k" if with_passages else ""), field="question")
 
     def _text(self, doc_id):
         if doc_id not in self.documents_text:
@@ -201,16 +309,20 @@ class Pipeline:
                                 f"`prag build` again to finish")
         return params
 
-    def _update(self, mode, update, hits):
-        """The context that applies each row's documents, combined by the scheme (pair modes), else nothing."""
-        if mode not in ("prag", "combine"):
-            return nullcontext()
+    def _combined(self, ids, scores):
+        """(documents, weights) to activate for one question: its documents combined by the scheme, and the
+        warm-up pair, when there is one, once with weight 1 whatever the scheme."""
         temperature = self.temperature * self.index.score_scale  # in the retriever's score units
-        rows = [combine([self._params(d) for d in ids], scores, self.combination, temperature)
-                for ids, scores in hits]
-        if self.warmup is not None:  # once per question, weight 1, whatever the scheme
-            rows = [([self.warmup, *docs], [1.0, *w]) for docs, w in rows]
-        params, weights = [docs for docs, _ in rows], [w for _, w in rows]
+        docs, weights = combine([self._params(d) for d in ids], scores, self.combination, temperature)
+        if self.warmup is not None:
+            return [self.warmup, *docs], [1.0, *weights]
+        return docs, weights
+
+    def _update(self, rows, update):
+        """The context that applies each row's documents (fused: rows without pairs take none), else nothing."""
+        params, weights = [r.params for r in rows], [r.weights for r in rows]
+        if not any(params):
+            return nullcontext()
         if update == "merge":
             return merged_documents(self.model, params[0], weights=weights[0])
         # One set for the batch when there is one row (the kernel's plain path), else one set per row.
@@ -219,17 +331,19 @@ class Pipeline:
         return use_documents(self.model, params, weights=weights)
 
     @torch.inference_mode()
-    def _generate(self, prompts):
-        """Greedy continuation of each prompt, batched with left padding."""
+    def _generate(self, rows):
+        """(text, tokens, finish) per row: the greedy continuation of its prompt, batched with left padding."""
         pad = self.tokenizer.pad_token_id
-        ids, mask = left_pad(prompts, pad)
+        ids, mask = left_pad([r.prompt for r in rows], pad)
         width = ids.shape[1]
         device = self.model.device
+        stops = _RowStops(self.tokenizer, width, rows)
         out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                  max_new_tokens=self.max_new_tokens, do_sample=False,
-                                  stopping_criteria=StoppingCriteriaList([_AnswerComplete(self.tokenizer, width)]),
+                                  max_new_tokens=max(r.max_new_tokens for r in rows), do_sample=False,
+                                  stopping_criteria=StoppingCriteriaList([stops]),
                                   pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
-        return self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        return [(self.tokenizer.decode(out[i, width:width + n], skip_special_tokens=True), n, finish)
+                for i, (n, finish) in enumerate(zip(stops.tokens, stops.finish))]
 
 
 def _open_workdir(workdir, device, retriever=None):

@@ -1,12 +1,14 @@
 """The Retrieve-Update-Generate pipeline on a tiny random model: modes, update methods, batching, errors."""
 import string
+import threading
 
 import pytest
 import torch
 from tiny import random_doc_params, tiny_llama, tiny_tokenizer
 
 from prag_core.corpus import Document, text_sha256
-from prag_core.pipeline import MODES, Pipeline, PipelineError, _AnswerComplete, cut_answer, prompt_ids
+from prag_core.pipeline import (MODES, Pipeline, PipelineError, PromptTooLong, Request, UnknownDocument,
+                                answer_complete, cut_answer, prompt_ids, settled_answer)
 from prag_core.prompts import ANSWER_PREFIX
 from prag_core.retrieval import BM25Index
 
@@ -63,12 +65,17 @@ def test_cut_answer_at_first_newline_or_sentence_end():
 
 
 def test_generation_stops_once_the_cut_is_known():
-    tok = tiny_tokenizer()
-    prompt = tok("prompt", add_special_tokens=False)["input_ids"]
-    stop = _AnswerComplete(tok, len(prompt))
     rows = [" Vale. It", " 3.", " 3.5", " green\n", " no end"]
-    done = [bool(stop(torch.tensor([prompt + tok(r, add_special_tokens=False)["input_ids"]]), None)) for r in rows]
-    assert done == [True, False, False, True, False]
+    assert [answer_complete(r) for r in rows] == [True, False, False, True, False]
+
+
+@pytest.mark.parametrize("text", [" Vale. It", " 3.5 metres. Or", ": Maelport! x", "  green \n", " ok?!\tno", " é. x"])
+def test_settled_answer_only_grows_into_the_answer(text):
+    """What streaming sends: the settled answer of every prefix is a prefix of the next and of the answer."""
+    settled = [settled_answer(text[:n]) for n in range(len(text) + 1)]
+    assert settled[-1] == cut_answer(text)
+    assert all(b.startswith(a) for a, b in zip(settled, settled[1:]))
+    assert settled_answer(" 3.") == "3" and settled_answer(" ab \ufffd") == "ab"
 
 
 def test_prompt_holds_passages_only_in_rag_modes(pipe):
@@ -129,3 +136,43 @@ def test_document_missing_from_the_store_is_named(pipe):
 def test_bad_requests(pipe, question, mode, update, message):
     with pytest.raises(PipelineError, match=message):
         pipe.answer([question], mode, update)
+
+
+def test_rows_with_their_own_options_share_a_batch(pipe):
+    """Modes, top_k, explicit documents and answer lengths differ per row; batched, each equals its row alone,
+    rows without pairs included."""
+    requests = [Request(QUESTIONS[0], "prag"), Request(QUESTIONS[1], "vanilla", max_new_tokens=3),
+                Request(QUESTIONS[2], "rag", top_k=1), Request(QUESTIONS[3], "combine", documents=["bell", "toad"]),
+                Request(QUESTIONS[4], "prag", top_k=3, max_new_tokens=4)]
+    rows = [pipe.prepare(r) for r in requests]
+    assert [len(r.docs) for r in rows] == [2, 0, 1, 2, 3] and rows[3].docs == ["bell", "toad"]
+    assert rows[3].scores == [None, None]  # not ranked
+    batched = pipe.run(rows)
+    alone = [pipe.run([r])[0] for r in rows]
+    assert [(a.prediction, a.tokens, a.finish) for a in batched] == [(a.prediction, a.tokens, a.finish) for a in alone]
+    assert batched[1].tokens <= 3 and batched[4].tokens <= 4
+
+
+def test_a_row_streams_its_answer_and_stops_when_cancelled(pipe):
+    pieces, cancel = [], threading.Event()
+    streamed = pipe.run([pipe.prepare(Request(q, "prag", on_text=pieces.append)) for q in QUESTIONS[:1]])[0]
+    assert "".join(pieces) == streamed.prediction and len(pieces) >= 1
+    pieces.clear()
+    cancel.set()  # its client went away: the row stops at the next step, and receives nothing more
+    rows = [pipe.prepare(Request(QUESTIONS[1], "prag", max_new_tokens=40, on_text=pieces.append, cancel=cancel)),
+            pipe.prepare(Request(QUESTIONS[2], "prag"))]
+    gone, mate = pipe.run(rows)
+    assert (gone.finish, gone.tokens, pieces) == ("cancelled", 1, [])
+    assert mate.prediction == pipe.run([rows[1]])[0].prediction
+
+
+def test_request_errors_name_their_field(pipe):
+    with pytest.raises(UnknownDocument, match="documents: unknown document id 'nope'") as err:
+        pipe.prepare(Request(QUESTIONS[0], documents=["toad", "nope"]))
+    assert err.value.field == "documents"
+    with pytest.raises(PipelineError, match="top_k") as err:
+        pipe.prepare(Request(QUESTIONS[0], top_k=0))
+    assert err.value.field == "top_k"
+    with pytest.raises(PromptTooLong, match="the model's context of 512") as err:
+        pipe.prepare(Request("why " * 200, "vanilla"))
+    assert err.value.field == "question"
