@@ -31,8 +31,10 @@ setup(
         "sentence-transformers>=5.0",  # the dense half of the default hybrid retriever
     ],
     extras_require={
-        "test": ["pytest>=9.0", "pytest-benchmark>=5.2", "ray>=2.40"],
+        "test": ["pytest>=9.0", "pytest-benchmark>=5.2", "ray>=2.40", "fastapi>=0.110", "uvicorn>=0.29",
+                 "openai>=1.0"],
         "ray": ["ray>=2.40"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
         "bench": ["pytest-benchmark>=5.2", "matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["prag=prag_core.cli:main"]},

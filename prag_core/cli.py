@@ -5,6 +5,7 @@ on stderr and exit status 2, never a traceback.
 """
 import argparse
 import importlib.util
+import os
 import sys
 
 from . import __version__
@@ -169,6 +170,32 @@ def cmd_eval(args):
         args.combination, args.temperature, args.retriever)
 
 
+def _add_serve(sub):
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP API over a work directory (prag[serve])")
+    p.add_argument("--workdir", required=True, help="work directory written by `prag build`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--max-batch", type=_positive_int, default=16, help="requests per generate call (default 16)")
+    p.add_argument("--batch-window-ms", type=_positive_float, default=10.0,
+                   help="how long a batch waits for more requests after its first (default 10)")
+    p.add_argument("--max-queue", type=_positive_int, default=64,
+                   help="requests admitted at once, queued or being answered; more get 503 (default 64)")
+    p.add_argument("--api-key", default=os.environ.get("PRAG_API_KEY"),
+                   help="require `Authorization: Bearer KEY` on /v1/ routes (default $PRAG_API_KEY, else none)")
+    _add_retrieval_options(p)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args):
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        raise UserError("prag serve needs FastAPI and uvicorn: pip install 'prag[serve]'")
+    from .serve import serve
+
+    serve(args.workdir, args.host, args.port, args.max_batch, args.batch_window_ms, args.max_queue, args.api_key,
+          args.device, top_k=args.top_k, combination=args.combination, temperature=args.temperature)
+
+
 def _add_demo(sub):
     p = sub.add_parser("demo", help="the main job: the shipped demo corpus, end to end, on the embedded model")
     p.add_argument("--workdir", default=None, help="where to build (default: $PRAG_CACHE/demo)")
@@ -265,6 +292,7 @@ def build_parser():
     _add_eval(sub)
     _add_export_peft(sub)
     _add_store(sub)
+    _add_serve(sub)
     return parser
 
 
