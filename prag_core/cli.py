@@ -184,6 +184,8 @@ def _add_serve(sub):
                    help="require `Authorization: Bearer KEY` on /v1/ routes (default $PRAG_API_KEY, else none)")
     _add_retrieval_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default: torch's; on a machine shared with other jobs 1 is fastest)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -193,7 +195,7 @@ def cmd_serve(args):
     from .serve import serve
 
     serve(args.workdir, args.host, args.port, args.max_batch, args.batch_window_ms, args.max_queue, args.api_key,
-          args.device, top_k=args.top_k, combination=args.combination, temperature=args.temperature)
+          args.device, args.threads, top_k=args.top_k, combination=args.combination, temperature=args.temperature)
 
 
 def _add_demo(sub):

@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -76,7 +77,7 @@ class Batcher:
         self.admitted = 0  # requests queued or being answered
         self._lock = threading.Lock()
         self._queue = queue.Queue()  # Jobs, then None to stop
-        self._held = deque()  # Jobs taken from the queue that wait for a later batch (merge ones, and overflow)
+        self._held = deque()  # taken from the queue while a fused batch formed, for later: merge Jobs, the stop
         self._thread = threading.Thread(target=self._loop, name="prag-batcher", daemon=True)
 
     def start(self):
@@ -133,7 +134,9 @@ class Batcher:
         """[(job, row)] if the job prepares, else [] (it is answered with its error now)."""
         try:
             row = self.pipeline.prepare(job.request)
-        except REQUEST_ERRORS as err:
+        except Exception as err:  # the request's own error (a 4xx), or a bug (a 500, logged); it fails alone
+            if not isinstance(err, REQUEST_ERRORS):
+                log.exception("preparing a request failed")
             self._finish(job, "error", err)
             return []
         job.emit("ready", row)
@@ -372,11 +375,33 @@ def served_name(workdir):
     return json.loads((Path(workdir) / "config.json").read_text(encoding="utf-8")).get("model") or EMBEDDED
 
 
-def serve(workdir, host="127.0.0.1", port=8000, max_batch=16, window_ms=10.0, max_queue=64, api_key=None,
-          device=None, **pipeline_options):
-    """Load the work directory once and serve it until SIGINT/SIGTERM (then finish what is in flight)."""
+@contextmanager
+def running(app, host="127.0.0.1", port=0):
+    """Serve `app` from a thread while the block runs (port 0: a free one); yields its base URL."""
     import uvicorn
 
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="prag-http", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"cannot serve on {host}:{port}")
+        time.sleep(0.01)
+    try:
+        yield f"http://{host}:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+def serve(workdir, host="127.0.0.1", port=8000, max_batch=16, window_ms=10.0, max_queue=64, api_key=None,
+          device=None, threads=None, **pipeline_options):
+    """Load the work directory once and serve it until SIGINT/SIGTERM (then finish what is in flight)."""
+    import torch
+    import uvicorn
+
+    if threads:
+        torch.set_num_threads(threads)
     pipeline = Pipeline.open(workdir, device=device, **pipeline_options)
     app = create_app(pipeline, served_name(workdir), max_batch, window_ms / 1000, max_queue, api_key)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -16,12 +16,11 @@ from contextlib import contextmanager
 
 import openai
 import pytest
-import uvicorn
 from test_cli import built  # noqa: F401  (the fixture: a tiny work directory written by `prag build`)
 from test_pipeline import QUESTIONS, TEXTS, make_pipe
 
 from prag_core.pipeline import MODES, Request
-from prag_core.serve import create_app
+from prag_core.serve import create_app, running
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = "tiny"
@@ -31,22 +30,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@contextmanager
-def running(app):
-    """The app served by uvicorn on a free port of 127.0.0.1, in a thread; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join()
 
 
 def http(url, body=None, headers=None):
@@ -219,8 +202,9 @@ def test_bad_requests_get_openai_errors(server, body, status, param):
 
 def test_other_routes_answer_errors_as_json(server):
     url, _ = server
-    for (code, _, reply), status in ((http(f"{url}/v1/nothing"), 404), (http(f"{url}/v1/retrieve", {"question": " "}), 400),
-                                     (http(f"{url}/v1/retrieve", {"question": "Who?", "top_k": 0}), 400)):
+    replies = [(http(f"{url}/v1/nothing"), 404), (http(f"{url}/v1/retrieve", {"question": " "}), 400),
+               (http(f"{url}/v1/retrieve", {"question": "Who?", "top_k": 0}), 400)]
+    for (code, _, reply), status in replies:
         assert code == status and set(reply["error"]) == {"message", "type", "param", "code"}
 
 
