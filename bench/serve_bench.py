@@ -1,9 +1,10 @@
-"""`prag serve` under load: the embedded SmolLM2 and the demo work directory, in one process.
+"""`prag serve` under load: the embedded SmolLM2 and the demo work directory.
 
-Variants (the same pipeline behind two in-process servers):
-  fused, batched       max_batch 16, window 10 ms: `prag serve`'s defaults
-  fused, one at a time max_batch 1
-  merge                `prag: {"update": "merge"}`: one request at a time (merging changes the weights every row sees)
+Variants, two `prag serve` processes (--threads 1 by default) and this one's client threads:
+  fused, batched       --max-batch 16 --batch-window-ms 10: `prag serve`'s defaults
+  fused, one at a time --max-batch 1
+  merge                `prag: {"update": "merge"}` to the first: one request at a time (merging changes the
+                       weights every row sees)
 At 1, 4 and 16 concurrent clients (the official openai client, one thread each, asking the demo questions in
 turn, mode prag), the variants interleaved round by round so a busy neighbour slows all of them alike:
 requests/s, p50 and p99 latency, and the per-round ratio of each variant's requests/s to merge's (median).
@@ -16,37 +17,57 @@ Writes the table to stdout and the raw numbers to --out (default bench/results/s
 """
 import argparse
 import json
-import logging
+import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import openai
-import torch
 
-from prag_core.corpus import DEMO_QUESTIONS, read_questions
+from prag_core.corpus import DEMO_QUESTIONS, read_corpus, read_questions
 from prag_core.model import cache_dir
-from prag_core.pipeline import Pipeline
-from prag_core.serve import create_app, running, served_name
 
 CLIENTS = (1, 4, 16)
 VARIANTS = ("fused, batched", "fused, one at a time", "merge")
 
 
-class BatchSizes(logging.Handler):
-    """The rows of every batch the servers log ("batch of N rows ...")."""
+@contextmanager
+def server(workdir, threads, *options):
+    """A `prag serve` process on a free port until the block ends; yields its URL and the rows of each batch it
+    logs (a list that grows)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "prag_core.cli", "serve", "--workdir", workdir, "--port", str(port),
+                             "--threads", str(threads), "--device", "cpu", *options],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sizes = []
 
-    def __init__(self):
-        super().__init__()
-        self.sizes = []
-
-    def emit(self, record):
-        if record.getMessage().startswith("batch of"):
-            self.sizes.append(int(record.getMessage().split()[2]))
+    def read():
+        for line in proc.stdout:
+            if " batch of " in line:
+                sizes.append(int(line.split(" batch of ")[1].split()[0]))
+    threading.Thread(target=read, daemon=True).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"prag serve exited with status {proc.returncode}")
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=5).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield url, sizes
+    finally:
+        proc.terminate()
+        proc.wait(120)
 
 
 def percentile(values, q):
@@ -82,20 +103,19 @@ def burst(url, model, questions, clients, per_client, update):
     return in_threads(client, clients), latencies, answers
 
 
-def load(servers, model, questions, rounds, per_client, batches):
-    """Rows per (clients, variant): requests/s, p50, p99, ratio to merge, answers equal to merge's, rows per batch
-    (from `batches`, a BatchSizes)."""
-    targets = {"fused, batched": (servers["batched"], "fused"), "fused, one at a time": (servers["single"], "fused"),
-               "merge": (servers["batched"], "merge")}
+def load(batched, single, model, questions, rounds, per_client):
+    """Rows per (clients, variant): requests/s, p50, p99, ratio to merge, answers equal to merge's, rows per batch.
+    batched, single: (URL, batch sizes) of the two servers."""
+    targets = {"fused, batched": (batched, "fused"), "fused, one at a time": (single, "fused"), "merge": (batched, "merge")}
     rows = []
     for clients in CLIENTS:
         runs, sizes = {v: [] for v in VARIANTS}, {v: [] for v in VARIANTS}
         for _ in range(rounds):
             for variant in VARIANTS:
-                url, update = targets[variant]
-                batches.sizes.clear()
+                (url, logged), update = targets[variant]
+                logged.clear()
                 runs[variant].append(burst(url, model, questions, clients, per_client, update))
-                sizes[variant] += batches.sizes
+                sizes[variant] += logged
                 print(f"  {clients:2d} clients, {variant}: {clients * per_client / runs[variant][-1][0]:.2f} req/s",
                       file=sys.stderr)
         for variant in VARIANTS:
@@ -174,25 +194,21 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-client", type=int, default=2, help="requests each client sends per round")
     parser.add_argument("--soak", type=int, default=1000, help="requests of the soak run (0: none)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of each server")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve.json"))
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    batches = BatchSizes()
-    logging.getLogger("prag.serve").addHandler(batches)
-    logging.getLogger("prag.serve").setLevel(logging.INFO)
-    pipeline = Pipeline.open(args.workdir, device="cpu")
-    model = served_name(args.workdir)
     questions = [q.question for q in read_questions(DEMO_QUESTIONS)]
-    with running(create_app(pipeline, model, max_batch=16, window_s=0.01, max_queue=64)) as batched, \
-            running(create_app(pipeline, model, max_batch=1, max_queue=64)) as single:
-        servers = {"batched": batched, "single": single}
-        burst(batched, model, questions[:2], 2, 1, "fused")  # warm-up: first calls load documents
-        rows = load(servers, model, questions, args.rounds, args.per_client, batches)
+    doc_ids = [d.id for d in read_corpus(Path(args.workdir) / "corpus.jsonl")]
+    with server(args.workdir, args.threads) as batched, server(args.workdir, args.threads, "--max-batch", "1") as single:
+        with urllib.request.urlopen(f"{batched[0]}/v1/models") as r:
+            model = json.load(r)["data"][0]["id"]
+        for url, _ in (batched, single):
+            burst(url, model, questions[:2], 2, 1, "fused")  # warm-up: the first calls load documents
+        rows = load(batched, single, model, questions, args.rounds, args.per_client)
         print(table(rows))
         result = {"threads": args.threads, "rounds": args.rounds, "per_client": args.per_client, "rows": rows}
         if args.soak:
-            failures, seconds, statuses = soak(batched, questions, list(pipeline.index.ids), args.soak)
+            failures, seconds, statuses = soak(batched[0], questions, doc_ids, args.soak)
             print(f"soak: {args.soak} requests from 16 clients in {seconds:.0f} s, {len(failures)} failed; "
                   f"statuses {dict(sorted(statuses.items(), key=str))}")
             result["soak"] = {"requests": args.soak, "failed": len(failures), "seconds": seconds,

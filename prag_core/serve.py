@@ -26,7 +26,6 @@ import threading
 import time
 import uuid
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -373,25 +372,6 @@ async def _chunks(job, head, prag, usage):
 def served_name(workdir):
     """The name the server gives its model: the work directory's model as `prag build` got it."""
     return json.loads((Path(workdir) / "config.json").read_text(encoding="utf-8")).get("model") or EMBEDDED
-
-
-@contextmanager
-def running(app, host="127.0.0.1", port=0):
-    """Serve `app` from a thread while the block runs (port 0: a free one); yields its base URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="prag-http", daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError(f"cannot serve on {host}:{port}")
-        time.sleep(0.01)
-    try:
-        yield f"http://{host}:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join()
 
 
 def serve(workdir, host="127.0.0.1", port=8000, max_batch=16, window_ms=10.0, max_queue=64, api_key=None,

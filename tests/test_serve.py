@@ -16,11 +16,12 @@ from contextlib import contextmanager
 
 import openai
 import pytest
+import uvicorn
 from test_cli import built  # noqa: F401  (the fixture: a tiny work directory written by `prag build`)
 from test_pipeline import QUESTIONS, TEXTS, make_pipe
 
 from prag_core.pipeline import MODES, Request
-from prag_core.serve import create_app, running
+from prag_core.serve import create_app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = "tiny"
@@ -30,6 +31,22 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def running(app):
+    """The app served by uvicorn from a thread on a free port of 127.0.0.1; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join()
 
 
 def http(url, body=None, headers=None):
@@ -208,6 +225,15 @@ def test_other_routes_answer_errors_as_json(server):
         assert code == status and set(reply["error"]) == {"message", "type", "param", "code"}
 
 
+def test_a_bug_is_a_500_without_traceback_and_the_server_goes_on(server, pipe, monkeypatch):
+    url, _ = server
+    prepare = pipe.prepare
+    monkeypatch.setattr(pipe, "prepare", lambda r: 1 / 0 if r.question == "boom?" else prepare(r))
+    code, _, reply = http(f"{url}/v1/chat/completions", {"messages": user("boom?")})
+    assert (code, reply["error"]["type"], reply["error"]["message"]) == (500, "server_error", "internal server error")
+    assert chat(client(url), QUESTIONS[0])[0] == pipe.answer([QUESTIONS[0]], "prag")[0].prediction
+
+
 def test_api_key_and_a_full_queue(pipe, monkeypatch):
     app = create_app(pipe, MODEL, max_batch=1, window_s=0.01, max_queue=2, api_key="sekret")
     with running(app) as url:
@@ -265,7 +291,7 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(built):  # noqa: F811
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     proc = subprocess.Popen([sys.executable, "-m", "prag_core.cli", "serve", "--workdir", str(workdir), "--port",
-                             str(port), "--batch-window-ms", "3000", "--device", "cpu"],
+                             str(port), "--batch-window-ms", "3000", "--device", "cpu", "--threads", "1"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
