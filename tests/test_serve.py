@@ -209,6 +209,7 @@ def user(text):
     ({"messages": user("Who?"), "temperature": 0.7}, 400, "temperature"),
     ({"messages": user("Who?"), "max_tokens": 0}, 400, "max_tokens"),
     ({"messages": user("why " * 300)}, 413, "messages"),
+    ({"messages": user("Who?"), "max_tokens": 500}, 413, "messages"),  # no room left for that many answer tokens
 ])
 def test_bad_requests_get_openai_errors(server, body, status, param):
     code, _, reply = http(f"{server[0]}/v1/chat/completions", body)
@@ -258,7 +259,7 @@ def test_api_key_and_a_full_queue(pipe, monkeypatch):
 
 
 def test_a_client_that_disconnects_mid_stream_frees_its_row_only(monkeypatch, caplog):
-    """A model that never ends an answer: the streamed row would run for 400 tokens unless it is freed."""
+    """A model that never ends an answer: the streamed row would run for 380 tokens unless it is freed."""
     endless = make_pipe()
     tok = endless.tokenizer
     ends = [i for i in range(len(tok)) if tok.decode([i]) in (".", "\n")] + [tok.eos_token_id]
@@ -269,7 +270,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row_only(monkeypatch, ca
         c = client(url)
         mate = {}
         with gated(endless, monkeypatch) as gate:
-            stream = c.chat.completions.create(model=MODEL, messages=user(QUESTIONS[0]), max_tokens=400, stream=True)
+            stream = c.chat.completions.create(model=MODEL, messages=user(QUESTIONS[0]), max_tokens=380, stream=True)
             thread = threading.Thread(target=lambda: mate.update(answer=chat(c, QUESTIONS[1], max_tokens=20)))
             thread.start()
             wait_for(lambda: app.state.batcher.admitted == 2)
@@ -283,7 +284,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row_only(monkeypatch, ca
     assert mate["answer"][:2] == (alone(endless, QUESTIONS[1], max_tokens=20).prediction, "length")
     batch = [r.getMessage() for r in caplog.records if r.getMessage().startswith("batch of 2 rows")]
     steps = int(batch[0].split()[5])
-    assert "1 cancelled" in batch[0] and steps < 400, batch
+    assert "1 cancelled" in batch[0] and steps < 380, batch
 
 
 def test_sigterm_finishes_requests_in_flight_and_exits_0(built):  # noqa: F811
