@@ -14,7 +14,7 @@ from prag_core.cli import main
 from prag_core.combine import combine
 from prag_core.doc_params import DocParams
 from prag_core.inject import inject, use_documents
-from prag_core.pipeline import Pipeline
+from prag_core.pipeline import Pipeline, Request
 from prag_core.samples import build_samples, distill_items
 from prag_core.train import TrainConfig, train_documents
 from prag_core.warmup import train_warmup
@@ -121,7 +121,7 @@ def test_warmup_is_counted_once_under_every_scheme(scheme):
     with use_documents(p.model, docs + [warm] * 2, weights=[*weights, 1.0, 1.0]):  # counted twice: different
         twice = p.model(x).logits
     for update in ("fused", "merge"):
-        with p._update("prag", update, [(ids, scores)]):
+        with p._update([p.prepare(Request(question, "prag"))], update):
             got = p.model(x).logits
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
         assert not torch.allclose(got, twice)
