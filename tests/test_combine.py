@@ -113,7 +113,8 @@ def test_per_row_mixed_schemes_equal_each_row_alone(model, docs):
         with use_documents(model, chosen, weights=w):
             alone = logits(model, batch[i:i + 1])
         assert rel(together[i], alone[0]) < 1e-10, i
-    assert torch.equal(together[3], logits(model, batch[3:4])[0])  # the empty row is exactly the base model
+    # the empty row is exactly the base model on the same batch (a batch of one may take another BLAS blocking)
+    assert torch.equal(together[3], logits(model, batch)[3])
     assert rel(together[5], logits_with_row(model, [scaled(d0, 0.75)], batch[5:6])) < 1e-10
 
 

@@ -1,5 +1,6 @@
 """The package installs under its own names and does not disturb transformers."""
 import os
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,19 +10,43 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_kernels_name_does_not_shadow_hf_kernels(tmp_path):
-    """Outside the source tree, `kernels` is Hugging Face's package or nothing, never ours."""
-    code = ("import importlib.util, importlib.metadata as md, prag_kernels\n"
-            "from transformers.utils import import_utils\n"
-            "spec = importlib.util.find_spec('kernels')\n"
-            "try:\n    md.version('kernels'); hf = True\nexcept md.PackageNotFoundError:\n    hf = False\n"
-            "assert (spec is not None) == hf, spec\n"
-            "print(import_utils.is_kernels_available(), hf)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    available, hf_installed = out.stdout.split()
-    if hf_installed == "False":
-        assert available == "False"
+def test_repository_root_does_not_shadow_hf_kernels():
+    """Started in the repository root (which `python -m` puts first on sys.path), transformers still gets
+    Hugging Face's `kernels`: ours lives in kernels/prag_kernels/ and kernels/ is no package."""
+    assert not (ROOT / "kernels" / "__init__.py").exists()
+    code = ("import importlib.metadata as md, pathlib, sys\n"
+            "from transformers import LlamaConfig\n"
+            "import kernels, prag_kernels\n"
+            "md.version('kernels')\n"  # Hugging Face's package is installed (the test extra asks for it)
+            "assert not pathlib.Path(kernels.__file__).is_relative_to(sys.argv[1] + '/kernels'), kernels.__file__\n"
+            "print(pathlib.Path(prag_kernels.__file__).parent.relative_to(sys.argv[1]))")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [str(Path("kernels") / "prag_kernels")]
+    out = subprocess.run([sys.executable, "-m", "prag_core.cli", "--help"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert out.returncode == 0 and "demo" in out.stdout, out.stderr[-2000:]
+
+
+def _importable_names(folder):
+    """Top-level names a folder provides when it is on sys.path: modules and regular packages. A folder without
+    __init__.py is a namespace portion, which any regular package or module of that name outranks."""
+    return {p.stem for p in folder.glob("*.py")} | {p.name for p in folder.iterdir() if (p / "__init__.py").exists()}
+
+
+def test_no_folder_of_ours_shares_a_name_with_an_installed_module():
+    """The root (python -m, Ray workers), tests/ (pytest), bench/ folders (scripts run from them), prag_core/ and
+    the kernel package (a file run from them) name nothing that the standard library or site-packages provide."""
+    ours = [ROOT, ROOT / "tests", ROOT / "prag_core", ROOT / "kernels" / "prag_kernels",
+            *[p for p in [ROOT / "bench", *(ROOT / "bench").rglob("*")] if p.is_dir() and "__pycache__" not in p.parts]]
+    mine = {p.resolve() for p in ours}
+    others = [p for p in map(Path, filter(None, sys.path)) if p.is_dir() and p.resolve() not in mine]
+    installed = set(sys.stdlib_module_names) | {m.name for m in pkgutil.iter_modules(map(str, others))}
+    installed |= {p.name for d in others for p in d.iterdir() if p.is_dir() and p.name.isidentifier()}
+    assert "transformers" in installed and "kernels" in installed
+    clashes = {str(folder.relative_to(ROOT)): sorted(_importable_names(folder) & installed) for folder in ours}
+    assert not any(clashes.values()), clashes
 
 
 def test_cli_version_and_help():

@@ -96,10 +96,7 @@ def _define_op():
     return op
 
 
-# Once per process: when the repo root is on sys.path, kernels/ can be imported a second time as the top-level
-# package `kernels` (transformers probes that name); that copy must reuse the op, as defining it again
-# corrupts the dispatcher's registration (crashes at the next call).
-_op = torch.ops.prag.fused_lora_linear.default if hasattr(torch.ops.prag, "fused_lora_linear") else _define_op()
+_op = _define_op()
 _PATHS = {"torch": lora_linear_torch, "triton": lora_linear_triton}
 
 
