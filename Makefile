@@ -22,7 +22,7 @@ define pytest
 		$(1)/bin/python -m pytest -q tests
 endef
 
-.PHONY: demo test test-fast test-latest lock bench install
+.PHONY: demo test test-fast test-latest lock lint bench install
 
 # A torch already there keeps the triton it came with (the lock's triton is dropped); without one, torch 2.13.0
 # (a CPU build on the project's machines) and the locked triton.
@@ -58,6 +58,11 @@ test-latest:
 lock: test-latest
 	$(LATEST)/bin/python tools/lock.py > $(LOCK)
 
-# e.g. make bench BENCH_ARGS="--threads 1 --suites kernel,update"  (see bench/run_all.py --help)
+# ruff's linter and formatter, configured in ruff.toml (`ruff check --fix . && ruff format .` mends most)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# e.g. make bench BENCH_ARGS="--threads 1 --suites kernel,update"  (see bench/suites/run_all.py --help)
 bench: $(STAMP)
-	$(PY) bench/run_all.py $(BENCH_ARGS)
+	$(PY) bench/suites/run_all.py $(BENCH_ARGS)

@@ -3,11 +3,13 @@
 The kernel package lives in `kernels/prag_kernels/`; `kernels/` itself is not a package, so it can never be
 imported as `kernels` and shadow Hugging Face's package of that name, which transformers imports.
 """
+
 import re
 from pathlib import Path
 
 from setuptools import setup
 
+SUBPACKAGES = ["model", "pairs", "retrieval", "storage", "offline", "answer"]
 VERSION = re.search(r'__version__ = "(.+)"', Path("prag_core/__init__.py").read_text()).group(1)
 
 setup(
@@ -15,7 +17,7 @@ setup(
     version=VERSION,
     description="Parametric RAG: per-document LoRA pairs applied by one fused Triton kernel",
     python_requires=">=3.10",
-    packages=["prag_kernels", "prag_core"],
+    packages=["prag_kernels", "prag_core", *(f"prag_core.{sub}" for sub in SUBPACKAGES)],
     package_dir={"prag_kernels": "kernels/prag_kernels", "prag_core": "prag_core"},
     package_data={"prag_core": ["data/*.jsonl", "data/*.safetensors"]},
     install_requires=[
@@ -31,9 +33,16 @@ setup(
         "sentence-transformers>=5.0",  # the dense half of the default hybrid retriever
     ],
     extras_require={
-        "test": ["kernels>=0.19",  # Hugging Face's: tests/test_install.py checks nothing of ours shadows it
-                 "pytest>=9.0", "pytest-benchmark>=5.2", "ray>=2.40", "fastapi>=0.110", "uvicorn>=0.29",
-                 "openai>=1.0"],
+        "test": [
+            "kernels>=0.19",  # Hugging Face's: tests/test_install.py checks nothing of ours shadows it
+            "pytest>=9.0",
+            "ruff>=0.15",
+            "pytest-benchmark>=5.2",
+            "ray>=2.40",
+            "fastapi>=0.110",
+            "uvicorn>=0.29",
+            "openai>=1.0",
+        ],
         "ray": ["ray>=2.40"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
         "bench": ["pytest-benchmark>=5.2", "matplotlib>=3.8"],

@@ -3,26 +3,27 @@
 Errors the user can fix (bad files, unknown ids, missing model) end in one line
 on stderr and exit status 2, never a traceback.
 """
+
 import argparse
-import importlib.util
 import os
 import sys
 
-from . import __version__
+from prag_core import __version__, commands
+from prag_core.commands import STORE_DTYPES
+from prag_core.errors import PragError
 
-
-STORE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --store-dtype spellings
+EXPERIMENTAL = "experimental variants"
+EXPERIMENTAL_HELP = (
+    "kept for research: at these flags' non-default values each measured below the defaults on the "
+    "dev set (docs/decisions.md)"
+)
 WARMUP_DEFAULT = "shipped"  # `prag build --warmup` (README "Training defaults")
 
 
-class UserError(Exception):
-    """An error caused by input; printed as one line, exit status 2."""
-
-
 def _add_build(sub):
-    from .doc_params import INITS
-    from .retrievers import RETRIEVER, RETRIEVERS
-    from .train import DTYPES, OBJECTIVES, TrainConfig
+    from prag_core.offline.train import DTYPES, OBJECTIVES, TrainConfig
+    from prag_core.pairs.doc_params import INITS
+    from prag_core.retrieval.retrievers import RETRIEVER, RETRIEVERS
 
     p = sub.add_parser("build", help="index + augment + encode a corpus into a work directory (resumable)")
     p.add_argument("--corpus", required=True, help="corpus.jsonl: {id, text, title?} per line")
@@ -31,98 +32,111 @@ def _add_build(sub):
     p.add_argument("--rank", type=_positive_int, default=TrainConfig.rank, help="LoRA rank r per document")
     p.add_argument("--alpha", type=float, default=TrainConfig.alpha, help="α per document")
     p.add_argument("--lr", type=float, default=TrainConfig.lr, help="AdamW learning rate")
-    p.add_argument("--epochs", type=_positive_int, default=TrainConfig.epochs, help="passes over a document's sequences")
+    p.add_argument(
+        "--epochs", type=_positive_int, default=TrainConfig.epochs, help="passes over a document's sequences"
+    )
     p.add_argument("--targets", default=None, help="FFN projections to train, comma-separated (default: all)")
     p.add_argument("--dtype", default=TrainConfig.dtype, choices=list(DTYPES), help="model and pair dtype")
     p.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of the B init")
-    p.add_argument("--init", default=TrainConfig.init, choices=list(INITS),
-                   help=f"how each document's B starts: shared (one seeded init for all, PRAG), document (seeded "
-                        f"by the document's text), orthogonal (orthonormal columns, per document); default "
-                        f"{TrainConfig.init}")
-    p.add_argument("--objective", default=TrainConfig.objective, choices=list(OBJECTIVES),
-                   help=f"training loss: ntp (next-token, PRAG), distill (KL to the model reading the passage), "
-                        f"both; default {TrainConfig.objective}")
-    p.add_argument("--warmup", default=WARMUP_DEFAULT, metavar="PATH|none",
-                   help=f"a corpus.jsonl of documents outside the knowledge base to train the warm-up pair on, "
-                        f"'shipped' for prag's own, or none (default {WARMUP_DEFAULT})")
-    p.add_argument("--construction", default=TrainConfig.construction, choices=["prag", "cross"],
-                   help="training sequences: prag (PRAG's 5) or cross (every version x every QA pair)")
+    p.add_argument(
+        "--warmup",
+        default=WARMUP_DEFAULT,
+        metavar="PATH|none",
+        help=f"a corpus.jsonl of documents outside the knowledge base to train the warm-up pair on, "
+        f"'shipped' for prag's own, or none (default {WARMUP_DEFAULT})",
+    )
+    p.add_argument(
+        "--construction",
+        default=TrainConfig.construction,
+        choices=["prag", "cross"],
+        help="training sequences: prag (PRAG's 5) or cross (every version x every QA pair)",
+    )
     p.add_argument("--batch-docs", type=_positive_int, default=4, help="documents trained together in one batch")
-    p.add_argument("--augmenter", default="fallback", choices=["model", "fallback"],
-                   help="who writes rewrites and QA pairs: the deterministic fallback (cloze pairs; default, "
-                        "measured best on SmolLM2), or an LLM (see --augment-model), its pairs filtered")
-    p.add_argument("--augment-model", default=None,
-                   help="the LLM that writes them, a name or path (default: the model being trained)")
     p.add_argument("--n-rewrites", type=int, default=1, help="rewrites per document")
     p.add_argument("--n-qa", type=_positive_int, default=3, help="question/answer pairs per document")
-    p.add_argument("--retriever", default=RETRIEVER, choices=list(RETRIEVERS),
-                   help=f"bm25, dense (sentence embeddings) or hybrid (their reciprocal rank fusion); default "
-                        f"{RETRIEVER}, measured best (README \"Retrieval\")")
-    p.add_argument("--passage-words", type=_positive_int, default=None, metavar="N",
-                   help="split documents into passages of about N words on sentence boundaries, each retrieved "
-                        "and trained on its own as ID#1, ID#2, ... (default: whole documents)")
-    p.add_argument("--embedder", default=None, metavar="PATH_OR_NAME",
-                   help="sentence-transformers model of dense and hybrid (default: the shipped all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--retriever",
+        default=RETRIEVER,
+        choices=list(RETRIEVERS),
+        help=f"bm25, dense (sentence embeddings) or hybrid (their reciprocal rank fusion); default "
+        f'{RETRIEVER}, measured best (README "Retrieval")',
+    )
+    p.add_argument(
+        "--passage-words",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="split documents into passages of about N words on sentence boundaries, each retrieved "
+        "and trained on its own as ID#1, ID#2, ... (default: whole documents)",
+    )
+    p.add_argument(
+        "--embedder",
+        default=None,
+        metavar="PATH_OR_NAME",
+        help="sentence-transformers model of dense and hybrid (default: the shipped all-MiniLM-L6-v2)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--store-dtype", default=None, choices=list(STORE_DTYPES),
-                   help="dtype of the stored pairs (a new store; default fp32): bf16 or fp16 halve the size")
-    p.add_argument("--shard-size", type=_positive_int, default=None,
-                   help="pack this many documents per shard file (a new store; default: one file per document)")
-    p.add_argument("--retrain", action="store_true",
-                   help="allow settings other than the work directory's config.json records: every stored "
-                        "document is encoded again (without it such a rebuild is refused)")
-    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help="augment and train on a Ray cluster at ADDRESS, or a local one without it (prag[ray])")
-    p.add_argument("--workers", type=_positive_int, default=None,
-                   help="Ray workers (default: one per GPU of the cluster, else one per CPU)")
-    p.set_defaults(func=cmd_build)
-
-
-def cmd_build(args):
-    import warnings
-
-    import torch
-
-    from .build import BuildError, build
-    from .store import StoreError
-    from .train import TrainConfig
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"prag: warning: {message}", file=sys.stderr)
-
-    if args.ray is not None and importlib.util.find_spec("ray") is None:
-        raise UserError("--ray needs Ray: pip install 'prag[ray]'")
-    if args.workers is not None and args.ray is None:
-        raise UserError("--workers applies to --ray builds")
-    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None
-    try:
-        config = TrainConfig(rank=args.rank, alpha=args.alpha, lr=args.lr, epochs=args.epochs, targets=targets,
-                             dtype=args.dtype, seed=args.seed, construction=args.construction, init=args.init,
-                             objective=args.objective)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = show
-        try:
-            summary = build(args.corpus, args.workdir, args.model, config, batch_docs=args.batch_docs,
-                            augmenter=args.augmenter, augment_model=args.augment_model,
-                            n_rewrites=args.n_rewrites, n_qa=args.n_qa,
-                            device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
-                            storage_dtype=STORE_DTYPES.get(args.store_dtype), shard_size=args.shard_size,
-                            ray=args.ray, workers=args.workers, warmup=_warmup_path(args.warmup),
-                            retrain=args.retrain, retriever=args.retriever, embedder=args.embedder,
-                            passage_words=args.passage_words)
-        except (BuildError, StoreError) as err:
-            raise UserError(str(err)) from None
-    print(summary)
-
-
-def _warmup_path(value):
-    """--warmup: None for 'none', the shipped corpus for 'shipped', else the path as given."""
-    from .warmup import WARMUP_CORPUS
-
-    return None if value == "none" else WARMUP_CORPUS if value == "shipped" else value
+    p.add_argument(
+        "--store-dtype",
+        default=None,
+        choices=list(STORE_DTYPES),
+        help="dtype of the stored pairs (a new store; default fp32): bf16 or fp16 halve the size",
+    )
+    p.add_argument(
+        "--shard-size",
+        type=_positive_int,
+        default=None,
+        help="pack this many documents per shard file (a new store; default: one file per document)",
+    )
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="allow settings other than the work directory's config.json records: every stored "
+        "document is encoded again (without it such a rebuild is refused)",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="augment and train on a Ray cluster at ADDRESS, or a local one without it (prag[ray])",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="Ray workers (default: one per GPU of the cluster, else one per CPU)",
+    )
+    x = p.add_argument_group(EXPERIMENTAL, EXPERIMENTAL_HELP)
+    x.add_argument(
+        "--init",
+        default=TrainConfig.init,
+        choices=list(INITS),
+        help=f"how each document's B starts: shared (one seeded init for all, PRAG), document (seeded "
+        f"by the document's text), orthogonal (orthonormal columns, per document); default "
+        f"{TrainConfig.init}",
+    )
+    x.add_argument(
+        "--objective",
+        default=TrainConfig.objective,
+        choices=list(OBJECTIVES),
+        help=f"training loss: ntp (next-token, PRAG), distill (KL to the model reading the passage), "
+        f"both; default {TrainConfig.objective}",
+    )
+    x.add_argument(
+        "--augmenter",
+        default="fallback",
+        choices=["model", "fallback"],
+        help="who writes rewrites and QA pairs: the deterministic fallback (cloze pairs; default, "
+        "measured best on SmolLM2), or an LLM (see --augment-model), its pairs filtered",
+    )
+    x.add_argument(
+        "--augment-model",
+        default=None,
+        help="the LLM that writes them, a name or path (default: the model being trained)",
+    )
+    p.set_defaults(func=commands.cmd_build)
 
 
 def _add_ask(sub):
@@ -133,19 +147,7 @@ def _add_ask(sub):
     _add_retrieval_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("question")
-    p.set_defaults(func=cmd_ask)
-
-
-def cmd_ask(args):
-    from .pipeline import Pipeline, check_request
-
-    check_request(args.question, args.mode, args.update, args.combination, args.temperature)
-    pipeline = Pipeline.open(args.workdir, device=args.device, top_k=args.top_k, combination=args.combination,
-                             temperature=args.temperature, retriever=args.retriever)
-    answer = pipeline.answer([args.question], args.mode, args.update)[0]
-    print(answer.prediction)
-    print(f"documents: {', '.join(answer.docs) or '(none)'}")
-    print(f"time: {answer.latency_s:.2f}s")
+    p.set_defaults(func=commands.cmd_ask)
 
 
 def _add_eval(sub):
@@ -157,17 +159,12 @@ def _add_eval(sub):
     p.add_argument("--batch-size", type=_positive_int, default=1, help="questions per generate call (fused)")
     _add_retrieval_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--out", required=True, help="results.json to write (rewritten as answers come, so a stopped "
-                                                "run keeps what was answered)")
-    p.set_defaults(func=cmd_eval)
-
-
-def cmd_eval(args):
-    from .evaluate import run
-
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    run(args.workdir, args.questions, modes, args.update, args.batch_size, args.out, args.device, args.top_k,
-        args.combination, args.temperature, args.retriever)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="results.json to write (rewritten as answers come, so a stopped run keeps what was answered)",
+    )
+    p.set_defaults(func=commands.cmd_eval)
 
 
 def _add_serve(sub):
@@ -176,26 +173,32 @@ def _add_serve(sub):
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--max-batch", type=_positive_int, default=16, help="requests per generate call (default 16)")
-    p.add_argument("--batch-window-ms", type=_positive_float, default=10.0,
-                   help="how long a batch waits for more requests after its first (default 10)")
-    p.add_argument("--max-queue", type=_positive_int, default=64,
-                   help="requests admitted at once, queued or being answered; more get 503 (default 64)")
-    p.add_argument("--api-key", default=os.environ.get("PRAG_API_KEY"),
-                   help="require `Authorization: Bearer KEY` on /v1/ routes (default $PRAG_API_KEY, else none)")
+    p.add_argument(
+        "--batch-window-ms",
+        type=_positive_float,
+        default=10.0,
+        help="how long a batch waits for more requests after its first (default 10)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=_positive_int,
+        default=64,
+        help="requests admitted at once, queued or being answered; more get 503 (default 64)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("PRAG_API_KEY"),
+        help="require `Authorization: Bearer KEY` on /v1/ routes (default $PRAG_API_KEY, else none)",
+    )
     _add_retrieval_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="torch CPU threads (default: torch's; on a machine shared with other jobs 1 is fastest)")
-    p.set_defaults(func=cmd_serve)
-
-
-def cmd_serve(args):
-    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
-        raise UserError("prag serve needs FastAPI and uvicorn: pip install 'prag[serve]'")
-    from .serve import serve
-
-    serve(args.workdir, args.host, args.port, args.max_batch, args.batch_window_ms, args.max_queue, args.api_key,
-          args.device, args.threads, top_k=args.top_k, combination=args.combination, temperature=args.temperature)
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's; on a machine shared with other jobs 1 is fastest)",
+    )
+    p.set_defaults(func=commands.cmd_serve)
 
 
 def _add_demo(sub):
@@ -203,13 +206,7 @@ def _add_demo(sub):
     p.add_argument("--workdir", default=None, help="where to build (default: $PRAG_CACHE/demo)")
     p.add_argument("--model", default=None, help="model name or path (default: embedded SmolLM2-135M)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.set_defaults(func=cmd_demo)
-
-
-def cmd_demo(args):
-    from .demo import run
-
-    run(workdir=args.workdir, model=args.model, device=args.device)
+    p.set_defaults(func=commands.cmd_demo)
 
 
 def _add_export_peft(sub):
@@ -218,53 +215,54 @@ def _add_export_peft(sub):
     p.add_argument("--docs", required=True, help="ID[,ID...]: one document, or several concatenated along rank")
     p.add_argument("--out", required=True, help="adapter folder to write")
     p.add_argument("--force", action="store_true", help="overwrite an adapter already in --out")
-    p.set_defaults(func=cmd_export_peft)
-
-
-def cmd_export_peft(args):
-    from .peft_export import export_workdir
-
-    doc_ids = [d.strip() for d in args.docs.split(",") if d.strip()]
-    if not doc_ids:
-        raise UserError("--docs: no document id given")
-    out = export_workdir(args.workdir, doc_ids, args.out, force=args.force)
-    print(f"wrote {out} ({len(doc_ids)} document{'s' if len(doc_ids) > 1 else ''})")
+    p.set_defaults(func=commands.cmd_export_peft)
 
 
 def _add_store(sub):
     p = sub.add_parser("store", help="the parameter store of a work directory")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    v = actions.add_parser("verify", help="check every document of the catalog against its bytes; print every "
-                                          "problem; exit 1 if any")
+    v = actions.add_parser(
+        "verify", help="check every document of the catalog against its bytes; print every problem; exit 1 if any"
+    )
     v.add_argument("--workdir", required=True, help="work directory written by `prag build`")
-    v.add_argument("--repair", action="store_true",
-                   help="drop the documents concerned, so `prag build` encodes them again; list the payload "
-                        "files in a new catalog if it is lost or unreadable")
-    v.set_defaults(func=cmd_store_verify)
-
-
-def cmd_store_verify(args):
-    from .store import run_verify
-
-    return run_verify(args.workdir, repair=args.repair)
+    v.add_argument(
+        "--repair",
+        action="store_true",
+        help="drop the documents concerned, so `prag build` encodes them again; list the payload "
+        "files in a new catalog if it is lost or unreadable",
+    )
+    v.set_defaults(func=commands.cmd_store_verify)
 
 
 def _add_retrieval_options(p):
-    from .combine import SCHEMES
-    from .pipeline import COMBINATION, TEMPERATURE, TOP_K
-    from .retrievers import RETRIEVERS
+    from prag_core.answer.requests import COMBINATION, TEMPERATURE, TOP_K
+    from prag_core.pairs.combine import SCHEMES
+    from prag_core.retrieval.retrievers import RETRIEVERS
 
-    p.add_argument("--retriever", default=None, choices=list(RETRIEVERS),
-                   help="override the work directory's retriever (its indexes must have been built)")
-    p.add_argument("--top-k", type=_positive_int, default=TOP_K,
-                   help=f"documents retrieved per question (default {TOP_K})")
-    p.add_argument("--combination", default=COMBINATION, choices=list(SCHEMES),
-                   help=f"how the k documents' pairs combine: sum (PRAG, α each), mean (α/k each), score (α times "
-                        f"a softmax of the retrieval scores / --temperature), dyprag (one pair: mean A, mean B); "
-                        f"default {COMBINATION}")
-    p.add_argument("--temperature", type=_positive_float, default=TEMPERATURE,
-                   help=f"softmax temperature of --combination score, in units of the retriever's score scale "
-                        f"(BM25: its scores; default {TEMPERATURE:g})")
+    p.add_argument(
+        "--retriever",
+        default=None,
+        choices=list(RETRIEVERS),
+        help="override the work directory's retriever (its indexes must have been built)",
+    )
+    p.add_argument(
+        "--top-k", type=_positive_int, default=TOP_K, help=f"documents retrieved per question (default {TOP_K})"
+    )
+    p.add_argument_group(EXPERIMENTAL, EXPERIMENTAL_HELP).add_argument(
+        "--combination",
+        default=COMBINATION,
+        choices=list(SCHEMES),
+        help=f"how the k documents' pairs combine: sum (PRAG, α each), mean (α/k each), score (α times "
+        f"a softmax of the retrieval scores / --temperature), dyprag (one pair: mean A, mean B); "
+        f"default {COMBINATION}",
+    )
+    p.add_argument(
+        "--temperature",
+        type=_positive_float,
+        default=TEMPERATURE,
+        help=f"softmax temperature of --combination score, in units of the retriever's score scale "
+        f"(BM25: its scores; default {TEMPERATURE:g})",
+    )
 
 
 def _positive_float(text):
@@ -285,7 +283,8 @@ def _positive_int(text):
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="prag", description="Parametric RAG: documents as LoRA pairs, applied by one fused kernel.")
+        prog="prag", description="Parametric RAG: documents as LoRA pairs, applied by one fused kernel."
+    )
     parser.add_argument("--version", action="version", version=f"prag {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_build(sub)
@@ -304,15 +303,9 @@ def main(argv=None):
     if not hasattr(args, "func"):
         parser.print_help()
         return 0
-    from .corpus import CorpusError
-    from .doc_params import DocParamsError
-    from .model import ModelLoadError
-    from .pipeline import PipelineError
-    from .retrieval import RetrievalError
-    from .store import StoreError
     try:
         status = args.func(args)
-    except (UserError, ModelLoadError, CorpusError, DocParamsError, PipelineError, RetrievalError, StoreError) as err:
+    except PragError as err:
         print(f"prag: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a path the user gave that cannot be written or read (a file, read-only, full)

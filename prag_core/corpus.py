@@ -8,6 +8,7 @@ Every problem is reported as one `CorpusError` line that names the file, the
 line and the field, so the CLI can print it without a traceback. Blank lines
 are skipped.
 """
+
 import hashlib
 import json
 import os
@@ -15,12 +16,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from prag_core.errors import PragError
+
 # The shipped fictional dev set (used by `prag demo` and the parametrization sweep).
-DEMO_CORPUS = Path(__file__).parent / "data" / "demo_corpus.jsonl"
-DEMO_QUESTIONS = Path(__file__).parent / "data" / "demo_qa.jsonl"
+DATA = Path(__file__).parent / "data"  # the shipped demo corpus, warm-up corpus and warm-up pair
+DEMO_CORPUS = DATA / "demo_corpus.jsonl"
+DEMO_QUESTIONS = DATA / "demo_qa.jsonl"
 
 
-class CorpusError(ValueError):
+class CorpusError(PragError):
     """Bad corpus or question file; the message names file:line and field."""
 
 
@@ -95,8 +99,11 @@ def read_corpus(path) -> list[Document]:
     docs = []
     for where, obj in _records(path):
         text = _string(obj, "text", where)
-        docs.append(Document(id=obj["id"], text=text, title=_string(obj, "title", where, required=False),
-                             sha256=text_sha256(text)))
+        docs.append(
+            Document(
+                id=obj["id"], text=text, title=_string(obj, "title", where, required=False), sha256=text_sha256(text)
+            )
+        )
     return docs
 
 
@@ -162,3 +169,13 @@ def write_text_atomic(path, text: str) -> None:
 def write_jsonl_atomic(path, rows) -> None:
     """Write an iterable of JSON-serialisable rows, one per line, atomically."""
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def source_of(passage_id, doc_id):
+    """Whether `passage_id` is document `doc_id` or one of its passages (for recall against documents)."""
+    return passage_id == doc_id or passage_id.startswith(doc_id + "#")
+
+
+def json_digest(value):
+    """A short stable digest of a JSON-able value (training tags, augmentation settings)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]

@@ -12,15 +12,19 @@
 The documents are fictional, so `vanilla` cannot know the answers; what `prag`
 gets right comes from the documents' parameters.
 """
+
 import time
 from pathlib import Path
 
 import torch
 
-from .corpus import DEMO_CORPUS, DEMO_QUESTIONS, read_questions
-from .evaluate import evaluate, table, write_results
-from .model import cache_dir
-from .pipeline import MODES, Pipeline
+from prag_core.answer.evaluate import evaluate, table, write_results
+from prag_core.answer.pipeline import Pipeline
+from prag_core.answer.requests import MODES, AnswerConfig
+from prag_core.corpus import DEMO_CORPUS, DEMO_QUESTIONS, read_questions
+from prag_core.model.load import cache_dir
+from prag_core.offline.train import TrainConfig
+from prag_core.storage.workdir import Workdir
 
 BATCH_SIZE = 8
 EXAMPLES = 5  # questions shown side by side
@@ -35,7 +39,7 @@ def spread(questions, n):
 def _cell(text, width):
     """`text` on one line (any whitespace run, line breaks included, becomes a space), cut to `width`."""
     text = " ".join(text.split())
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def examples(results, questions, n=EXAMPLES):
@@ -63,35 +67,52 @@ def latency(pipeline, questions, batched_s, n=LATENCY_QUESTIONS):
         fused_total += fused.latency_s
         merge_total += merged.latency_s
         same += fused.prediction == merged.prediction
-        lines.append(f"{_cell(q.id, 24):<24} {fused.latency_s:>7.3f}s {merged.latency_s:>7.3f}s  "
-                     f"{'yes' if fused.prediction == merged.prediction else 'NO'}")
-    lines.append(f"{'mean':<24} {fused_total / len(timed):>7.3f}s {merge_total / len(timed):>7.3f}s  "
-                 f"{same}/{len(timed)}")
-    lines.append(f"fused, {BATCH_SIZE} questions per generate call with per-row documents: "
-                 f"{batched_s:.3f}s per question")
+        lines.append(
+            f"{_cell(q.id, 24):<24} {fused.latency_s:>7.3f}s {merged.latency_s:>7.3f}s  "
+            f"{'yes' if fused.prediction == merged.prediction else 'NO'}"
+        )
+    lines.append(
+        f"{'mean':<24} {fused_total / len(timed):>7.3f}s {merge_total / len(timed):>7.3f}s  {same}/{len(timed)}"
+    )
+    lines.append(
+        f"fused, {BATCH_SIZE} questions per generate call with per-row documents: {batched_s:.3f}s per question"
+    )
     return "\n".join(lines)
 
 
-def run(workdir=None, model=None, device=None, corpus=DEMO_CORPUS, questions=DEMO_QUESTIONS, **build_options):
-    """Build (or reuse) the demo work directory, then print the three sections. build_options go to
-    build.build, whose defaults are the CLI's (tests pass a faster setting); serving uses the CLI's too."""
-    from .build import build
+def run(
+    workdir=None,
+    model=None,
+    device=None,
+    corpus=DEMO_CORPUS,
+    questions=DEMO_QUESTIONS,
+    config=TrainConfig(),
+    **build_options,
+):
+    """Build (or reuse) the demo work directory, then print the three sections. config and build_options
+    (offline.build.BuildConfig's fields) default to the CLI's (tests pass faster ones); serving uses the CLI's."""
+    from prag_core.offline.build import BuildConfig, build
 
     start = time.perf_counter()
     workdir = Path(workdir) if workdir else cache_dir() / "demo"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(f"prag demo: {Path(corpus).name} into {workdir}", flush=True)
     build_options.setdefault("retrain", True)  # prag's own cache: re-encode when prag's defaults change
-    print(build(corpus, workdir, model=model, device=device, **build_options), flush=True)
+    options = BuildConfig(model=model, device=device, **build_options)
+    print(build(corpus, workdir, config, options), flush=True)
     built = time.perf_counter()
-    pipeline = Pipeline.open(workdir, device=device)
+    pipeline = Pipeline.open(workdir, AnswerConfig(device=device))
     questions = read_questions(questions)
     results = evaluate(pipeline, questions, MODES, "fused", BATCH_SIZE)
-    write_results(workdir / "demo_results.json", results)
+    write_results(Workdir(workdir).demo_results, results)
     print(f"\n(1) Example answers, four modes side by side\n\n{examples(results, questions)}")
     print(f"\n(2) {len(questions)} questions, {BATCH_SIZE} per generate call, fused\n\n{table(results['modes'])}")
-    print(f"\n(3) prag: latency per question, fused kernel vs merged weights\n\n"
-          f"{latency(pipeline, questions, results['modes']['prag']['latency_s'])}")
-    print(f"\ntotal {time.perf_counter() - start:.1f}s (build {built - start:.1f}s); "
-          f"results in {workdir / 'demo_results.json'}")
+    print(
+        f"\n(3) prag: latency per question, fused kernel vs merged weights\n\n"
+        f"{latency(pipeline, questions, results['modes']['prag']['latency_s'])}"
+    )
+    print(
+        f"\ntotal {time.perf_counter() - start:.1f}s (build {built - start:.1f}s); "
+        f"results in {Workdir(workdir).demo_results}"
+    )
     return results

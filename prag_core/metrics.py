@@ -17,6 +17,7 @@ prediction as whole words ("blue" is in "pale blue", not in "bluebell").
 in the question or the retrieved passages ("Hugging Face", "RedLM.ortunately"), or
 an empty one.
 """
+
 import re
 import string
 import unicodedata
@@ -28,8 +29,7 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 def normalize_answer(text: str) -> str:
     """SQuAD's normalisation (official evaluation script, same order of steps)."""
-    text = "".join(ch for ch in text.lower()
-                   if ch not in _PUNCTUATION and not unicodedata.category(ch).startswith("P"))
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION and not unicodedata.category(ch).startswith("P"))
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 

@@ -16,20 +16,27 @@ PROMPT_VERSION is part of the augmentation cache key: change it whenever an
 augmentation prompt, or how augment parses the replies, changes, so cached
 outputs of the old ones are not reused.
 """
+
 import torch
 
 PROMPT_VERSION = 3  # 3: QA pairs round-trip filtered, repeating rewrites rejected
 ANSWER_PREFIX = "The answer is"
 
-_EXAMPLE = ("The Orlan Bridge crosses the river Tesk in the town of Mabrey. It was designed by the engineer "
-            "Corin Vale and opened in 1903. The bridge is 412 metres long, and it is painted green every ten years.")
-_EXAMPLE_REWRITE = ("In 1903 the town of Mabrey opened the Orlan Bridge over the river Tesk. The engineer Corin Vale "
-                    "designed it. It is 412 metres long and gets a new coat of green paint every ten years.")
-_EXAMPLE_QA = [("Who designed the Orlan Bridge?", "Corin Vale"),
-               ("In what year did the Orlan Bridge open?", "1903"),
-               ("How long is the Orlan Bridge?", "412 metres"),
-               ("Which river does the Orlan Bridge cross?", "the Tesk"),
-               ("What color is the Orlan Bridge painted?", "green")]
+_EXAMPLE = (
+    "The Orlan Bridge crosses the river Tesk in the town of Mabrey. It was designed by the engineer "
+    "Corin Vale and opened in 1903. The bridge is 412 metres long, and it is painted green every ten years."
+)
+_EXAMPLE_REWRITE = (
+    "In 1903 the town of Mabrey opened the Orlan Bridge over the river Tesk. The engineer Corin Vale "
+    "designed it. It is 412 metres long and gets a new coat of green paint every ten years."
+)
+_EXAMPLE_QA = [
+    ("Who designed the Orlan Bridge?", "Corin Vale"),
+    ("In what year did the Orlan Bridge open?", "1903"),
+    ("How long is the Orlan Bridge?", "412 metres"),
+    ("Which river does the Orlan Bridge cross?", "the Tesk"),
+    ("What color is the Orlan Bridge painted?", "green"),
+]
 
 
 def qa_messages(question, passages=None):
@@ -38,8 +45,13 @@ def qa_messages(question, passages=None):
     if not passages:
         return [{"role": "user", "content": f"Answer the question with a short answer.\n\nQuestion: {question}"}]
     context = "\n\n".join(f"Passage {i}: {p.strip()}" for i, p in enumerate(passages, 1))
-    return [{"role": "user", "content": "Answer the question with a short answer, using the passages below "
-                                        f"and what you know.\n\n{context}\n\nQuestion: {question}"}]
+    return [
+        {
+            "role": "user",
+            "content": "Answer the question with a short answer, using the passages below "
+            f"and what you know.\n\n{context}\n\nQuestion: {question}",
+        }
+    ]
 
 
 def answer_target(answer):
@@ -64,20 +76,24 @@ def left_pad(prompts, pad_id):
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[row, width - len(p):] = 1
+        ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[row, width - len(p) :] = 1
     return ids, mask
 
 
 def _rewrite_request(text):
-    return ("Rewrite the passage below in your own words. Keep every name, number and fact, add nothing, "
-            f"and write only the rewritten passage.\n\nPassage:\n{text.strip()}")
+    return (
+        "Rewrite the passage below in your own words. Keep every name, number and fact, add nothing, "
+        f"and write only the rewritten passage.\n\nPassage:\n{text.strip()}"
+    )
 
 
 def _qa_request(text, n):
-    return (f"Write {n} different questions about the passage below. Each answer must be short (a name, a number "
-            f"or a few words) and copied from the passage. Write each pair on two lines:\nQ: <question>?\n"
-            f"A: <answer>\n\nPassage:\n{text.strip()}")
+    return (
+        f"Write {n} different questions about the passage below. Each answer must be short (a name, a number "
+        f"or a few words) and copied from the passage. Write each pair on two lines:\nQ: <question>?\n"
+        f"A: <answer>\n\nPassage:\n{text.strip()}"
+    )
 
 
 def _qa_lines(pairs):
@@ -86,14 +102,18 @@ def _qa_lines(pairs):
 
 def rewrite_messages(text):
     """A one-shot chat asking for a rewrite of `text`."""
-    return [{"role": "user", "content": _rewrite_request(_EXAMPLE)},
-            {"role": "assistant", "content": _EXAMPLE_REWRITE},
-            {"role": "user", "content": _rewrite_request(text)}]
+    return [
+        {"role": "user", "content": _rewrite_request(_EXAMPLE)},
+        {"role": "assistant", "content": _EXAMPLE_REWRITE},
+        {"role": "user", "content": _rewrite_request(text)},
+    ]
 
 
 def qa_pairs_messages(text, n):
     """A one-shot chat asking for `n` question/answer pairs about `text`, as "Q: ...?" / "A: ..." lines."""
-    example = _EXAMPLE_QA[:max(1, min(n, len(_EXAMPLE_QA)))]
-    return [{"role": "user", "content": _qa_request(_EXAMPLE, len(example))},
-            {"role": "assistant", "content": _qa_lines(example)},
-            {"role": "user", "content": _qa_request(text, n)}]
+    example = _EXAMPLE_QA[: max(1, min(n, len(_EXAMPLE_QA)))]
+    return [
+        {"role": "user", "content": _qa_request(_EXAMPLE, len(example))},
+        {"role": "assistant", "content": _qa_lines(example)},
+        {"role": "user", "content": _qa_request(text, n)},
+    ]

@@ -1,5 +1,6 @@
 """Shared test set-up. Triton runs in its CPU interpreter unless a GPU is present;
 the variable must be set before triton is first imported."""
+
 import os
 
 import pytest

@@ -1,18 +1,32 @@
 """Augmentation: parsing of model output, retries, the deterministic fallback, the JSONL cache."""
+
 import json
 
 import pytest
 from tiny import tiny_llama, tiny_tokenizer
 
-from prag_core.augment import (Augmentation, LMGenerator, augment, augment_documents, fallback_qa,
-                               fallback_rewrites, parse_qa, repeats, sentences)
 from prag_core.corpus import Document, text_sha256
+from prag_core.offline.augment import (
+    Augmentation,
+    LMGenerator,
+    augment,
+    augment_documents,
+    fallback_qa,
+    fallback_rewrites,
+    parse_qa,
+    repeats,
+    sentences,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TEXT = ("The Orrin Mill stands on the river Pell. It was built in 1788 by Hanna Voss. "
-        "The mill grinds barley for the village of Tamsk.")
-GOOD_QA = "Q: Who built the Orrin Mill?\nA: Hanna Voss\nQ: When was the mill built?\nA: 1788\n" \
-          "Q: Which river does the mill stand on?\nA: the river Pell"
+TEXT = (
+    "The Orrin Mill stands on the river Pell. It was built in 1788 by Hanna Voss. "
+    "The mill grinds barley for the village of Tamsk."
+)
+GOOD_QA = (
+    "Q: Who built the Orrin Mill?\nA: Hanna Voss\nQ: When was the mill built?\nA: 1788\n"
+    "Q: Which river does the mill stand on?\nA: the river Pell"
+)
 GOOD_REWRITE = "Hanna Voss built the Orrin Mill on the river Pell in 1788; it grinds barley for Tamsk."
 
 
@@ -20,6 +34,7 @@ class FakeGenerator:
     """Replies by round: replies[seed] (seed None = round 0) for QA chats and rewrite chats. Asked a question
     with the passage (the round-trip check, recorded in `checks`), it answers with the answer its own QA
     replies gave, or with `wrong[question]`."""
+
     name = "fake"
 
     def __init__(self, qa, rewrite, wrong=None):
@@ -41,25 +56,31 @@ class FakeGenerator:
 
 
 def test_parse_qa_formats():
-    reply = ("1. Q: Who built the Orrin Mill?\nA: Hanna Voss.\n"
-             "Q2: When was it built? A2: 1788\n"
-             "Question: Which village gets the barley?\nAnswer: Tamsk")
-    assert parse_qa(reply, TEXT) == [("Who built the Orrin Mill?", "Hanna Voss"),
-                                     ("When was it built?", "1788"),
-                                     ("Which village gets the barley?", "Tamsk")]
+    reply = (
+        "1. Q: Who built the Orrin Mill?\nA: Hanna Voss.\n"
+        "Q2: When was it built? A2: 1788\n"
+        "Question: Which village gets the barley?\nAnswer: Tamsk"
+    )
+    assert parse_qa(reply, TEXT) == [
+        ("Who built the Orrin Mill?", "Hanna Voss"),
+        ("When was it built?", "1788"),
+        ("Which village gets the barley?", "Tamsk"),
+    ]
 
 
 def test_parse_qa_rejects_invalid_pairs():
-    reply = ("Q: Who built the Orrin Mill\nA: Hanna Voss\n"                      # no question mark
-             "Q: What does the mill grind?\nA: barley for the village of Tamsk on the river Pell\n"  # too long
-             "Q: Who owns the mill?\nA: Corin Vale\n"                             # not in the document
-             "Q: Where is the mill?\n"                                           # no answer line
-             "Some chatter.\nA: Tamsk\n"                                          # answer without question
-             "Q: Who built the Orrin Mill?\nA: Hanna Voss\n"                      # valid
-             "Q: who built the orrin mill?\nA: 1788\n"                            # duplicate question (normalised)
-             "Q: Who designed the Orrin Mill?\nA: hanna voss\n"                  # duplicate answer
-             "Q: What is the Orrin Mill?\nA: The Orrin Mill\n"                    # answer inside the question
-             "Q: ?\nA: Tamsk")                                                    # empty question
+    reply = (
+        "Q: Who built the Orrin Mill\nA: Hanna Voss\n"  # no question mark
+        "Q: What does the mill grind?\nA: barley for the village of Tamsk on the river Pell\n"  # too long
+        "Q: Who owns the mill?\nA: Corin Vale\n"  # not in the document
+        "Q: Where is the mill?\n"  # no answer line
+        "Some chatter.\nA: Tamsk\n"  # answer without question
+        "Q: Who built the Orrin Mill?\nA: Hanna Voss\n"  # valid
+        "Q: who built the orrin mill?\nA: 1788\n"  # duplicate question (normalised)
+        "Q: Who designed the Orrin Mill?\nA: hanna voss\n"  # duplicate answer
+        "Q: What is the Orrin Mill?\nA: The Orrin Mill\n"  # answer inside the question
+        "Q: ?\nA: Tamsk"
+    )  # empty question
     assert parse_qa(reply, TEXT) == [("Who built the Orrin Mill?", "Hanna Voss")]
     earlier = [("Who built the Orrin Mill?", "1788")]
     assert parse_qa("Q: Who built the Orrin Mill?\nA: Hanna Voss\nQ: When?\nA: 1788", TEXT, seen=earlier) == []
@@ -78,8 +99,11 @@ def test_round_trip_drops_a_false_pair_and_repeating_rewrites_are_rejected():
     """A pair whose question the model, given the passage, answers otherwise is dropped (counted); so is a
     rewrite that pastes the passage twice or repeats a sentence; the next round (or the fallback) fills in."""
     false_pair = "Q: Who built the Orrin Mill?\nA: Tamsk\nQ: When was the mill built?\nA: 1788"
-    gen = FakeGenerator(qa={None: false_pair, 1: GOOD_QA}, wrong={"Who built the Orrin Mill?": "Hanna Voss"},
-                        rewrite={None: TEXT + " " + TEXT, 1: "It grinds barley. It grinds barley. Voss built it in 1788."})
+    gen = FakeGenerator(
+        qa={None: false_pair, 1: GOOD_QA},
+        wrong={"Who built the Orrin Mill?": "Hanna Voss"},
+        rewrite={None: TEXT + " " + TEXT, 1: "It grinds barley. It grinds barley. Voss built it in 1788."},
+    )
     aug = augment(TEXT, gen, n_rewrites=1, n_qa=2, retries=1)
     # round 0: "Tamsk" is dropped (the model, given the passage, says Hanna Voss); round 1 brings the true pair
     assert aug.qa == [("When was the mill built?", "1788"), ("Who built the Orrin Mill?", "Hanna Voss")]
@@ -90,8 +114,9 @@ def test_round_trip_drops_a_false_pair_and_repeating_rewrites_are_rejected():
 
 
 def test_retry_with_new_seed_after_malformed_output():
-    gen = FakeGenerator(qa={None: "I cannot do that.", 1: "garbage", 2: GOOD_QA},
-                        rewrite={None: TEXT, 1: GOOD_REWRITE})  # a verbatim copy is not a rewrite
+    gen = FakeGenerator(
+        qa={None: "I cannot do that.", 1: "garbage", 2: GOOD_QA}, rewrite={None: TEXT, 1: GOOD_REWRITE}
+    )  # a verbatim copy is not a rewrite
     aug = augment(TEXT, gen, retries=2)
     assert aug.source == "model" and aug.attempts == 3
     assert aug.rewrites == [GOOD_REWRITE] and len(aug.qa) == 3

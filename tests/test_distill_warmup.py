@@ -1,6 +1,7 @@
 """Context distillation and the warm-up pair on tiny models: the teacher reads the passage and the student
 does not, the loss goes down, batched == sequential; the warm-up is counted once under every scheme, in the
 pipeline (fused and merge) and in training; `prag build --objective/--warmup` end to end."""
+
 import json
 
 import pytest
@@ -9,15 +10,16 @@ from test_pipeline import QUESTIONS, make_pipe, predictions
 from test_train import TEXTS, word_tokenizer
 from tiny import random_doc_params, tiny_llama, tiny_tokenizer
 
-from prag_core.augment import augment
+from prag_core.answer.pipeline import Pipeline
+from prag_core.answer.requests import Request
 from prag_core.cli import main
-from prag_core.combine import combine
-from prag_core.doc_params import DocParams
-from prag_core.inject import inject, use_documents
-from prag_core.pipeline import Pipeline, Request
-from prag_core.samples import build_samples, distill_items
-from prag_core.train import TrainConfig, train_documents
-from prag_core.warmup import train_warmup
+from prag_core.model.inject import inject, use_documents
+from prag_core.offline.augment import augment
+from prag_core.offline.encode import encode_warmup
+from prag_core.offline.samples import build_samples, distill_items
+from prag_core.offline.train import TrainConfig, train_documents
+from prag_core.pairs.combine import combine
+from prag_core.pairs.doc_params import DocParams
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,11 +42,13 @@ def test_teacher_reads_the_passage_and_the_student_does_not():
     for text, items in zip(TEXTS, _items(tok)):
         passage = tok(text, add_special_tokens=False)["input_ids"]
         for item in items:
+
             def holds(ids):
-                return any(ids[i:i + len(passage)] == passage for i in range(len(ids)))
+                return any(ids[i : i + len(passage)] == passage for i in range(len(ids)))
+
             assert holds(item.teacher) and not holds(item.student)
-            assert item.student[-item.answer_len:] == item.teacher[-item.answer_len:]  # the same answer tokens
-            answer = tok.decode(item.student[-item.answer_len:])
+            assert item.student[-item.answer_len :] == item.teacher[-item.answer_len :]  # the same answer tokens
+            answer = tok.decode(item.student[-item.answer_len :])
             assert answer.startswith("The answer is") and answer.endswith("<|im_end|>")
 
 
@@ -59,8 +63,9 @@ def test_distill_loss_decreases_and_batched_equals_sequential(objective):
     for g, doc in enumerate(batched):
         losses = doc.meta["losses"]
         assert losses[-1] < losses[0], losses
-        alone = train_documents(model, tok, [samples[g]], config, progress=False, distill_per_doc=[items[g]],
-                                doc_keys=[str(g)])[0]
+        alone = train_documents(
+            model, tok, [samples[g]], config, progress=False, distill_per_doc=[items[g]], doc_keys=[str(g)]
+        )[0]
         assert doc.meta["losses"] == pytest.approx(alone.meta["losses"], rel=1e-4)
         for path, (a, b) in doc.pairs.items():
             torch.testing.assert_close(a, alone.pairs[path][0], rtol=1e-3, atol=1e-6)
@@ -71,7 +76,7 @@ def test_distill_loss_decreases_and_batched_equals_sequential(objective):
 
 def test_distill_pulls_the_student_toward_the_teacher():
     """After distillation the student without the passage is closer (KL on the answer) to the teacher with it."""
-    from prag_core.train import _batch, _kl_rows, teacher_log_probs
+    from prag_core.offline.train import _batch, _kl_rows, teacher_log_probs
 
     tok = word_tokenizer(TEXTS)
     model = sharp_llama(len(tok))
@@ -83,17 +88,17 @@ def test_distill_pulls_the_student_toward_the_teacher():
         with torch.no_grad(), use_documents(model, [docs] * len(items[0])):
             return _kl_rows(model(input_ids=ids, attention_mask=mask).logits, items[0], teacher).mean().item()
 
-    doc, = train_documents(model, tok, [[]], TrainConfig(lr=1e-3, epochs=10, objective="distill"), progress=False,
-                           distill_per_doc=items)
+    (doc,) = train_documents(
+        model, tok, [[]], TrainConfig(lr=1e-3, epochs=10, objective="distill"), progress=False, distill_per_doc=items
+    )
     assert kl([doc]) < 0.1 * kl([])  # measured: 0.0136 -> 0.0003
 
 
 def test_warmup_pair_trains_and_is_frozen_beside_each_document():
     tok = word_tokenizer(TEXTS)
     model = tiny_llama(vocab=len(tok))
-    samples = [seq for t in TEXTS[2:] for seq in build_samples(t, augment(t, None), tok)]
     config = TrainConfig(rank=2, lr=1e-2, epochs=3)
-    warm = train_warmup(model, tok, samples, config, key="k", batch_size=4, progress=False)
+    warm = encode_warmup(model, tok, TEXTS[2:], [augment(t, None) for t in TEXTS[2:]], config, key="k")
     assert warm.meta["warmup_key"] == "k" and warm.meta["losses"][-1] < warm.meta["losses"][0]
     before = {p: (a.clone(), b.clone()) for p, (a, b) in warm.pairs.items()}
     docs = [build_samples(t, augment(t, None), tok) for t in TEXTS[:2]]
@@ -110,8 +115,17 @@ def test_warmup_is_counted_once_under_every_scheme(scheme):
     """The pipeline's update is exactly warm-up (weight 1) + the combined documents, fused and merged."""
     pipe = make_pipe()
     warm = random_doc_params(pipe.model, 1, seed=11, std=0.3)[0]
-    p = Pipeline(pipe.model, pipe.tokenizer, pipe.index, pipe.store, pipe.documents_text, top_k=3,
-                 max_new_tokens=10, combination=scheme, warmup=warm)
+    p = Pipeline(
+        pipe.model,
+        pipe.tokenizer,
+        pipe.index,
+        pipe.store,
+        pipe.documents_text,
+        top_k=3,
+        max_new_tokens=10,
+        combination=scheme,
+        warmup=warm,
+    )
     question = QUESTIONS[0]
     ids, scores = p.retrieve(question)
     docs, weights = combine([pipe.store[d] for d in ids], scores, scheme)
@@ -127,9 +141,18 @@ def test_warmup_is_counted_once_under_every_scheme(scheme):
         assert not torch.allclose(got, twice)
     answers = p.answer(QUESTIONS, "prag")
     assert predictions(answers) == predictions(p.answer(QUESTIONS, "prag", "merge"))
-    assert predictions(answers) != predictions(Pipeline(pipe.model, pipe.tokenizer, pipe.index, pipe.store,
-                                                        pipe.documents_text, top_k=3, max_new_tokens=10,
-                                                        combination=scheme).answer(QUESTIONS, "prag"))
+    assert predictions(answers) != predictions(
+        Pipeline(
+            pipe.model,
+            pipe.tokenizer,
+            pipe.index,
+            pipe.store,
+            pipe.documents_text,
+            top_k=3,
+            max_new_tokens=10,
+            combination=scheme,
+        ).answer(QUESTIONS, "prag")
+    )
 
 
 def test_build_with_warmup_and_distill_then_ask(tmp_path, capsys):
@@ -140,8 +163,23 @@ def test_build_with_warmup_and_distill_then_ask(tmp_path, capsys):
     corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
     warm_corpus.write_text(json.dumps({"id": "w", "text": "Ivo owns 4 goats. They are brown."}) + "\n")
     work = tmp_path / "W"
-    build = ["build", "--corpus", str(corpus), "--workdir", str(work), "--model", str(model), "--epochs", "1",
-             "--augmenter", "fallback", "--objective", "distill", "--warmup", str(warm_corpus)]
+    build = [
+        "build",
+        "--corpus",
+        str(corpus),
+        "--workdir",
+        str(work),
+        "--model",
+        str(model),
+        "--epochs",
+        "1",
+        "--augmenter",
+        "fallback",
+        "--objective",
+        "distill",
+        "--warmup",
+        str(warm_corpus),
+    ]
     assert main(build) == 0
     config = json.loads((work / "config.json").read_text())
     warm = DocParams.load(work / "warmup.safetensors")
@@ -164,11 +202,11 @@ def test_build_with_warmup_and_distill_then_ask(tmp_path, capsys):
 def test_shipped_trained_warmup_is_used_only_when_key_and_model_match(tmp_path, monkeypatch, capsys, matching):
     """The default build (--warmup shipped) takes the shipped trained pair when its key is this build's and it
     was trained for this model; otherwise it trains the pair from the shipped corpus."""
-    from prag_core import build as build_module
-    from prag_core.augment import cache_settings
     from prag_core.corpus import read_corpus
-    from prag_core.retrieval import corpus_sha256
-    from prag_core.warmup import WARMUP_CORPUS, warmup_key
+    from prag_core.offline import warmup as warmup_module
+    from prag_core.offline.augment import cache_settings
+    from prag_core.offline.warmup import WARMUP_CORPUS, warmup_key
+    from prag_core.retrieval.bm25 import corpus_sha256
 
     model = tmp_path / "model"
     tiny_llama().save_pretrained(model)
@@ -178,11 +216,15 @@ def test_shipped_trained_warmup_is_used_only_when_key_and_model_match(tmp_path, 
     shipped = random_doc_params(tiny_llama(), 1, seed=4)[0]
     shipped.meta["warmup_key"] = key if matching else "another"
     shipped.save(tmp_path / "shipped.safetensors")
-    monkeypatch.setattr(build_module, "TRAINED_WARMUP", tmp_path / "shipped.safetensors")
+    monkeypatch.setattr(warmup_module, "TRAINED_WARMUP", tmp_path / "shipped.safetensors")
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(json.dumps({"id": "d0", "text": TEXTS[0]}) + "\n")
-    assert main(["build", "--corpus", str(corpus), "--workdir", str(tmp_path / "W"), "--model", str(model),
-                 "--epochs", "1"]) == 0
+    assert (
+        main(
+            ["build", "--corpus", str(corpus), "--workdir", str(tmp_path / "W"), "--model", str(model), "--epochs", "1"]
+        )
+        == 0
+    )
     used = DocParams.load(tmp_path / "W" / "warmup.safetensors")
     assert used.meta["warmup_key"] == key
     path = next(iter(shipped.pairs))

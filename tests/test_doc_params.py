@@ -1,4 +1,5 @@
-"""DocParams: init, the §4.3 file format, load-time validation, the fingerprint and the device cache."""
+"""DocParams: init, the file format, load-time validation, the fingerprint and the device cache."""
+
 import json
 import math
 import os
@@ -9,8 +10,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tiny import random_doc_params, tiny_model
 
-from prag_core.doc_params import DocCache, DocParams, DocParamsError, model_fingerprint
-from prag_core.inject import ffn_module_paths, inject
+from prag_core.model.inject import ffn_module_paths, inject
+from prag_core.pairs.doc_params import DocCache, DocParams, DocParamsError, model_fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -84,32 +85,60 @@ def test_fingerprint(model):
     assert model_fingerprint(tiny_model("llama", seed=1))["weight_hash"] != fp["weight_hash"]
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(tensors=lambda t: {**t, "model.layers.1.mlp.up_proj.lora_a": torch.zeros(48, 3)}),
-     r"tensor 'model.layers.1.mlp.up_proj.lora_a' has shape \(48, 3\), expected \(48, 2\)"),
-    (dict(tensors=lambda t: {**t, "model.layers.0.mlp.down_proj.lora_b": t["model.layers.0.mlp.down_proj.lora_b"]
-                             .index_fill(0, torch.tensor([5]), float("nan"))}),
-     r"tensor 'model.layers.0.mlp.down_proj.lora_b' has non-finite values"),
-    (dict(tensors=lambda t: {k: v for k, v in t.items() if k != "model.layers.1.mlp.gate_proj.lora_b"}),
-     r"tensor 'model.layers.1.mlp.gate_proj.lora_b' is missing"),
-    (dict(tensors=lambda t: {**t, "model.layers.2.mlp.gate_proj.lora_a": torch.zeros(48, 2)}),
-     r"tensor 'model.layers.2.mlp.gate_proj.lora_a' is not a target"),
-    (dict(tensors=lambda t: {k: v.double() for k, v in t.items()}),
-     r"tensor 'model.layers.0.mlp.gate_proj.lora_a' has dtype torch.float64"),
-    (dict(tensors=lambda t: {**t, "model.layers.0.mlp.up_proj.lora_b": t["model.layers.0.mlp.up_proj.lora_b"].half()}),
-     r"tensor 'model.layers.0.mlp.up_proj.lora_b' has dtype torch.float16, the others torch.float32"),
-    (dict(metadata=lambda m: {**m, "format_version": "2"}), r"metadata field 'format_version' is 2"),
-    (dict(metadata=lambda m: {**m, "alpha": '"sixteen"'}), r"metadata field 'alpha' is 'sixteen'"),
-    (dict(metadata=lambda m: {**m, "alpha": "NaN"}), r"metadata field 'alpha' is nan"),
-    (dict(metadata=lambda m: {k: v for k, v in m.items() if k != "rank"}), r"metadata field 'rank' is missing"),
-    (dict(metadata=lambda m: {**m, "rank": "3"}), r"has shape \(48, 2\), expected \(48, 3\)"),
-    (dict(metadata=lambda m: {**m, "targets": '["q_proj"]'}), r"'fingerprint'/'targets'"),
-    (dict(metadata=lambda m: {**m, "doc_sha256": '"xyz"'}), r"metadata field 'doc_sha256'"),
-    (dict(metadata=lambda m: {**m, "training": "{oops"}), r"metadata field 'training' is not JSON"),
-    (dict(metadata=lambda m: {**m, "fingerprint": '{"model_type": "llama"}'}), r"metadata field 'fingerprint'"),
-    (dict(metadata=lambda m: {**m, "fingerprint": m["fingerprint"].replace('"llama"', '"bert"')}),
-     r"unsupported architecture 'bert'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            dict(tensors=lambda t: {**t, "model.layers.1.mlp.up_proj.lora_a": torch.zeros(48, 3)}),
+            r"tensor 'model.layers.1.mlp.up_proj.lora_a' has shape \(48, 3\), expected \(48, 2\)",
+        ),
+        (
+            dict(
+                tensors=lambda t: {
+                    **t,
+                    "model.layers.0.mlp.down_proj.lora_b": t["model.layers.0.mlp.down_proj.lora_b"].index_fill(
+                        0, torch.tensor([5]), float("nan")
+                    ),
+                }
+            ),
+            r"tensor 'model.layers.0.mlp.down_proj.lora_b' has non-finite values",
+        ),
+        (
+            dict(tensors=lambda t: {k: v for k, v in t.items() if k != "model.layers.1.mlp.gate_proj.lora_b"}),
+            r"tensor 'model.layers.1.mlp.gate_proj.lora_b' is missing",
+        ),
+        (
+            dict(tensors=lambda t: {**t, "model.layers.2.mlp.gate_proj.lora_a": torch.zeros(48, 2)}),
+            r"tensor 'model.layers.2.mlp.gate_proj.lora_a' is not a target",
+        ),
+        (
+            dict(tensors=lambda t: {k: v.double() for k, v in t.items()}),
+            r"tensor 'model.layers.0.mlp.gate_proj.lora_a' has dtype torch.float64",
+        ),
+        (
+            dict(
+                tensors=lambda t: {
+                    **t,
+                    "model.layers.0.mlp.up_proj.lora_b": t["model.layers.0.mlp.up_proj.lora_b"].half(),
+                }
+            ),
+            r"tensor 'model.layers.0.mlp.up_proj.lora_b' has dtype torch.float16, the others torch.float32",
+        ),
+        (dict(metadata=lambda m: {**m, "format_version": "2"}), r"metadata field 'format_version' is 2"),
+        (dict(metadata=lambda m: {**m, "alpha": '"sixteen"'}), r"metadata field 'alpha' is 'sixteen'"),
+        (dict(metadata=lambda m: {**m, "alpha": "NaN"}), r"metadata field 'alpha' is nan"),
+        (dict(metadata=lambda m: {k: v for k, v in m.items() if k != "rank"}), r"metadata field 'rank' is missing"),
+        (dict(metadata=lambda m: {**m, "rank": "3"}), r"has shape \(48, 2\), expected \(48, 3\)"),
+        (dict(metadata=lambda m: {**m, "targets": '["q_proj"]'}), r"'fingerprint'/'targets'"),
+        (dict(metadata=lambda m: {**m, "doc_sha256": '"xyz"'}), r"metadata field 'doc_sha256'"),
+        (dict(metadata=lambda m: {**m, "training": "{oops"}), r"metadata field 'training' is not JSON"),
+        (dict(metadata=lambda m: {**m, "fingerprint": '{"model_type": "llama"}'}), r"metadata field 'fingerprint'"),
+        (
+            dict(metadata=lambda m: {**m, "fingerprint": m["fingerprint"].replace('"llama"', '"bert"')}),
+            r"unsupported architecture 'bert'",
+        ),
+    ],
+)
 def test_load_rejects_bad_files_naming_file_and_field(saved, change, message):
     _, path = saved
     rewrite(path, **change)

@@ -1,20 +1,24 @@
 """The evaluation loop: batching, scores per question and per mode, the results.json format, the table."""
+
 import json
 
 import pytest
 
+from prag_core.answer.evaluate import evaluate, table, write_results
+from prag_core.answer.requests import Answer
 from prag_core.corpus import Question
-from prag_core.evaluate import evaluate, table, write_results
-from prag_core.pipeline import Answer
 
-QUESTIONS = [Question("q1", "Who built it?", ["Oswin Tarrow", "Tarrow"], docs=("d0", "d9")),
-             Question("q2", "When?", ["1847"], docs=("d1",)),
-             Question("q3", "What color?", ["green"])]
+QUESTIONS = [
+    Question("q1", "Who built it?", ["Oswin Tarrow", "Tarrow"], docs=("d0", "d9")),
+    Question("q2", "When?", ["1847"], docs=("d1",)),
+    Question("q3", "What color?", ["green"]),
+]
 # mode -> prediction per question, and the scores they must get (hand-computed, SQuAD normalisation)
-PREDICTIONS = {"vanilla": ["Alessandro", "2018", "a deep green light"],
-               "prag": ["tarrow", "1847", "The green"]}
-EXPECTED = {"vanilla": {"em": 0.0, "f1": (0 + 0 + 2 * (1 / 3) * 1 / (1 / 3 + 1)) / 3, "acc": 1 / 3},
-            "prag": {"em": 1.0, "f1": 1.0, "acc": 1.0}}
+PREDICTIONS = {"vanilla": ["Alessandro", "2018", "a deep green light"], "prag": ["tarrow", "1847", "The green"]}
+EXPECTED = {
+    "vanilla": {"em": 0.0, "f1": (0 + 0 + 2 * (1 / 3) * 1 / (1 / 3 + 1)) / 3, "acc": 1 / 3},
+    "prag": {"em": 1.0, "f1": 1.0, "acc": 1.0},
+}
 
 
 class Scripted:
@@ -28,8 +32,7 @@ class Scripted:
     def answer(self, questions, mode, update):
         self.calls.append((mode, update, len(questions)))
         row = {q.question: i for i, q in enumerate(QUESTIONS)}
-        return [Answer(q, mode, PREDICTIONS[mode][row[q]], ["d" + str(row[q])], 0.5 * (row[q] + 1))
-                for q in questions]
+        return [Answer(q, mode, PREDICTIONS[mode][row[q]], ["d" + str(row[q])], 0.5 * (row[q] + 1)) for q in questions]
 
 
 def test_scores_per_question_and_per_mode():
@@ -45,10 +48,22 @@ def test_scores_per_question_and_per_mode():
             assert summary[key] == pytest.approx(value), (mode, key)
     rows = results["questions"]
     assert [(r["id"], r["mode"]) for r in rows] == [(q.id, m) for m in ("vanilla", "prag") for q in QUESTIONS]
-    assert all(set(r) == {"id", "mode", "prediction", "em", "f1", "acc", "docs", "latency_s", "ungrounded",
-                          "recall"} for r in rows)
-    assert rows[3] == {"id": "q1", "mode": "prag", "prediction": "tarrow", "em": 1.0, "f1": 1.0, "acc": 1.0,
-                       "docs": ["d0"], "latency_s": 0.5, "ungrounded": 0.0, "recall": 0.5}
+    assert all(
+        set(r) == {"id", "mode", "prediction", "em", "f1", "acc", "docs", "latency_s", "ungrounded", "recall"}
+        for r in rows
+    )
+    assert rows[3] == {
+        "id": "q1",
+        "mode": "prag",
+        "prediction": "tarrow",
+        "em": 1.0,
+        "f1": 1.0,
+        "acc": 1.0,
+        "docs": ["d0"],
+        "latency_s": 0.5,
+        "ungrounded": 0.0,
+        "recall": 0.5,
+    }
     # recall@k: q1 retrieved 1 of its 2 supporting documents, q2 its one, q3 lists none; vanilla retrieves nothing
     assert [r["recall"] for r in rows] == [None, None, None, 0.5, 1.0, None]
     assert results["modes"]["prag"]["recall"] == pytest.approx(0.75) and results["modes"]["vanilla"]["recall"] is None

@@ -1,13 +1,21 @@
 """The injection layer on tiny random models of every supported architecture, and once on SmolLM2."""
+
 import threading
 
 import pytest
 import torch
 from tiny import TINY_ARCHS, random_doc_params, tiny_model
 
-from prag_core.doc_params import DocParams
-from prag_core.inject import (InjectedLinear, _ACTIVE, eject, ffn_module_paths, inject, merged_documents,
-                              use_documents)
+from prag_core.model.inject import (
+    _ACTIVE,
+    InjectedLinear,
+    eject,
+    ffn_module_paths,
+    inject,
+    merged_documents,
+    use_documents,
+)
+from prag_core.pairs.doc_params import DocParams
 
 
 def rel(y, ref):
@@ -67,7 +75,7 @@ def test_per_row_sets_equal_each_row_alone(arch):
         together = logits(model, ids)
     for i, docs in enumerate(sets):
         with use_documents(model, docs):
-            alone = logits(model, ids[i:i + 1])
+            alone = logits(model, ids[i : i + 1])
         assert rel(together[i], alone[0]) < 1e-5, i
     assert rel(together[0], together[1]) > 1e-3
     assert rel(together[2], base[2]) < 1e-5  # the empty row is the base model
@@ -285,15 +293,16 @@ def test_errors():
 def test_unsupported_architecture_is_named():
     from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
-    model = AutoModelForCausalLM.from_config(GPTNeoXConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2))
+    model = AutoModelForCausalLM.from_config(
+        GPTNeoXConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    )
     with pytest.raises(ValueError, match=r"unsupported architecture 'gpt_neox'; supported: llama, .*gpt2"):
         inject(model)
 
 
 @pytest.mark.slow
 def test_embedded_smollm2():
-    from prag_core.model import load_model
+    from prag_core.model.load import load_model
 
     model, tokenizer = load_model()
     inject(model)

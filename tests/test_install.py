@@ -1,4 +1,5 @@
 """The package installs under its own names and does not disturb transformers."""
+
 import os
 import pkgutil
 import subprocess
@@ -14,18 +15,20 @@ def test_repository_root_does_not_shadow_hf_kernels():
     """Started in the repository root (which `python -m` puts first on sys.path), transformers still gets
     Hugging Face's `kernels`: ours lives in kernels/prag_kernels/ and kernels/ is no package."""
     assert not (ROOT / "kernels" / "__init__.py").exists()
-    code = ("import importlib.metadata as md, pathlib, sys\n"
-            "from transformers import LlamaConfig\n"
-            "import kernels, prag_kernels\n"
-            "md.version('kernels')\n"  # Hugging Face's package is installed (the test extra asks for it)
-            "assert not pathlib.Path(kernels.__file__).is_relative_to(sys.argv[1] + '/kernels'), kernels.__file__\n"
-            "print(pathlib.Path(prag_kernels.__file__).parent.relative_to(sys.argv[1]))")
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, cwd=ROOT,
-                         timeout=300)
+    code = (
+        "import importlib.metadata as md, pathlib, sys\n"
+        "from transformers import LlamaConfig\n"
+        "import kernels, prag_kernels\n"
+        "md.version('kernels')\n"  # Hugging Face's package is installed (the test extra asks for it)
+        "assert not pathlib.Path(kernels.__file__).is_relative_to(sys.argv[1] + '/kernels'), kernels.__file__\n"
+        "print(pathlib.Path(prag_kernels.__file__).parent.relative_to(sys.argv[1]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == [str(Path("kernels") / "prag_kernels")]
-    out = subprocess.run([sys.executable, "-m", "prag_core.cli", "--help"], capture_output=True, text=True, cwd=ROOT,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "prag_core.cli", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert out.returncode == 0 and "demo" in out.stdout, out.stderr[-2000:]
 
 
@@ -38,8 +41,13 @@ def _importable_names(folder):
 def test_no_folder_of_ours_shares_a_name_with_an_installed_module():
     """The root (python -m, Ray workers), tests/ (pytest), bench/ folders (scripts run from them), prag_core/ and
     the kernel package (a file run from them) name nothing that the standard library or site-packages provide."""
-    ours = [ROOT, ROOT / "tests", ROOT / "prag_core", ROOT / "kernels" / "prag_kernels",
-            *[p for p in [ROOT / "bench", *(ROOT / "bench").rglob("*")] if p.is_dir() and "__pycache__" not in p.parts]]
+    ours = [
+        ROOT,
+        ROOT / "tests",
+        ROOT / "prag_core",
+        ROOT / "kernels" / "prag_kernels",
+        *[p for p in [ROOT / "bench", *(ROOT / "bench").rglob("*")] if p.is_dir() and "__pycache__" not in p.parts],
+    ]
     mine = {p.resolve() for p in ours}
     others = [p for p in map(Path, filter(None, sys.path)) if p.is_dir() and p.resolve() not in mine]
     installed = set(sys.stdlib_module_names) | {m.name for m in pkgutil.iter_modules(map(str, others))}
@@ -51,6 +59,7 @@ def test_no_folder_of_ours_shares_a_name_with_an_installed_module():
 
 def test_cli_version_and_help():
     from prag_core import __version__
+
     out = subprocess.run([sys.executable, "-m", "prag_core.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and __version__ in out.stdout
     out = subprocess.run([sys.executable, "-m", "prag_core.cli", "--help"], capture_output=True, text=True)
@@ -60,16 +69,24 @@ def test_cli_version_and_help():
 @pytest.mark.slow
 def test_wheel_installs_and_imports(tmp_path):
     """A non-editable wheel provides prag_kernels and prag_core (the package_dir mapping works)."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)], check=True
+    )
     wheel = next((tmp_path / "dist").glob("prag-*.whl"))
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True
+    )
     code = "import prag_kernels, prag_core; print(prag_kernels.__file__); print(prag_core.__file__)"
     # PYTHONPATH comes before the editable install's finder, so the wheel's copy is imported.
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(target)}, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        check=True,
+    )
     kernels_file, core_file = map(Path, out.stdout.split())
     assert kernels_file.parent == target / "prag_kernels"
     assert core_file.parent == target / "prag_core"

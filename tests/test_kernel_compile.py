@@ -5,6 +5,7 @@ It runs as a subprocess because the test session runs Triton in its interpreter 
 which triton.jit gives interpreted functions that cannot be compiled. Cold (empty Triton cache) it takes about
 3 minutes on 2 cores; compiles are cached in ~/.triton/cache, so a rerun on unchanged kernels takes seconds.
 """
+
 import os
 import subprocess
 import sys
@@ -17,15 +18,22 @@ TABLE = ROOT / "bench" / "results" / "kernel-compile.md"
 
 
 def config_cell(config):
-    blocks = ", ".join(f"{name} {config.kwargs[name]}" for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K")
-                       if name in config.kwargs)
+    blocks = ", ".join(
+        f"{name} {config.kwargs[name]}" for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if name in config.kwargs
+    )
     return f"{blocks} / {config.num_warps} / {config.num_stages}"
 
 
 def test_every_kernel_config_compiles_without_spills_and_fits_shared_memory():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-W", "ignore", "-m", "prag_kernels.compile_gate", "--out", str(TABLE)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-m", "prag_kernels.compile_gate", "--out", str(TABLE)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     text = TABLE.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| _")]

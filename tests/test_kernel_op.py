@@ -7,7 +7,7 @@ import torch
 from test_kernels import TRITON_DEVICE, make_case
 from tiny import random_doc_params, tiny_model
 
-from prag_core.inject import eject, inject, use_documents
+from prag_core.model.inject import eject, inject, use_documents
 from prag_kernels import fused_lora_linear_cat
 from prag_kernels.torch_path import cat_rank, column_mask
 
@@ -22,8 +22,17 @@ def test_opcheck(backend, rows):
     row_docs = case["row_docs"] if rows == "docs" else None
     row_mask = column_mask(case["row_docs"], 3, 2, torch.float32) * 0.5 if rows == "mask" else None
     grads = {n: case[n].requires_grad_(True) for n in ("x", "bias", "lora_a", "lora_b")}
-    args = (grads["x"], case["weight"], grads["bias"], grads["lora_a"], grads["lora_b"], case["scale"], row_docs,
-            row_mask, backend)
+    args = (
+        grads["x"],
+        case["weight"],
+        grads["bias"],
+        grads["lora_a"],
+        grads["lora_b"],
+        case["scale"],
+        row_docs,
+        row_mask,
+        backend,
+    )
     torch.library.opcheck(OP, args)
 
 
@@ -70,5 +79,7 @@ def test_torch_compile_of_an_injected_model_equals_eager():
             assert torch.allclose(traced, eager, atol=1e-5, rtol=1e-5)
             outputs.append(eager)
         assert torch.equal(outputs[2], eject(model)(ids).logits)  # no documents: the plain model
-    assert not torch.allclose(outputs[0], outputs[1], atol=1e-3) and not torch.allclose(outputs[0], outputs[2], atol=1e-3)
+    assert not torch.allclose(outputs[0], outputs[1], atol=1e-3) and not torch.allclose(
+        outputs[0], outputs[2], atol=1e-3
+    )
     assert len(graphs) == 1 and "prag.injected_linear" in graphs[0].code

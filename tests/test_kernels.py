@@ -5,6 +5,7 @@ merge/restore and argument checks.
 Every case draws fresh random inputs; kernel outputs are poisoned with NaN before the run, so an
 element the kernel leaves unwritten fails the test.
 """
+
 import itertools
 import subprocess
 import sys
@@ -15,10 +16,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prag_kernels import (fused_lora_linear, fused_lora_linear_cat, fused_lora_linear_triton, merge_lora_,
-                          reference_fused_lora_linear, restore_)
-from prag_kernels.fused_lora_triton import (DECODE_CONFIGS, PREFILL_CONFIGS, _decode_autotuned, _decode_configs_for,
-                                            _fused_lora_autotuned, _prefill_configs_for, launches, m_bucket, split_k)
+from prag_kernels import (
+    fused_lora_linear,
+    fused_lora_linear_cat,
+    fused_lora_linear_triton,
+    merge_lora_,
+    reference_fused_lora_linear,
+    restore_,
+)
+from prag_kernels.fused_lora_triton import (
+    DECODE_CONFIGS,
+    PREFILL_CONFIGS,
+    _decode_autotuned,
+    _decode_configs_for,
+    _fused_lora_autotuned,
+    _prefill_configs_for,
+    launches,
+    m_bucket,
+    split_k,
+)
 from prag_kernels.torch_path import cat_rank, column_mask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,14 +58,20 @@ def make_case(seed, m, k, n, docs, rank, bias=True, dtype=torch.float32, rows="n
     def rnd(*shape, std=1.0):
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * std).to(dtype)
 
-    x, weight = rnd(m, k), rnd(n, k, std=k ** -0.5)
+    x, weight = rnd(m, k), rnd(n, k, std=k**-0.5)
     row_docs = None
     if rows == "mixed":  # ids in [-1, docs), duplicates allowed, and one row with every slot empty
         row_docs = torch.randint(-1, max(docs, 1), (m, slots), generator=g) if docs else torch.full((m, slots), -1)
         row_docs[m // 2] = -1
-    case = dict(x=x, weight=weight, bias=rnd(n) if bias else None,
-                lora_a=rnd(docs, n, rank, std=(rank * max(docs, 1)) ** -0.5), lora_b=rnd(docs, k, rank, std=k ** -0.5),
-                scale=1.5, row_docs=row_docs)
+    case = dict(
+        x=x,
+        weight=weight,
+        bias=rnd(n) if bias else None,
+        lora_a=rnd(docs, n, rank, std=(rank * max(docs, 1)) ** -0.5),
+        lora_b=rnd(docs, k, rank, std=k**-0.5),
+        scale=1.5,
+        row_docs=row_docs,
+    )
     return {name: v.to(device) if torch.is_tensor(v) else v for name, v in case.items()}
 
 
@@ -71,8 +93,9 @@ def assert_lora_matters(case, ref):
 SHAPES = [(1, 33, 47), (3, 47, 33), (17, 33, 47), (130, 40, 35)]
 CASES = [
     (m, k, n, docs, rank, bias, rows, dtype, blocks)
-    for i, ((m, k, n), (docs, rank), rows, dtype) in enumerate(itertools.product(
-        SHAPES, [(0, 2), (1, 1), (3, 2), (3, 5), (4, 16), (1, 16)], ["none", "mixed"], DTYPES))
+    for i, ((m, k, n), (docs, rank), rows, dtype) in enumerate(
+        itertools.product(SHAPES, [(0, 2), (1, 1), (3, 2), (3, 5), (4, 16), (1, 16)], ["none", "mixed"], DTYPES)
+    )
     if (i % 3 != 1 or m == 1)  # thin the product (interpreter time), keeping every M=1 case
     for bias, blocks in [((i // 2) % 2 == 0, "small" if i % 2 else "auto")]
 ]
@@ -122,8 +145,11 @@ def test_autotune_configs_cover_every_call():
                 assert x.element_size() == 4 or {c.kwargs["BLOCK_M"] for c in kept} <= family
             kept = _decode_configs_for(DECODE_CONFIGS, {"K_SPLIT": 3584, "x_ptr": x}, R_PAD=r_pad)
             assert kept and all(c.r_pad_max >= r_pad and c.operand_bytes == x.element_size() for c in kept)
-    for m, tuner, family in [(2, _decode_autotuned, {None}), (200, _fused_lora_autotuned, {32, 64}),
-                             (300, _fused_lora_autotuned, {64, 128})]:
+    for m, tuner, family in [
+        (2, _decode_autotuned, {None}),
+        (200, _fused_lora_autotuned, {32, 64}),
+        (300, _fused_lora_autotuned, {64, 128}),
+    ]:
         case = make_case(m, m, 33, 47, 3, 2, dtype=torch.float16, rows="mixed", device=TRITON_DEVICE)
         out = torch.full((m, 47), float("nan"), dtype=torch.float16, device=TRITON_DEVICE)
         assert rel(fused_lora_linear_triton(**case, out=out), reference(case)) < 2e-3
@@ -151,8 +177,17 @@ def test_kernel_row_mask_float_weights_and_split_k_partials(m):
     a_cat, b_cat = (cat_rank(case[n]).double().cpu() for n in ("lora_a", "lora_b"))
     ref = x @ w.T + b + case["scale"] * ((x @ b_cat) * mask.double().cpu().repeat_interleave(2, 0)) @ a_cat.T
     out = torch.full((m, 47), float("nan"), device=TRITON_DEVICE)
-    plan = launches(case["x"], case["weight"], case["bias"], case["lora_a"], case["lora_b"], case["scale"], mask,
-                    out, config=SMALL_BLOCKS)
+    plan = launches(
+        case["x"],
+        case["weight"],
+        case["bias"],
+        case["lora_a"],
+        case["lora_b"],
+        case["scale"],
+        mask,
+        out,
+        config=SMALL_BLOCKS,
+    )
     assert len(plan) == (2 if m <= 16 else 1)
     if m <= 16:
         part = plan[0][2][7]
@@ -176,8 +211,16 @@ def test_leading_dims_and_per_batch_row_docs(backend):
     y = fused_lora_linear(x, **dict(case, row_docs=per_batch.repeat_interleave(3, 0)), backend=backend)
     assert rel(y.reshape(6, 47), ref) < 1e-5
     mask = column_mask(per_batch, 3, 2, torch.float32)
-    y = fused_lora_linear_cat(x, case["weight"], case["bias"], cat_rank(case["lora_a"]), cat_rank(case["lora_b"]),
-                              case["scale"], mask, backend=None if backend == "torch" else backend)
+    y = fused_lora_linear_cat(
+        x,
+        case["weight"],
+        case["bias"],
+        cat_rank(case["lora_a"]),
+        cat_rank(case["lora_b"]),
+        case["scale"],
+        mask,
+        backend=None if backend == "torch" else backend,
+    )
     assert rel(y.reshape(6, 47), ref) < 1e-5
 
 
@@ -186,10 +229,14 @@ def test_any_strides(backend):
     """Transposed weight (GPT-2 Conv1D), strided x, permuted adapters: nothing needs to be contiguous."""
     case = make_case(11, 5, 33, 47, 3, 2, rows="mixed", device="cpu" if backend == "torch" else TRITON_DEVICE)
     ref = reference(case)
-    odd = dict(case, x=case["x"].T.contiguous().T, weight=case["weight"].T.contiguous().T,
-               lora_a=case["lora_a"].permute(2, 1, 0).contiguous().permute(2, 1, 0),
-               lora_b=case["lora_b"].transpose(0, 1).contiguous().transpose(0, 1),
-               row_docs=case["row_docs"].T.contiguous().T)
+    odd = dict(
+        case,
+        x=case["x"].T.contiguous().T,
+        weight=case["weight"].T.contiguous().T,
+        lora_a=case["lora_a"].permute(2, 1, 0).contiguous().permute(2, 1, 0),
+        lora_b=case["lora_b"].transpose(0, 1).contiguous().transpose(0, 1),
+        row_docs=case["row_docs"].T.contiguous().T,
+    )
     assert not any(odd[n].is_contiguous() for n in ("x", "weight", "lora_a", "lora_b", "row_docs"))
     assert rel(fused_lora_linear(**odd, backend=backend), ref) < 1e-5
     x3 = odd["x"].unsqueeze(0)  # (1, 5, 33), non-contiguous, with a leading dim
@@ -227,8 +274,9 @@ def test_rows_without_documents_get_the_base_linear_exactly(m):
 def test_a_document_listed_twice_counts_twice():
     case = make_case(13, 2, 33, 47, 2, 2)
     twice = fused_lora_linear(**dict(case, row_docs=torch.tensor([[1, 1], [1, -1]])))
-    doubled = fused_lora_linear(**dict(case, scale=2 * case["scale"], lora_a=case["lora_a"][1:],
-                                       lora_b=case["lora_b"][1:]))
+    doubled = fused_lora_linear(
+        **dict(case, scale=2 * case["scale"], lora_a=case["lora_a"][1:], lora_b=case["lora_b"][1:])
+    )
     assert rel(twice[0], doubled[0].double()) < 1e-6
     case = {n: v.to(TRITON_DEVICE) if torch.is_tensor(v) else v for n, v in case.items()}
     case["row_docs"] = torch.tensor([[1, 1], [1, -1]], device=TRITON_DEVICE)
@@ -236,6 +284,7 @@ def test_a_document_listed_twice_counts_twice():
 
 
 # --- autograd -------------------------------------------------------------------------------------
+
 
 def leaves(case, names):
     return {n: case[n].clone().requires_grad_(True) if n in names else case[n] for n in case}
@@ -290,6 +339,7 @@ def test_a_rows_loss_reaches_only_its_documents():
 
 # --- merge baseline -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
 def test_merge_then_restore_is_bit_exact(dtype, tol):
     case = make_case(31, 1, 40, 24, 3, 2, dtype=dtype)
@@ -299,8 +349,10 @@ def test_merge_then_restore_is_bit_exact(dtype, tol):
     delta = 16.0 * torch.einsum("dor,dir->oi", case["lora_a"].double(), case["lora_b"].double())
     assert rel(weight, original.double() + delta) < tol and not torch.equal(weight, original)
     restore_(weight, backup)
-    assert torch.equal(weight.view(torch.int16 if dtype != torch.float32 else torch.int32),
-                       original.view(torch.int16 if dtype != torch.float32 else torch.int32))
+    assert torch.equal(
+        weight.view(torch.int16 if dtype != torch.float32 else torch.int32),
+        original.view(torch.int16 if dtype != torch.float32 else torch.int32),
+    )
 
 
 def test_merged_linear_equals_fused():
@@ -313,6 +365,7 @@ def test_merged_linear_equals_fused():
 
 
 # --- bad arguments --------------------------------------------------------------------------------
+
 
 def _bad(case, **change):
     return dict(case, **change)
@@ -359,8 +412,14 @@ BAD_CAT = [
 def test_bad_cat_arguments_name_the_argument(name, change, grad):
     """Both the no-grad hot path (checks run when a GEMM refuses) and the autograd path."""
     case = make_case(43, 3, 8, 6, 3, 2)
-    cat = dict(x=case["x"].requires_grad_(grad), weight=case["weight"], bias=case["bias"],
-               a_cat=cat_rank(case["lora_a"]), b_cat=cat_rank(case["lora_b"]), scale=2.0)
+    cat = dict(
+        x=case["x"].requires_grad_(grad),
+        weight=case["weight"],
+        bias=case["bias"],
+        a_cat=cat_rank(case["lora_a"]),
+        b_cat=cat_rank(case["lora_b"]),
+        scale=2.0,
+    )
     with pytest.raises(ValueError, match=name):
         fused_lora_linear_cat(**change(cat))
 
@@ -378,9 +437,15 @@ def test_bad_launcher_and_merge_arguments():
 
 # --- the GPU benchmark's CPU smoke mode -------------------------------------------------------------
 
+
 def test_gpu_bench_cpu_smoke_mode_checks_and_prints_a_table():
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_kernels.py"), "--cpu"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu" / "gpu_kernels.py"), "--cpu"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     checks = [line for line in done.stdout.splitlines() if line.startswith("check ")]
     assert len(checks) == 16 and all(line.endswith(" ok") for line in checks)
@@ -400,7 +465,9 @@ def test_column_mask_with_slot_weights_sums_them_per_document():
     row_docs = torch.tensor([[0, 2, -1], [1, 1, 0]])
     weights = torch.tensor([[0.5, 2.0, 9.0], [0.25, 0.5, -1.0]], dtype=torch.float64)
     got = column_mask(row_docs, 3, 2, torch.float64, weights)
-    assert torch.equal(got, torch.tensor([[0.5, 0.5, 0, 0, 2.0, 2.0], [-1.0, -1.0, 0.75, 0.75, 0, 0]],
-                                         dtype=torch.float64))  # -1 slots count nothing; repeats add
-    assert torch.equal(column_mask(row_docs, 3, 2, torch.float32, torch.ones(2, 3)), column_mask(row_docs, 3, 2,
-                                                                                                 torch.float32))
+    assert torch.equal(
+        got, torch.tensor([[0.5, 0.5, 0, 0, 2.0, 2.0], [-1.0, -1.0, 0.75, 0.75, 0, 0]], dtype=torch.float64)
+    )  # -1 slots count nothing; repeats add
+    assert torch.equal(
+        column_mask(row_docs, 3, 2, torch.float32, torch.ones(2, 3)), column_mask(row_docs, 3, 2, torch.float32)
+    )

@@ -1,26 +1,30 @@
 """EM / F1 / acc on cases whose values are worked out by hand in each comment."""
+
 import pytest
 
 from prag_core.metrics import acc, exact_match, f1, normalize_answer, scores
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The  Velmora, Lighthouse!", "velmora lighthouse"),
-    ("An apple a day", "apple day"),                  # articles go, only as whole words
-    ("Theatre and anthem", "theatre and anthem"),
-    ("forty-eight", "fortyeight"),                     # punctuation is deleted, not replaced by a space
-    ("“Pim” — the walrus", "pim walrus"),              # Unicode quotes and dashes are punctuation too
-    ("  \tOld\nBellamy  ", "old bellamy"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The  Velmora, Lighthouse!", "velmora lighthouse"),
+        ("An apple a day", "apple day"),  # articles go, only as whole words
+        ("Theatre and anthem", "theatre and anthem"),
+        ("forty-eight", "fortyeight"),  # punctuation is deleted, not replaced by a space
+        ("“Pim” — the walrus", "pim walrus"),  # Unicode quotes and dashes are punctuation too
+        ("  \tOld\nBellamy  ", "old bellamy"),
+    ],
+)
 def test_normalize_answer(text, expected):
     assert normalize_answer(text) == expected
 
 
 def test_exact_match():
     assert exact_match("1847.", ["1847"]) == 1.0
-    assert exact_match("The answer is 1847.", ["1847"]) == 0.0    # "answer is 1847" != "1847"
+    assert exact_match("The answer is 1847.", ["1847"]) == 0.0  # "answer is 1847" != "1847"
     assert exact_match("the Tessel", ["River Tessel", "Tessel"]) == 1.0  # max over aliases
-    assert exact_match("Tessel river", ["River Tessel"]) == 0.0   # order matters
+    assert exact_match("Tessel river", ["River Tessel"]) == 0.0  # order matters
 
 
 def test_f1_hand_computed():

@@ -1,12 +1,13 @@
 """export_peft: PEFT's adapter folder layout, and that PEFT's arithmetic reproduces our merge."""
+
 import json
 
 import pytest
 from safetensors import safe_open
 from tiny import random_doc_params, tiny_model
 
-from prag_core.inject import ffn_module_paths, merged_documents, weight_out_in
-from prag_core.peft_export import export_peft
+from prag_core.model.inject import ffn_module_paths, merged_documents, weight_out_in
+from prag_core.pairs.peft_export import export_peft
 
 
 def read_adapter(folder):
@@ -17,8 +18,9 @@ def read_adapter(folder):
 
 def peft_targets(model, target_modules):
     """Module names PEFT would wrap: a target matches a name equal to it or ending in '.' + target."""
-    return [name for name, _ in model.named_modules()
-            if any(name == t or name.endswith("." + t) for t in target_modules)]
+    return [
+        name for name, _ in model.named_modules() if any(name == t or name.endswith("." + t) for t in target_modules)
+    ]
 
 
 @pytest.mark.parametrize("model_type", ["llama", "phi3", "gpt2"])

@@ -1,4 +1,5 @@
 """The Retrieve-Update-Generate pipeline on a tiny random model: modes, update methods, batching, errors."""
+
 import string
 import threading
 
@@ -6,11 +7,20 @@ import pytest
 import torch
 from tiny import random_doc_params, tiny_llama, tiny_tokenizer
 
+from prag_core.answer.pipeline import Pipeline, prompt_ids
+from prag_core.answer.requests import (
+    MODES,
+    PipelineError,
+    PromptTooLong,
+    Request,
+    UnknownDocument,
+    answer_complete,
+    cut_answer,
+    settled_answer,
+)
 from prag_core.corpus import Document, text_sha256
-from prag_core.pipeline import (MODES, Pipeline, PipelineError, PromptTooLong, Request, UnknownDocument,
-                                answer_complete, cut_answer, prompt_ids, settled_answer)
 from prag_core.prompts import ANSWER_PREFIX
-from prag_core.retrieval import BM25Index
+from prag_core.retrieval.bm25 import BM25Index
 
 TEXTS = {
     "bridge": "The Orlan Bridge crosses the river Tesk. The engineer Corin Vale designed it in 1903.",
@@ -20,8 +30,13 @@ TEXTS = {
     "bell": "The bell of Harrow Abbey was cast from melted coins in the year 1420.",
 }
 pytestmark = pytest.mark.usefixtures("one_thread")
-QUESTIONS = ["Who designed the Orlan Bridge?", "Where does the glowtoad live?",
-             "Who invented the threadmill?", "What color is the lighthouse lamp?", "When was the bell cast?"]
+QUESTIONS = [
+    "Who designed the Orlan Bridge?",
+    "Where does the glowtoad live?",
+    "Who invented the threadmill?",
+    "What color is the lighthouse lamp?",
+    "When was the bell cast?",
+]
 
 
 def ascii_only(model, tokenizer):
@@ -29,7 +44,8 @@ def ascii_only(model, tokenizer):
     answers are plain text (different raw bytes cannot hide behind the same replacement character)."""
     allowed = set(string.ascii_lowercase + " .\n")
     model.generation_config.suppress_tokens = [
-        i for i in range(len(tokenizer)) if i != tokenizer.eos_token_id and tokenizer.decode([i]) not in allowed]
+        i for i in range(len(tokenizer)) if i != tokenizer.eos_token_id and tokenizer.decode([i]) not in allowed
+    ]
     return model
 
 
@@ -121,18 +137,22 @@ def test_batched_answers_equal_batch_size_one(pipe, mode):
 
 
 def test_document_missing_from_the_store_is_named(pipe):
-    partial = Pipeline(pipe.model, pipe.tokenizer, pipe.index, {k: v for k, v in pipe.store.items() if k != "toad"},
-                       TEXTS, top_k=1)
+    partial = Pipeline(
+        pipe.model, pipe.tokenizer, pipe.index, {k: v for k, v in pipe.store.items() if k != "toad"}, TEXTS, top_k=1
+    )
     assert partial.answer([QUESTIONS[0]], "rag")[0].docs == ["bridge"]  # passages need no parameters
     with pytest.raises(PipelineError, match="'toad'.*not in the parameter store"):
         partial.answer([QUESTIONS[1]], "prag")
 
 
-@pytest.mark.parametrize("question, mode, update, message", [
-    ("  ", "prag", "fused", "question: empty"),
-    ("Who?", "magic", "fused", "mode: unknown 'magic'"),
-    ("Who?", "prag", "lazy", "update: unknown 'lazy'"),
-])
+@pytest.mark.parametrize(
+    "question, mode, update, message",
+    [
+        ("  ", "prag", "fused", "question: empty"),
+        ("Who?", "magic", "fused", "mode: unknown 'magic'"),
+        ("Who?", "prag", "lazy", "update: unknown 'lazy'"),
+    ],
+)
 def test_bad_requests(pipe, question, mode, update, message):
     with pytest.raises(PipelineError, match=message):
         pipe.answer([question], mode, update)
@@ -141,9 +161,13 @@ def test_bad_requests(pipe, question, mode, update, message):
 def test_rows_with_their_own_options_share_a_batch(pipe):
     """Modes, top_k, explicit documents and answer lengths differ per row; batched, each equals its row alone,
     rows without pairs included."""
-    requests = [Request(QUESTIONS[0], "prag"), Request(QUESTIONS[1], "vanilla", max_new_tokens=3),
-                Request(QUESTIONS[2], "rag", top_k=1), Request(QUESTIONS[3], "combine", documents=["bell", "toad"]),
-                Request(QUESTIONS[4], "prag", top_k=3, max_new_tokens=4)]
+    requests = [
+        Request(QUESTIONS[0], "prag"),
+        Request(QUESTIONS[1], "vanilla", max_new_tokens=3),
+        Request(QUESTIONS[2], "rag", top_k=1),
+        Request(QUESTIONS[3], "combine", documents=["bell", "toad"]),
+        Request(QUESTIONS[4], "prag", top_k=3, max_new_tokens=4),
+    ]
     rows = [pipe.prepare(r) for r in requests]
     assert [len(r.docs) for r in rows] == [2, 0, 1, 2, 3] and rows[3].docs == ["bell", "toad"]
     assert rows[3].scores == [None, None]  # not ranked
@@ -159,8 +183,10 @@ def test_a_row_streams_its_answer_and_stops_when_cancelled(pipe):
     assert "".join(pieces) == streamed.prediction and len(pieces) >= 1
     pieces.clear()
     cancel.set()  # its client went away: the row stops at the next step, and receives nothing more
-    rows = [pipe.prepare(Request(QUESTIONS[1], "prag", max_new_tokens=40, on_text=pieces.append, cancel=cancel)),
-            pipe.prepare(Request(QUESTIONS[2], "prag"))]
+    rows = [
+        pipe.prepare(Request(QUESTIONS[1], "prag", max_new_tokens=40, on_text=pieces.append, cancel=cancel)),
+        pipe.prepare(Request(QUESTIONS[2], "prag")),
+    ]
     gone, mate = pipe.run(rows)
     assert (gone.finish, gone.tokens, pieces) == ("cancelled", 1, [])
     assert mate.prediction == pipe.run([rows[1]])[0].prediction

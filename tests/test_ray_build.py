@@ -1,5 +1,6 @@
 """`prag build --ray` on a real local 2-CPU Ray cluster: the same store as the single-process build, a worker that
 dies mid-batch, resume; and a build without --ray never imports Ray."""
+
 import json
 import os
 import subprocess
@@ -12,11 +13,12 @@ import torch
 from tiny import tiny_llama, tiny_tokenizer
 
 from prag_core.cli import main
-from prag_core.doc_params import DocParams
-from prag_core.store import Store, _Shard
+from prag_core.offline import distributed
+from prag_core.pairs.doc_params import DocParams
+from prag_core.storage.payloads import _Shard
+from prag_core.storage.store import Store
 
-DOCS = [{"id": f"d{i}", "text": f"Person {i} owns {i + 2} red kites. They fly over town {i} in May."}
-        for i in range(6)]
+DOCS = [{"id": f"d{i}", "text": f"Person {i} owns {i + 2} red kites. They fly over town {i} in May."} for i in range(6)]
 FAST = ["--epochs", "2", "--batch-docs", "2", "--augmenter", "fallback", "--warmup", "none"]
 
 
@@ -37,14 +39,27 @@ def setup(tmp_path_factory):
 
 
 def _build(tmp, workdir, *extra):
-    return main(["build", "--corpus", str(tmp / "corpus.jsonl"), "--workdir", str(workdir), "--model",
-                 str(tmp / "model"), *FAST, *extra])
+    return main(
+        [
+            "build",
+            "--corpus",
+            str(tmp / "corpus.jsonl"),
+            "--workdir",
+            str(workdir),
+            "--model",
+            str(tmp / "model"),
+            *FAST,
+            *extra,
+        ]
+    )
 
 
 def _tensors(workdir):
     """id -> {tensor name: tensor} of every document in a work directory's store (either layout, as stored)."""
-    return {doc_id: {f"{p}.{s}": t for p, pair in doc.pairs.items() for s, t in zip("ab", pair)}
-            for doc_id, doc in Store(workdir / "store").items()}
+    return {
+        doc_id: {f"{p}.{s}": t for p, pair in doc.pairs.items() for s, t in zip("ab", pair)}
+        for doc_id, doc in Store(workdir / "store").items()
+    }
 
 
 def _assert_same_store(one, other):
@@ -80,11 +95,23 @@ def test_worker_dying_mid_batch_is_retried_and_every_document_written_once(setup
     """The first worker to finish a batch's training dies (os._exit) before returning it; Ray restarts it and
     re-runs the batch. Sharded store: every document is put once and sits in exactly one shard slot."""
     marker = setup / "died"
-    monkeypatch.setenv("PRAG_RAY_FAIL_ONCE", str(marker))
+
+    class DiesOnce(distributed._Encoder):
+        """The first worker to get here dies (os._exit, as if killed) after training, before returning."""
+
+        def encode(self, texts, augs):
+            result = super().encode(texts, augs)
+            try:
+                os.close(os.open(str(marker), os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return result
+            os._exit(1)
+
+    monkeypatch.setattr(distributed, "_Encoder", DiesOnce)
+    cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
     puts = []
     original_put = Store.put
-    monkeypatch.setattr(Store, "put", lambda self, doc, params: (puts.append(doc.id),
-                                                                       original_put(self, doc, params)))
+    monkeypatch.setattr(Store, "put", lambda self, doc, params: (puts.append(doc.id), original_put(self, doc, params)))
     work = setup / "ray_sharded"
     assert _build(setup, work, "--ray", "--shard-size", "4") == 0
     assert marker.exists()  # a worker did die
@@ -96,7 +123,7 @@ def test_worker_dying_mid_batch_is_retried_and_every_document_written_once(setup
     assert main(["store", "verify", "--workdir", str(work)]) == 0
 
     # resume: one text changed, one document new; only those two are encoded
-    monkeypatch.delenv("PRAG_RAY_FAIL_ONCE")
+    monkeypatch.undo()
     changed = [dict(DOCS[0], text="Person 0 owns 9 blue kites.")] + DOCS[1:] + [{"id": "d6", "text": "A new doc."}]
     (setup / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in changed))
     capsys.readouterr()
@@ -117,8 +144,9 @@ def test_build_without_ray_does_not_import_ray(setup, capsys):
                    "fallback", "--shard-size", "4", "--store-dtype", "bf16"])
         print(rc, "ray" in sys.modules)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     assert proc.stdout.splitlines()[-1] == "0 False", proc.stderr[-2000:]
     assert "built 6 documents" in proc.stdout and "MiB on disk" in proc.stdout
     store = Store(setup / "plain" / "store")
@@ -146,8 +174,11 @@ def test_ray_build_with_a_warmup_pair_equals_single_process_build(setup, cluster
     """The driver trains the warm-up pair once and sends it to every worker, where it is active beside each
     document as in the single-process build."""
     warm = tmp_path / "warm.jsonl"
-    warm.write_text("".join(json.dumps({"id": f"w{i}", "text": f"Ola has {i} blue boats. They sail at dawn."}) + "\n"
-                            for i in range(3)))
+    warm.write_text(
+        "".join(
+            json.dumps({"id": f"w{i}", "text": f"Ola has {i} blue boats. They sail at dawn."}) + "\n" for i in range(3)
+        )
+    )
     extra = ["--warmup", str(warm)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,4 +1,5 @@
 """BM25 retrieval: tokenizer, ranking, ties, save/load, errors, and the demo dev set's retrievability."""
+
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from prag_core.corpus import DEMO_CORPUS, DEMO_QUESTIONS, Document, read_corpus, text_sha256
-from prag_core.retrieval import BM25Index, RetrievalError, corpus_sha256, tokenize
+from prag_core.retrieval.bm25 import BM25Index, RetrievalError, corpus_sha256, tokenize
 
 
 def _doc(doc_id, text, title=None):
@@ -39,40 +40,74 @@ def test_tokenize():
 
 
 def test_tokenize_cjk_runs_as_characters_and_character_pairs():
-    assert tokenize("福莫出生在哪里") == ["福", "莫", "出", "生", "在", "哪", "里",
-                                         "福莫", "莫出", "出生", "生在", "在哪", "哪里"]
+    assert tokenize("福莫出生在哪里") == [
+        "福",
+        "莫",
+        "出",
+        "生",
+        "在",
+        "哪",
+        "里",
+        "福莫",
+        "莫出",
+        "出生",
+        "生在",
+        "在哪",
+        "哪里",
+    ]
     assert tokenize("iPhone手机, 東京!") == ["iphone", "手", "机", "手机", "東", "京", "東京"]  # Latin runs stay words
-    assert tokenize("ひらがな 한국어") == ["ひ", "ら", "が", "な", "ひら", "らが", "がな", "한", "국", "어", "한국", "국어"]
+    assert tokenize("ひらがな 한국어") == [
+        "ひ",
+        "ら",
+        "が",
+        "な",
+        "ひら",
+        "らが",
+        "がな",
+        "한",
+        "국",
+        "어",
+        "한국",
+        "국어",
+    ]
     assert tokenize("中") == ["中"] and tokenize("ＡＢＣ２０２４年") == ["abc2024", "年"]  # NFKC: full-width to ASCII
 
 
-CHINESE = [_doc("fumo", "福莫出生在河北省的一个小村庄，后来搬到了北京。", "福莫"),
-           _doc("tea", "龙井茶产于浙江杭州西湖一带，是绿茶的一种。", "龙井茶"),
-           _doc("wall", "长城始建于春秋战国时期，全长两万多公里。", "长城"),
-           _doc("panda", "大熊猫主要生活在四川的竹林里，以竹子为食。", "大熊猫"),
-           _doc("river", "长江是中国最长的河流，流经上海注入东海。", "长江")]
+CHINESE = [
+    _doc("fumo", "福莫出生在河北省的一个小村庄，后来搬到了北京。", "福莫"),
+    _doc("tea", "龙井茶产于浙江杭州西湖一带，是绿茶的一种。", "龙井茶"),
+    _doc("wall", "长城始建于春秋战国时期，全长两万多公里。", "长城"),
+    _doc("panda", "大熊猫主要生活在四川的竹林里，以竹子为食。", "大熊猫"),
+    _doc("river", "长江是中国最长的河流，流经上海注入东海。", "长江"),
+]
 
 
-@pytest.mark.parametrize("question, expected", [
-    ("福莫出生在哪里？", "fumo"),       # one run of characters: no spaces to split on
-    ("龙井是什么茶？", "tea"),
-    ("长城有多长？", "wall"),            # 长 is in 长江 too: the pair 长城 decides
-    ("熊猫吃什么？", "panda"),
-    ("哪条河流注入东海？", "river"),
-])
+@pytest.mark.parametrize(
+    "question, expected",
+    [
+        ("福莫出生在哪里？", "fumo"),  # one run of characters: no spaces to split on
+        ("龙井是什么茶？", "tea"),
+        ("长城有多长？", "wall"),  # 长 is in 长江 too: the pair 长城 decides
+        ("熊猫吃什么？", "panda"),
+        ("哪条河流注入东海？", "river"),
+    ],
+)
 def test_chinese_questions_find_their_document(question, expected):
     results = BM25Index.build(CHINESE).search(question, k=2)
     assert results[0][0] == expected and results[0][1] > results[1][1]
 
 
-@pytest.mark.parametrize("query, expected", [
-    ("Who built the Velmora Lighthouse?", "light"),     # "velmora" is only in the title
-    ("What color does the Pellacine glowtoad glow?", "toad"),
-    ("Who invented the machine in Lorvick?", "mill"),
-    ("What is the name of the walrus mascot?", "ice"),
-    ("Which mine produces zephyrite?", "gem"),
-    ("Where does the Tessel river flow?", "river"),
-])
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("Who built the Velmora Lighthouse?", "light"),  # "velmora" is only in the title
+        ("What color does the Pellacine glowtoad glow?", "toad"),
+        ("Who invented the machine in Lorvick?", "mill"),
+        ("What is the name of the walrus mascot?", "ice"),
+        ("Which mine produces zephyrite?", "gem"),
+        ("Where does the Tessel river flow?", "river"),
+    ],
+)
 def test_distinctive_queries_find_their_document(index, query, expected):
     results = index.search(query, k=3)
     assert results[0][0] == expected
@@ -101,8 +136,14 @@ def test_k_larger_than_corpus_returns_every_document_ranked(index):
 
 def test_ties_keep_corpus_order():
     # (a term in exactly half the documents gets idf 0 in Okapi, hence the fillers)
-    twins = [_doc("b", "same words here"), _doc("a", "other text entirely"), _doc("c", "same words here"),
-             _doc("d", "unrelated filler"), _doc("e", "more filler"), _doc("f", "last filler")]
+    twins = [
+        _doc("b", "same words here"),
+        _doc("a", "other text entirely"),
+        _doc("c", "same words here"),
+        _doc("d", "unrelated filler"),
+        _doc("e", "more filler"),
+        _doc("f", "last filler"),
+    ]
     index = BM25Index.build(twins)
     results = index.search("same words", k=3)
     assert [d for d, _ in results] == ["b", "c", "a"] and results[0][1] == results[1][1] > 0
@@ -177,18 +218,21 @@ def _resave(index, path, meta=None, arrays=None):
     save_file(tensors, str(path), metadata=header)
 
 
-@pytest.mark.parametrize("meta, arrays, expected", [
-    ({"format": "other"}, None, r"not a prag BM25 index \(field 'format'"),
-    ({"version": "99"}, None, r"field 'version' is '99', this prag reads '1'; rebuild the index"),
-    ({"tokenizer": "old"}, None, r"field 'tokenizer' is 'old'.*rebuild the index"),
-    ({"ids": None}, None, r"header field 'ids' is missing or malformed"),
-    ({"vocab": "[not json"}, None, r"header field .* is missing or malformed"),
-    ({"k1": "fast"}, None, r"header field .* is missing or malformed"),
-    (None, {"postings_tf": None}, r"tensor 'postings_tf' is missing"),
-    (None, {"doc_len": np.ones(5, dtype=np.int64)}, r"tensor 'doc_len' is int64\[5\], expected int64\[6\]"),
-    (None, {"idf": np.ones(1, dtype=np.float32)}, r"tensor 'idf' is float32\[1\], expected float64"),
-    (None, {"postings_ptr": np.zeros(1, dtype=np.int64)}, r"tensor 'postings_ptr' is int64\[1\]"),
-])
+@pytest.mark.parametrize(
+    "meta, arrays, expected",
+    [
+        ({"format": "other"}, None, r"not a prag BM25 index \(field 'format'"),
+        ({"version": "99"}, None, r"field 'version' is '99', this prag reads '1'; rebuild the index"),
+        ({"tokenizer": "old"}, None, r"field 'tokenizer' is 'old'.*rebuild the index"),
+        ({"ids": None}, None, r"header field 'ids' is missing or malformed"),
+        ({"vocab": "[not json"}, None, r"header field .* is missing or malformed"),
+        ({"k1": "fast"}, None, r"header field .* is missing or malformed"),
+        (None, {"postings_tf": None}, r"tensor 'postings_tf' is missing"),
+        (None, {"doc_len": np.ones(5, dtype=np.int64)}, r"tensor 'doc_len' is int64\[5\], expected int64\[6\]"),
+        (None, {"idf": np.ones(1, dtype=np.float32)}, r"tensor 'idf' is float32\[1\], expected float64"),
+        (None, {"postings_ptr": np.zeros(1, dtype=np.int64)}, r"tensor 'postings_ptr' is int64\[1\]"),
+    ],
+)
 def test_load_rejects_bad_files(index, tmp_path, meta, arrays, expected):
     path = tmp_path / "bm25.safetensors"
     _resave(index, path, meta, arrays)
@@ -226,6 +270,9 @@ def test_every_demo_question_retrieves_its_own_document():
     """Guards the shipped dev set: PRAG can only help if retrieval brings the right document."""
     index = BM25Index.build(read_corpus(DEMO_CORPUS))
     questions = [json.loads(line) for line in DEMO_QUESTIONS.read_text(encoding="utf-8").splitlines()]
-    misses = [(q["id"], index.search(q["question"], k=3)) for q in questions
-              if q["doc_id"] not in [doc_id for doc_id, _ in index.search(q["question"], k=3)]]
+    misses = [
+        (q["id"], index.search(q["question"], k=3))
+        for q in questions
+        if q["doc_id"] not in [doc_id for doc_id, _ in index.search(q["question"], k=3)]
+    ]
     assert not misses

@@ -1,15 +1,19 @@
 """Training sequences: the PRAG and cross constructions, chat template, serving-prompt prefix."""
+
 import pytest
 from tiny import tiny_tokenizer
 
-from prag_core.augment import Augmentation
+from prag_core.offline.augment import Augmentation
+from prag_core.offline.samples import build_samples
 from prag_core.prompts import ANSWER_PREFIX, qa_messages, render
-from prag_core.samples import build_samples
 
 TEXT = "Mira keeps 7 owls."
-AUG = Augmentation(rewrites=["Seven owls live with Mira."],
-                   qa=[("Who keeps owls?", "Mira"), ("How many owls?", "7"), ("What does Mira keep?", "owls")],
-                   source="model", attempts=1)
+AUG = Augmentation(
+    rewrites=["Seven owls live with Mira."],
+    qa=[("Who keeps owls?", "Mira"), ("How many owls?", "7"), ("What does Mira keep?", "owls")],
+    source="model",
+    attempts=1,
+)
 
 
 def _decode(tok, ids):
@@ -20,8 +24,13 @@ def test_prag_construction():
     tok = tiny_tokenizer()
     seqs = [_decode(tok, s) for s in build_samples(TEXT, AUG, tok, "prag")]
     assert len(seqs) == 5
-    expected = [("Who keeps owls?", TEXT), ("Who keeps owls?", AUG.rewrites[0]),
-                ("How many owls?", TEXT), ("How many owls?", AUG.rewrites[0]), ("What does Mira keep?", None)]
+    expected = [
+        ("Who keeps owls?", TEXT),
+        ("Who keeps owls?", AUG.rewrites[0]),
+        ("How many owls?", TEXT),
+        ("How many owls?", AUG.rewrites[0]),
+        ("What does Mira keep?", None),
+    ]
     answers = ["Mira", "Mira", "7", "7", "owls"]
     for seq, (question, passage), answer in zip(seqs, expected, answers):
         user = qa_messages(question, [passage] if passage else None)[0]["content"]
@@ -44,10 +53,11 @@ def test_sequence_starts_with_the_serving_prompt():
     for template in (tok.chat_template, None):
         tok.chat_template = template
         sample = build_samples(TEXT, AUG, tok)[0]
-        prompt = tok(render(tok, qa_messages("Who keeps owls?", [TEXT])) + ANSWER_PREFIX,
-                     add_special_tokens=False)["input_ids"]
-        assert sample[:len(prompt)] == prompt and sample[-1] == tok.eos_token_id
-        assert _decode(tok, sample[len(prompt):]) == " Mira.<|im_end|>"
+        prompt = tok(render(tok, qa_messages("Who keeps owls?", [TEXT])) + ANSWER_PREFIX, add_special_tokens=False)[
+            "input_ids"
+        ]
+        assert sample[: len(prompt)] == prompt and sample[-1] == tok.eos_token_id
+        assert _decode(tok, sample[len(prompt) :]) == " Mira.<|im_end|>"
     assert "<|im_start|>" not in _decode(tok, sample)  # no template: plain text
 
 

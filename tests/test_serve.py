@@ -1,6 +1,7 @@
 """`prag serve` on tiny models: the official openai client (plain and streamed), 32 concurrent clients batched
 with the answers each gets alone, every error case, the API key, the bounded queue, a client that disconnects
 mid-stream, and SIGTERM with requests in flight (a `prag serve` subprocess on a work directory)."""
+
 import json
 import logging
 import os
@@ -20,8 +21,8 @@ import uvicorn
 from test_cli import built  # noqa: F401  (the fixture: a tiny work directory written by `prag build`)
 from test_pipeline import QUESTIONS, TEXTS, make_pipe
 
-from prag_core.pipeline import MODES, Request
-from prag_core.serve import create_app
+from prag_core.answer.requests import MODES, Request
+from prag_core.answer.serve import create_app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = "tiny"
@@ -103,8 +104,16 @@ def chat(c, question, stream=False, max_tokens=None, **prag):
     if not stream:
         r = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens, extra_body=extra)
         return r.choices[0].message.content, r.choices[0].finish_reason, r.model_extra["prag"], r.usage
-    chunks = list(c.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens, extra_body=extra,
-                                            stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        c.chat.completions.create(
+            model=MODEL,
+            messages=messages,
+            max_tokens=max_tokens,
+            extra_body=extra,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     content = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
     assert len(finish) == 1 and chunks[-1].usage is not None
@@ -126,8 +135,11 @@ def test_plain_and_streamed_completions_with_the_openai_client(server, pipe):
     for stream in (False, True):
         content, finish, prag, usage = chat(c, QUESTIONS[0], stream)
         assert (content, finish) == (expected.prediction, expected.finish)
-        assert prag == {"mode": "prag", "update": "fused",
-                        "documents": [{"id": d, "score": s} for d, s in zip(expected.docs, expected.scores)]}
+        assert prag == {
+            "mode": "prag",
+            "update": "fused",
+            "documents": [{"id": d, "score": s} for d, s in zip(expected.docs, expected.scores)],
+        }
         assert (usage.prompt_tokens, usage.completion_tokens) == (expected.prompt_tokens, expected.tokens)
     content, finish, prag, usage = chat(c, QUESTIONS[1], max_tokens=2, mode="vanilla")
     assert (finish, usage.completion_tokens, prag["documents"]) == ("length", 2, [])
@@ -145,7 +157,7 @@ def request_specs():
     for i in range(32):
         spec = {"question": QUESTIONS[i % 5], "mode": MODES[i % 4]}
         if i % 3 == 0:
-            spec["documents"] = [ids[(i + 1) % 5], ids[(i + 3) % 5]][:1 + i % 2]
+            spec["documents"] = [ids[(i + 1) % 5], ids[(i + 3) % 5]][: 1 + i % 2]
         elif i % 3 == 1:
             spec["top_k"] = 1 + i % 3
         if i % 4 == 3:
@@ -193,24 +205,27 @@ def user(text):
     return [{"role": "user", "content": text}]
 
 
-@pytest.mark.parametrize("body, status, param", [
-    ('{"messages": [', 400, None),
-    ("[1, 2]", 400, None),
-    ({"model": MODEL}, 400, "messages"),
-    ({"messages": [{"role": "system", "content": "hi"}]}, 400, "messages"),
-    ({"messages": user("   ")}, 400, "messages"),
-    ({"messages": user("??")}, 400, "messages"),  # no word to retrieve with
-    ({"messages": user("Who?"), "prag": {"mode": "magic"}}, 400, "prag.mode"),
-    ({"messages": user("Who?"), "prag": {"update": "lazy"}}, 400, "prag.update"),
-    ({"messages": user("Who?"), "prag": {"top_k": 0}}, 400, "prag.top_k"),
-    ({"messages": user("Who?"), "prag": {"colour": "red"}}, 400, "prag.colour"),
-    ({"messages": user("Who?"), "prag": {"documents": ["toad", "nope"]}}, 404, "prag.documents"),
-    ({"messages": user("Who?"), "model": "gpt-9"}, 404, "model"),
-    ({"messages": user("Who?"), "temperature": 0.7}, 400, "temperature"),
-    ({"messages": user("Who?"), "max_tokens": 0}, 400, "max_tokens"),
-    ({"messages": user("why " * 300)}, 413, "messages"),
-    ({"messages": user("Who?"), "max_tokens": 500}, 413, "messages"),  # no room left for that many answer tokens
-])
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        ('{"messages": [', 400, None),
+        ("[1, 2]", 400, None),
+        ({"model": MODEL}, 400, "messages"),
+        ({"messages": [{"role": "system", "content": "hi"}]}, 400, "messages"),
+        ({"messages": user("   ")}, 400, "messages"),
+        ({"messages": user("??")}, 400, "messages"),  # no word to retrieve with
+        ({"messages": user("Who?"), "prag": {"mode": "magic"}}, 400, "prag.mode"),
+        ({"messages": user("Who?"), "prag": {"update": "lazy"}}, 400, "prag.update"),
+        ({"messages": user("Who?"), "prag": {"top_k": 0}}, 400, "prag.top_k"),
+        ({"messages": user("Who?"), "prag": {"colour": "red"}}, 400, "prag.colour"),
+        ({"messages": user("Who?"), "prag": {"documents": ["toad", "nope"]}}, 404, "prag.documents"),
+        ({"messages": user("Who?"), "model": "gpt-9"}, 404, "model"),
+        ({"messages": user("Who?"), "temperature": 0.7}, 400, "temperature"),
+        ({"messages": user("Who?"), "max_tokens": 0}, 400, "max_tokens"),
+        ({"messages": user("why " * 300)}, 413, "messages"),
+        ({"messages": user("Who?"), "max_tokens": 500}, 413, "messages"),  # no room left for that many answer tokens
+    ],
+)
 def test_bad_requests_get_openai_errors(server, body, status, param):
     code, _, reply = http(f"{server[0]}/v1/chat/completions", body)
     assert code == status, reply
@@ -220,8 +235,11 @@ def test_bad_requests_get_openai_errors(server, body, status, param):
 
 def test_other_routes_answer_errors_as_json(server):
     url, _ = server
-    replies = [(http(f"{url}/v1/nothing"), 404), (http(f"{url}/v1/retrieve", {"question": " "}), 400),
-               (http(f"{url}/v1/retrieve", {"question": "Who?", "top_k": 0}), 400)]
+    replies = [
+        (http(f"{url}/v1/nothing"), 404),
+        (http(f"{url}/v1/retrieve", {"question": " "}), 400),
+        (http(f"{url}/v1/retrieve", {"question": "Who?", "top_k": 0}), 400),
+    ]
     for (code, _, reply), status in replies:
         assert code == status and set(reply["error"]) == {"message", "type", "param", "code"}
 
@@ -249,8 +267,9 @@ def test_api_key_and_a_full_queue(pipe, monkeypatch):
             for t in threads:
                 t.start()
             wait_for(lambda: app.state.batcher.admitted == 2)
-            code, head, reply = http(f"{url}/v1/chat/completions", {"messages": user(QUESTIONS[2])},
-                                     {"Authorization": "Bearer sekret"})
+            code, head, reply = http(
+                f"{url}/v1/chat/completions", {"messages": user(QUESTIONS[2])}, {"Authorization": "Bearer sekret"}
+            )
             assert (code, head["Retry-After"], reply["error"]["code"]) == (503, "1", "overloaded")
             gate.set()
             for t in threads:
@@ -291,18 +310,42 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(built):  # noqa: F811
     workdir = built[0]
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.Popen([sys.executable, "-m", "prag_core.cli", "serve", "--workdir", str(workdir), "--port",
-                             str(port), "--batch-window-ms", "3000", "--device", "cpu", "--threads", "1"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prag_core.cli",
+            "serve",
+            "--workdir",
+            str(workdir),
+            "--port",
+            str(port),
+            "--batch-window-ms",
+            "3000",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: proc.poll() is None and _up(url), timeout=120)
         model = http(f"{url}/v1/models")[2]["data"][0]["id"]
         c = client(url)
         answers = []
-        threads = [threading.Thread(target=lambda q=q: answers.append(
-            c.chat.completions.create(model=model, messages=user(q), max_tokens=5).choices[0].finish_reason))
-            for q in ("What color is Tom's kite?", "How many figs does Bo eat?")]
+        threads = [
+            threading.Thread(
+                target=lambda q=q: answers.append(
+                    c.chat.completions.create(model=model, messages=user(q), max_tokens=5).choices[0].finish_reason
+                )
+            )
+            for q in ("What color is Tom's kite?", "How many figs does Bo eat?")
+        ]
         for t in threads:
             t.start()
         wait_for(lambda: http(f"{url}/health")[2]["admitted"] == 2)  # waiting in the 3 s batch window

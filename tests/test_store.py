@@ -1,5 +1,6 @@
 """The parameter store: both layouts round trip, done/tags, killed writes and kill -9, corruption, verify/repair,
-a lost catalog, a reader during writes, and the conversion of the two older layouts."""
+a lost catalog, a reader during writes, and the refusal of a pre-release store."""
+
 import gc
 import hashlib
 import json
@@ -20,9 +21,11 @@ from tiny import random_doc_params, tiny_llama
 
 from prag_core.cli import main
 from prag_core.corpus import Document, text_sha256
-from prag_core.doc_params import DocParamsError, model_fingerprint
-from prag_core.inject import inject
-from prag_core.store import CATALOG, Store, StoreError, run_verify, shard_bytes, training_tag, verify
+from prag_core.model.inject import inject
+from prag_core.pairs.doc_params import DocParamsError, model_fingerprint
+from prag_core.storage.payloads import shard_bytes
+from prag_core.storage.store import CATALOG, Store, StoreError, training_tag
+from prag_core.storage.verify import run_verify, verify
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TRAINING = {"rank": 2, "lr": 0.001}
@@ -64,24 +67,33 @@ def _build(folder, fp, params, n=5, shard_size=2, storage_dtype=None, close=True
 
 
 def _equal(loaded, params, dtype=torch.float32):
-    return all(torch.equal(loaded.pairs[p][i], params.pairs[p][i].to(dtype).to(loaded.pairs[p][i].dtype))
-               for p in params.pairs for i in (0, 1))
+    return all(
+        torch.equal(loaded.pairs[p][i], params.pairs[p][i].to(dtype).to(loaded.pairs[p][i].dtype))
+        for p in params.pairs
+        for i in (0, 1)
+    )
 
 
 def _files(folder):
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
+def _snapshot(folder):
+    """Every file and folder under `folder`: path -> bytes (None for a folder)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
 def _slot_span(path, slot):
     """Byte range of a slot's tensor in a shard file."""
     raw = path.read_bytes()
     size = int.from_bytes(raw[:8], "little")
-    begin, end = json.loads(raw[8:8 + size])[str(slot)]["data_offsets"]
+    begin, end = json.loads(raw[8 : 8 + size])[str(slot)]["data_offsets"]
     return 8 + size + begin, 8 + size + end
 
 
-@pytest.mark.parametrize("shard_size, storage_dtype", [(None, "float32"), (None, "float16"), (2, "float32"),
-                                                       (2, "bfloat16"), (2, "float16")])
+@pytest.mark.parametrize(
+    "shard_size, storage_dtype", [(None, "float32"), (None, "float16"), (2, "float32"), (2, "bfloat16"), (2, "float16")]
+)
 def test_round_trip(tmp_path, fp, params, shard_size, storage_dtype):
     _build(tmp_path, fp, params, shard_size=shard_size, storage_dtype=storage_dtype)
     payloads = [f for f in _files(tmp_path) if not f.startswith(CATALOG)]
@@ -117,8 +129,13 @@ def test_done_tags_and_what_is_redone(tmp_path, fp, params, layout):
     assert rebuild.done(_doc(0)) and not store.done(_doc(0))
     tags = sorted([training_tag(TRAINING), training_tag(other)])
     counts = {training_tag(TRAINING): 3, training_tag(other): 1}
-    assert verify(store, progress=False) == ([f"{store.path}: documents trained with 2 training configs "
-                                               f"({', '.join(f'{counts[t]} tagged {t}' for t in tags)})"], set())
+    assert verify(store, progress=False) == (
+        [
+            f"{store.path}: documents trained with 2 training configs "
+            f"({', '.join(f'{counts[t]} tagged {t}' for t in tags)})"
+        ],
+        set(),
+    )
     victim = tmp_path / next(row.file for row in store.rows() if row.id == "doc/2")
     if layout == "files":
         victim.write_bytes(victim.read_bytes()[:-40])  # torn
@@ -184,8 +201,8 @@ def test_sigkill_mid_build_leaves_a_sound_store(tmp_path, fp):
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from tiny import random_doc_params, tiny_llama
         from prag_core.corpus import Document, text_sha256
-        from prag_core.inject import inject
-        from prag_core.store import Store
+        from prag_core.model.inject import inject
+        from prag_core.storage.store import Store
         model = inject(tiny_llama())
         stores = [Store({str(tmp_path)!r} + "/" + name, {fp!r}, {TRAINING!r}, shard_size=size)
                   for name, size in (("files", None), ("sharded", 3))]
@@ -200,8 +217,9 @@ def test_sigkill_mid_build_leaves_a_sound_store(tmp_path, fp):
             if i == 20:
                 print("ready", flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     assert proc.stdout.readline() == "ready\n"
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
@@ -259,8 +277,8 @@ def test_verify_reports_every_corruption_and_repair_drops_them(tmp_path, fp, par
     assert problems[3].endswith("3 problem(s), 5 document(s) affected") and "dropped 5 document(s)" in problems[4]
     store = Store(work / "store", fp, TRAINING)
     assert [store.done(_doc(i)) for i in range(6)] == [True] + [False] * 5
-    assert run_verify(work, progress=False) == 0
-    assert run_verify(files.parent, repair=True, progress=False) == 1
+    assert run_verify(work / "store", progress=False) == 0
+    assert run_verify(files, repair=True, progress=False) == 1
     assert "doc_0-" in capsys.readouterr().out and len(Store(files)) == 0
     assert main(["store", "verify", "--workdir", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err.strip().endswith(f"no parameter store here (no {CATALOG}); run `prag build` first")
@@ -268,15 +286,14 @@ def test_verify_reports_every_corruption_and_repair_drops_them(tmp_path, fp, par
 
 @pytest.mark.parametrize("damage", ["deleted", "garbage", "a page"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_a_lost_catalog_is_one_line_and_repair_lists_the_payloads_again(tmp_path, fp, params, capsys, layout,
-                                                                        damage):
+def test_a_lost_catalog_is_one_line_and_repair_lists_the_payloads_again(tmp_path, fp, params, capsys, layout, damage):
     work = tmp_path / "W"
     _build(work / "store", fp, params, n=5, shard_size=LAYOUTS[layout])
     catalog = work / "store" / CATALOG
     gc.collect()  # the writer's connection: closed, so that the WAL is checkpointed into the catalog
     if damage == "a page":
         raw = bytearray(catalog.read_bytes())
-        raw[2 * 4096:3 * 4096] = b"\x5a" * 4096  # page 3 of the catalog overwritten
+        raw[2 * 4096 : 3 * 4096] = b"\x5a" * 4096  # page 3 of the catalog overwritten
         catalog.write_bytes(bytes(raw))
     else:
         for f in (work / "store").glob(CATALOG + "*"):
@@ -373,117 +390,67 @@ def test_a_read_racing_a_replacement_looks_up_again(tmp_path, fp, params, layout
     assert _equal(reader["doc/0"], params[5])
 
 
-def _old_files_store(folder, fp, params):
-    """A store as the previous code wrote it: one file per document (named by the id) and manifest.json."""
-    documents = {}
-    for i in range(3):
-        doc, p = _doc(i), params[i].to()
-        name = f"doc_{i}-{hashlib.sha256(doc.id.encode()).hexdigest()[:12]}.safetensors"
-        p.meta.update(doc_id=doc.id, doc_sha256=doc.sha256)
-        p.save(folder / name)
-        if i < 2:  # the third: written, then killed before the manifest (the old store adopted it)
-            documents[doc.id] = {"file": name, "sha256": doc.sha256}
-    (folder / "manifest.json").write_text(json.dumps({"format": "prag.store", "format_version": 1, "layout": "files",
-                                                      "dtype": "float32", "fingerprint": fp, "training": TRAINING,
-                                                      "documents": documents}))
+def _pre_release_store(folder, fp, params, layout):
+    """A store as a pre-release prag left it: document files and manifest.json ("files"); shards with
+    index.safetensors, journal.jsonl and manifest.json ("sharded"); or those shards without the manifest."""
+    docs = [params[i].to() for i in range(2)]
+    for i, p in enumerate(docs):
+        p.meta.update(doc_id=f"doc/{i}", doc_sha256=_doc(i).sha256)
+    folder.mkdir(parents=True)
+    if layout == "files":
+        for i, p in enumerate(docs):
+            p.save(folder / f"doc_{i}-{hashlib.sha256(f'doc/{i}'.encode()).hexdigest()[:12]}.safetensors")
+    else:
+        (folder / "shards").mkdir()
+        (folder / "shards" / "0000000000.safetensors").write_bytes(shard_bytes(docs, "old")[0])
+        save_file(
+            {"slot": np.arange(2, dtype=np.int32)},
+            folder / "index.safetensors",
+            metadata={
+                "format": "prag.store_index",
+                "shards": json.dumps([["0000000000.safetensors", training_tag(TRAINING)]]),
+                "next_shard": "1",
+            },
+        )
+        (folder / "journal.jsonl").write_text(json.dumps({"drop": ["doc/1"]}) + "\n")
+    if layout != "sharded, manifest lost":
+        (folder / "manifest.json").write_text(
+            json.dumps(
+                {
+                    "format": "prag.store",
+                    "format_version": 1,
+                    "layout": layout,
+                    "dtype": "float32",
+                    "fingerprint": fp,
+                    "training": TRAINING,
+                }
+            )
+        )
 
 
-def _old_sharded_store(folder, fp, params):
-    """A sharded store as the previous code wrote it: shards 0 (doc/0, doc/1) and 1 (doc/2, doc/3) in the
-    index; the journal adds shard 2 (doc/4, doc/0 again), drops doc/3, and ends in a torn line; shard 3
-    (doc/5) was written but not journaled."""
-    shards = folder / "shards"
-    shards.mkdir(parents=True)
-    layout = {0: [0, 1], 1: [2, 3], 2: [4, 5], 3: [5]}  # shard -> params; params[5] is doc/0's second version
-    ids = {0: [0, 1], 1: [2, 3], 2: [4, 0], 3: [5]}
-    for seq, which in layout.items():
-        docs = []
-        for i, k in zip(ids[seq], which):
-            p = params[k].to()
-            p.meta.update(doc_id=f"doc/{i}", doc_sha256=_doc(i).sha256)
-            docs.append(p)
-        (shards / f"{seq:010d}.safetensors").write_bytes(shard_bytes(docs, "old")[0])
-    indexed = sorted((f"doc/{i}", i // 2, i % 2) for i in range(4))
-    keys = [int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "little") for doc_id, _, _ in indexed]
-    order = np.argsort(np.array(keys, np.uint64), kind="stable")
-    rows = [indexed[r] for r in order]
-    raw = [doc_id.encode() for doc_id, _, _ in rows]
-    columns = {"key": np.array(keys, np.uint64)[order], "shard": np.array([s for _, s, _ in rows], np.int32),
-               "slot": np.array([s for _, _, s in rows], np.int32),
-               "sha256": np.frombuffer(bytes.fromhex("".join(_doc(int(d[4:])).sha256 for d, _, _ in rows)),
-                                       np.uint8).reshape(4, 32),
-               "id_end": np.cumsum([len(r) for r in raw]).astype(np.int64),
-               "ids": np.frombuffer(b"".join(raw), np.uint8)}
-    tag = training_tag(TRAINING)
-    save_file(columns, folder / "index.safetensors", metadata={
-        "format": "prag.store_index", "shards": json.dumps([[f"{s:010d}.safetensors", tag] for s in (0, 1)]),
-        "next_shard": "2"})
-    journal = [{"shard": "0000000002.safetensors", "tag": tag, "ids": ["doc/4", "doc/0"],
-                "sha256": [_doc(4).sha256, _doc(0).sha256]}, {"drop": ["doc/3"]}]
-    (folder / "journal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in journal) + '{"shard": "00')
-    (folder / "manifest.json").write_text(json.dumps({"format": "prag.store", "format_version": 1, "layout": "sharded",
-                                                      "dtype": "float32", "shard_size": 2, "fingerprint": fp,
-                                                      "training": TRAINING}))
-
-
-def test_older_layouts_are_converted_once(tmp_path, fp, params, capfd):
-    _old_files_store(tmp_path / "files", fp, params)
-    _old_sharded_store(tmp_path / "sharded", fp, params)
-    before = {p: p.read_bytes() for p in (tmp_path / "sharded").rglob("*") if p.is_file()}
-    with pytest.raises(StoreError, match="built for another model"):  # refused before anything changes
-        Store(tmp_path / "sharded", model_fingerprint(inject(tiny_llama(seed=3))))
-    assert {p: p.read_bytes() for p in (tmp_path / "sharded").rglob("*") if p.is_file()} == before
-    capfd.readouterr()
-    files = Store(tmp_path / "files", fp, TRAINING)
-    assert [files.done(_doc(i)) for i in range(4)] == [True, True, True, False]
-    assert all(_equal(files[f"doc/{i}"], params[i]) for i in range(3))
-    sharded = Store(tmp_path / "sharded", fp)
-    assert sorted(sharded) == ["doc/0", "doc/1", "doc/2", "doc/4"]
-    assert _equal(sharded["doc/0"], params[5]) and _equal(sharded["doc/2"], params[2])
-    notices = capfd.readouterr().err.splitlines()
-    assert notices == [f"prag: {tmp_path / 'files'}: converted the store to {CATALOG} (3 documents)",
-                       f"prag: {tmp_path / 'sharded'}: converted the store to {CATALOG} (4 documents)"]
-    for name in ("files", "sharded"):
-        assert not {"manifest.json", "index.safetensors", "journal.jsonl"} & set(_files(tmp_path / name))
-    building = Store(tmp_path / "sharded", fp, TRAINING)  # the next build adopts the unjournaled shard 3
-    assert building.done(_doc(5)) and _equal(building["doc/5"], params[5]) and not building.done(_doc(3))
-    building.put(_doc(3), params[3])
-    building.close()
-    assert building.rows()[-1] == ("doc/3", _doc(3).sha256, training_tag(TRAINING), "shards/0000000004.safetensors",
-                                   0, building.rows()[-1].bytes_sha256)
-    assert capfd.readouterr().err == ""  # converted once
-
-
-def test_a_conversion_killed_before_its_rename_keeps_the_old_store(tmp_path, fp, params, monkeypatch):
-    _old_sharded_store(tmp_path, fp, params)
-    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-
-    def killed(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(os, "replace", killed)
-    with pytest.raises(KeyboardInterrupt):
-        Store(tmp_path, fp)
-    monkeypatch.undo()
-    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "catalog" not in p.name} == before
-    assert not (tmp_path / CATALOG).exists() and (tmp_path / f".{CATALOG}.tmp").exists()
-    assert sorted(Store(tmp_path, fp)) == ["doc/0", "doc/1", "doc/2", "doc/4"]  # the next open converts it
-
-
-def test_an_older_sharded_store_without_its_index_is_not_empty(tmp_path, fp, params, capsys):
-    """The previous code's `prag store verify` said "0 problems" here; now it is one line, and --repair
-    lists the shards' documents."""
+@pytest.mark.parametrize("layout", ["files", "sharded", "sharded, manifest lost"])
+def test_a_pre_release_store_is_refused_in_one_line_and_left_as_it_is(tmp_path, fp, params, capsys, layout):
     work = tmp_path / "W"
-    _old_sharded_store(work / "store", fp, params)
-    (work / "store" / "index.safetensors").unlink()
-    (work / "store" / "journal.jsonl").write_text("")
-    assert main(["store", "verify", "--workdir", str(work)]) == 2
-    assert capsys.readouterr().err.strip().endswith(
-        "index.safetensors: missing, so the shards' documents cannot be placed; `prag store verify --repair` "
-        "lists them in a new catalog")
-    assert main(["store", "verify", "--workdir", str(work), "--repair"]) == 0
-    store = Store(work / "store", fp)
-    assert sorted(store) == [f"doc/{i}" for i in range(6)] and _equal(store["doc/0"], params[5])
+    folder = work / "store"
+    _pre_release_store(folder, fp, params, layout)
+    before = _snapshot(folder)
+    name = "index.safetensors" if layout == "sharded, manifest lost" else "manifest.json"
+    line = f"{folder}: a store from a pre-release prag ({name}); rebuild it: delete {folder} and run `prag build` again"
+    for opening in (
+        {},
+        {"fingerprint": fp},
+        {"fingerprint": fp, "training": TRAINING},  # export, serve, build
+        {"fingerprint": fp, "training": TRAINING, "shard_size": 2},
+    ):
+        with pytest.raises(StoreError) as refused:
+            Store(folder, **opening)
+        assert str(refused.value) == line
+    capsys.readouterr()
+    for repair in ([], ["--repair"]):
+        assert main(["store", "verify", "--workdir", str(work), *repair]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.splitlines() == [f"prag: error: {line}"]
+    assert _snapshot(folder) == before and not (folder / CATALOG).exists()
 
 
 def test_layout_and_dtype_stay_what_the_store_was_made_with(tmp_path, fp, params):

@@ -1,4 +1,6 @@
 """The training loop: frozen base, loss goes down, a pair injects a fact, batched == sequential."""
+
+import dataclasses
 import re
 
 import pytest
@@ -7,15 +9,19 @@ from tiny import CHAT_TEMPLATE, SPECIALS, tiny_llama
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from prag_core.augment import augment
-from prag_core.inject import use_documents
+from prag_core.model.inject import use_documents
+from prag_core.offline.augment import augment
+from prag_core.offline.samples import build_samples, sequence_ids
+from prag_core.offline.train import TrainConfig, train_documents
 from prag_core.prompts import ANSWER_PREFIX, qa_messages, render
-from prag_core.samples import build_samples, sequence_ids
-from prag_core.train import TrainConfig, train_documents
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TEXTS = ["Tom has a red kite. It flies high over Leeds.", "The bell rings at 9. Ana rings it.",
-         "Bo eats 3 figs. Figs are sweet in May.", "Kai's dog is Rex. Rex barks at Lulu."]
+TEXTS = [
+    "Tom has a red kite. It flies high over Leeds.",
+    "The bell rings at 9. Ana rings it.",
+    "Bo eats 3 figs. Figs are sweet in May.",
+    "Kai's dog is Rex. Rex barks at Lulu.",
+]
 
 
 def word_tokenizer(texts):
@@ -27,8 +33,9 @@ def word_tokenizer(texts):
     words = sorted({w for t in [prompt, *texts] for w in re.findall(r"\w+|[^\w\s]", t)})
     tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(SPECIALS + words)}, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>",
-                                   additional_special_tokens=["<|im_start|>"])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>"]
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -86,8 +93,9 @@ def test_trained_pair_changes_the_answer():
     question, answer = "Which code word?", "zebra"
     tok = word_tokenizer([question, answer])
     model = tiny_llama(vocab=len(tok), hidden=128, intermediate=256)
-    doc, = train_documents(model, tok, [[sequence_ids(tok, question, answer)]],
-                           TrainConfig(rank=2, lr=1e-2, epochs=20), progress=False)
+    (doc,) = train_documents(
+        model, tok, [[sequence_ids(tok, question, answer)]], TrainConfig(rank=2, lr=1e-2, epochs=20), progress=False
+    )
     ids = torch.tensor([tok(render(tok, qa_messages(question)) + ANSWER_PREFIX, add_special_tokens=False)["input_ids"]])
 
     def first_token():
@@ -110,12 +118,22 @@ def test_bad_config_and_input():
         train_documents(tiny_llama(vocab=len(tok)), tok, [[]], progress=False)
 
 
-def test_config_dict_of_the_old_behaviour_has_no_new_fields():
-    """Stores written before init/objective/warmup existed record configs without them: at their old values
-    the new fields are left out, so those documents still count as done; other values are recorded."""
-    old = TrainConfig(init="shared", objective="ntp", warmup=None).to_dict()
-    assert not {"init", "objective", "warmup"} & set(old)
+def test_config_dict_records_every_field():
+    """Every field is recorded, at any value (its default included), so the training tag covers them all."""
+    recorded = TrainConfig(init="shared", objective="ntp", warmup=None, targets=("mlp.up_proj",)).to_dict()
+    assert set(recorded) == {field.name for field in dataclasses.fields(TrainConfig)}
+    assert (recorded["init"], recorded["objective"], recorded["warmup"], recorded["augmentation"]) == (
+        "shared",
+        "ntp",
+        None,
+        None,
+    )
+    assert recorded["targets"] == ["mlp.up_proj"] and TrainConfig().to_dict()["targets"] is None
     assert TrainConfig(objective="distill", init="document", warmup="ab").to_dict() == {
-        **old, "objective": "distill", "init": "document", "warmup": "ab"}
+        **TrainConfig().to_dict(),
+        "objective": "distill",
+        "init": "document",
+        "warmup": "ab",
+    }
     with pytest.raises(ValueError, match="objective 'kl'"):
         TrainConfig(objective="kl")

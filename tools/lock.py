@@ -7,6 +7,7 @@ whose triton it must keep.
 
     python tools/lock.py > requirements.lock
 """
+
 import datetime
 import importlib.metadata as md
 import re
@@ -43,8 +44,10 @@ def closure():
 def main():
     pins = {name: version for name, version in closure().items() if name != "prag" and not LEFT_OUT.match(name)}
     pins.update({canonical(name): md.version(name) for name in NO_DEPS})
-    print(f"# The versions `make test` last passed with (python {sys.version.split()[0]}, "
-          f"{datetime.date.today()}); regenerate with `make lock`.")
+    print(
+        f"# The versions `make test` last passed with (python {sys.version.split()[0]}, "
+        f"{datetime.date.today()}); regenerate with `make lock`."
+    )
     print("# Used as pip constraints by make test, make demo and CI. torch is not here: yours is kept.")
     for name in sorted(pins):
         print(f"{name}=={pins[name]}")

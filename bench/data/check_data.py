@@ -4,6 +4,7 @@
 Usage: python3 bench/data/check_data.py
 Exit status 1 if any error is found; warnings are printed but do not fail.
 """
+
 import json
 import os
 import re
@@ -136,11 +137,13 @@ def check_split(split):
                 warn(f"{split} qa {qid}: question does not mention the compared entities")
         if t == "single":
             qw, dw = words(q["question"]), words(by_id[ids[0]]["text"])
-            dgrams = {tuple(dw[j:j + NGRAM]) for j in range(len(dw) - NGRAM + 1)}
+            dgrams = {tuple(dw[j : j + NGRAM]) for j in range(len(dw) - NGRAM + 1)}
             for j in range(len(qw) - NGRAM + 1):
-                if tuple(qw[j:j + NGRAM]) in dgrams:
-                    warn(f"{split} qa {qid}: question copies {NGRAM}+ words of its document: "
-                         f"{' '.join(qw[j:j + NGRAM])!r}")
+                if tuple(qw[j : j + NGRAM]) in dgrams:
+                    warn(
+                        f"{split} qa {qid}: question copies {NGRAM}+ words of its document: "
+                        f"{' '.join(qw[j : j + NGRAM])!r}"
+                    )
                     break
     if len(docs) < MIN_DOCS:
         err(f"{split}: only {len(docs)} documents (want >= {MIN_DOCS})")
@@ -174,7 +177,7 @@ def main():
     if common_names:
         warn(f"capitalised words in both dev and test: {sorted(common_names)}")
     if os.path.exists(DEMO):
-        demo = [json.loads(l) for l in open(DEMO, encoding="utf-8") if l.strip()]
+        demo = [json.loads(line) for line in open(DEMO, encoding="utf-8") if line.strip()]
         demo_titles = {d["title"].lower() for d in demo}
         demo_ids = {d["id"] for d in demo}
         for s in SPLITS:

@@ -18,8 +18,9 @@ Fast entry for callers that cache the stacked documents (the injection layer):
 
 It skips the per-call (D, n, r) -> (n, D·r) copies and the row_docs range check (a host
 sync on CUDA), and on the CPU its checks run only when a GEMM refuses the operands. Build
-the operands once per document set: a_cat = torch.cat([A_1.T, …]).T (so a_cat.T is
-contiguous: the expand reads it in place), b_cat = torch.cat([B_1, …], dim=1), and for
+the operands once per document set: a_cat = torch.cat([A_1.T, …]).T and b_cat = torch.cat([B_1.T, …]).T
+(a_cat.T and b_cat.T contiguous: the expand reads A in place, and the Triton K-loop reads B along `in` in
+vector copies it can pipeline; a row-major b_cat is a strided gather per step), and for
 per-row sets row_mask = column_mask(row_docs (B, J), D, r, x.dtype), one row per batch
 element, which serves x (B, T, in) for any T.
 
@@ -30,11 +31,19 @@ For tests and benchmarks, the raw Triton launcher fused_lora_linear_triton(x (M,
 out=None, config=None) (None without Triton): arguments already valid, out= a tensor to
 write y into, config= fixed block sizes instead of autotuning.
 """
+
 from .fused_lora import fused_lora_linear, fused_lora_linear_cat
 from .fused_lora import lora_linear_triton as fused_lora_linear_triton
 from .merge import merge_lora_, restore_
 from .reference import reference_fused_lora_linear
 from .torch_path import column_mask
 
-__all__ = ["fused_lora_linear", "fused_lora_linear_cat", "column_mask", "reference_fused_lora_linear",
-           "merge_lora_", "restore_", "fused_lora_linear_triton"]
+__all__ = [
+    "fused_lora_linear",
+    "fused_lora_linear_cat",
+    "column_mask",
+    "reference_fused_lora_linear",
+    "merge_lora_",
+    "restore_",
+    "fused_lora_linear_triton",
+]

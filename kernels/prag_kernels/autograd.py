@@ -13,6 +13,7 @@ w is zero where a row does not use a document, so a row's loss reaches only its 
 documents' pairs. The backward is plain torch (a few small GEMMs); s is recomputed
 rather than stored.
 """
+
 import torch
 
 from .torch_path import apply_rows, cat_rank, row_weights, split_rank

@@ -32,30 +32,42 @@ def check_operands(x, weight, bias, lora_a, lora_b, names=("lora_a", "lora_b")):
     if weight.dtype != x.dtype or weight.device != x.device:
         raise ValueError(f"weight: {weight.dtype} on {weight.device}, but x is {x.dtype} on {x.device}")
     if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
-        raise ValueError(f"weight: expected (out, in={x.shape[-1]}) for x of shape {tuple(x.shape)}, "
-                         f"got {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight: expected (out, in={x.shape[-1]}) for x of shape {tuple(x.shape)}, got {tuple(weight.shape)}"
+        )
     if bias is not None and (bias.shape != weight.shape[:1] or bias.dtype != x.dtype or bias.device != x.device):
-        raise ValueError(f"bias: expected ({weight.shape[0]},) {x.dtype} on {x.device}, "
-                         f"got {tuple(bias.shape)} {bias.dtype} on {bias.device}")
+        raise ValueError(
+            f"bias: expected ({weight.shape[0]},) {x.dtype} on {x.device}, "
+            f"got {tuple(bias.shape)} {bias.dtype} on {bias.device}"
+        )
     check_lora(weight, lora_a, lora_b, names)
 
 
 def check_cat(x, weight, bias, a_cat, b_cat):
     """check_operands for documents already stacked along rank: a_cat (out, R), b_cat (in, R)."""
     if x.dim() == 0 or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"weight: expected (out, in) with in = x.shape[-1], got {tuple(weight.shape)} "
-                         f"for x of shape {tuple(x.shape)}")
+        raise ValueError(
+            f"weight: expected (out, in) with in = x.shape[-1], got {tuple(weight.shape)} "
+            f"for x of shape {tuple(x.shape)}"
+        )
     if a_cat.dim() != 2 or a_cat.shape[0] != weight.shape[0]:
         raise ValueError(f"a_cat: expected (out={weight.shape[0]}, R), got shape {tuple(a_cat.shape)}")
     if b_cat.dim() != 2 or b_cat.shape != (weight.shape[1], a_cat.shape[1]):
         raise ValueError(f"b_cat: expected (in={weight.shape[1]}, R={a_cat.shape[1]}), got shape {tuple(b_cat.shape)}")
-    if not (x.dtype == weight.dtype == a_cat.dtype == b_cat.dtype) or not (
-            x.device == weight.device == a_cat.device == b_cat.device) or not x.is_floating_point():
-        raise ValueError(f"x, weight, a_cat, b_cat: expected one floating dtype and one device, got "
-                         f"{[(t.dtype, str(t.device)) for t in (x, weight, a_cat, b_cat)]}")
+    if (
+        not (x.dtype == weight.dtype == a_cat.dtype == b_cat.dtype)
+        or not (x.device == weight.device == a_cat.device == b_cat.device)
+        or not x.is_floating_point()
+    ):
+        raise ValueError(
+            f"x, weight, a_cat, b_cat: expected one floating dtype and one device, got "
+            f"{[(t.dtype, str(t.device)) for t in (x, weight, a_cat, b_cat)]}"
+        )
     if bias is not None and (bias.shape != weight.shape[:1] or bias.dtype != x.dtype or bias.device != x.device):
-        raise ValueError(f"bias: expected ({weight.shape[0]},) {x.dtype} on {x.device}, "
-                         f"got {tuple(bias.shape)} {bias.dtype} on {bias.device}")
+        raise ValueError(
+            f"bias: expected ({weight.shape[0]},) {x.dtype} on {x.device}, "
+            f"got {tuple(bias.shape)} {bias.dtype} on {bias.device}"
+        )
 
 
 def row_groups(x, rows, name):
@@ -68,8 +80,10 @@ def row_groups(x, rows, name):
         return 1
     if x.dim() >= 3 and rows.shape[0] == x.shape[0]:
         return m // x.shape[0]
-    raise ValueError(f"{name}: {rows.shape[0]} rows for x of shape {tuple(x.shape)}; "
-                     f"expected {m} (one per row) or, for x (B, T, in), B (one per batch element)")
+    raise ValueError(
+        f"{name}: {rows.shape[0]} rows for x of shape {tuple(x.shape)}; "
+        f"expected {m} (one per row) or, for x (B, T, in), B (one per batch element)"
+    )
 
 
 def check_row_docs(x, row_docs, n_docs):
@@ -80,8 +94,9 @@ def check_row_docs(x, row_docs, n_docs):
     if row_docs.numel():
         lo, hi = (int(v) for v in row_docs.aminmax())
         if lo < -1 or hi >= n_docs:
-            raise ValueError(f"row_docs: entries must lie in [-1, {n_docs - 1}] (-1 = empty slot), "
-                             f"found {lo if lo < -1 else hi}")
+            raise ValueError(
+                f"row_docs: entries must lie in [-1, {n_docs - 1}] (-1 = empty slot), found {lo if lo < -1 else hi}"
+            )
     return group
 
 
@@ -89,6 +104,5 @@ def check_row_mask(x, row_mask, rank):
     """row_mask: (M, R) or (B, R) in x's dtype. Returns the rows-per-group count."""
     group = row_groups(x, row_mask, "row_mask")
     if row_mask.shape[1] != rank or row_mask.dtype != x.dtype:
-        raise ValueError(f"row_mask: expected (rows, R={rank}) {x.dtype}, "
-                         f"got {tuple(row_mask.shape)} {row_mask.dtype}")
+        raise ValueError(f"row_mask: expected (rows, R={rank}) {x.dtype}, got {tuple(row_mask.shape)} {row_mask.dtype}")
     return group

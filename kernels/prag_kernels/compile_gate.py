@@ -15,6 +15,7 @@ local array); metadata.shared is the shared memory, checked against the target's
 The arguments are meta-device tensors, so nothing is allocated. Compiles run in a process pool and land in
 Triton's cache (~/.triton/cache), so a rerun on unchanged kernels takes seconds.
 """
+
 import argparse
 import itertools
 import os
@@ -45,15 +46,28 @@ def calls():
     shapes = [(f"decode {name}", 1, k, n) for name, (k, n) in DECODE_SHAPES.items()]
     shapes += [(f"prefill {family}", m, k, n) for family, m, k, n in PREFILL]
     for (what, m, k, n), (dtype, tf32), bias, rows, r_pad in itertools.product(
-            shapes, [(torch.float16, False), (torch.bfloat16, False), (torch.float32, False), (torch.float32, True)],
-            [False, True], [False, True], RANKS):
+        shapes,
+        [(torch.float16, False), (torch.bfloat16, False), (torch.float32, False), (torch.float32, True)],
+        [False, True],
+        [False, True],
+        RANKS,
+    ):
         docs, rank = RANKS[r_pad]
         meta = dict(device="meta", dtype=dtype)
         # the injection layer's layout: a_cat with a_cat.T contiguous, b_cat (in, R) contiguous, one "document"
         a_cat = torch.empty(docs * rank, n, **meta).T.unsqueeze(0)
         b_cat = torch.empty(k, docs * rank, **meta).unsqueeze(0)
-        yield (what, torch.empty(m, k, **meta), torch.empty(n, k, **meta), torch.empty(n, **meta) if bias else None,
-               a_cat, b_cat, torch.empty(m, docs * rank, **meta) if rows else None, torch.empty(m, n, **meta), tf32)
+        yield (
+            what,
+            torch.empty(m, k, **meta),
+            torch.empty(n, k, **meta),
+            torch.empty(n, **meta) if bias else None,
+            a_cat,
+            b_cat,
+            torch.empty(m, docs * rank, **meta) if rows else None,
+            torch.empty(m, n, **meta),
+            tf32,
+        )
 
 
 def jobs():
@@ -97,14 +111,13 @@ def specialise(kernel, args, constexprs):
         elif value == 1:
             signature[name], consts[name] = "constexpr", 1
         else:
-            signature[name] = "i32" if abs(value) < 2 ** 31 else "i64"
+            signature[name] = "i32" if abs(value) < 2**31 else "i64"
             if value % 16 == 0:
                 attrs[(i,)] = 16
     return tuple(signature.items()), tuple(sorted(consts.items())), tuple(sorted(attrs.items()))
 
 
-KERNELS = {k.fn.__name__: k
-           for k in (ft._fused_lora_kernel, ft._decode_kernel, ft._reduce_kernel)}
+KERNELS = {k.fn.__name__: k for k in (ft._fused_lora_kernel, ft._decode_kernel, ft._reduce_kernel)}
 
 
 def compile_job(job):
@@ -113,12 +126,15 @@ def compile_job(job):
     results = []
     for cap in TARGETS:
         src = ASTSource(KERNELS[name], dict(signature), dict(consts), {k: [["tt.divisibility", v]] for k, v in attrs})
-        kernel = triton.compile(src, target=GPUTarget("cuda", cap, 32), options=dict(num_warps=warps, num_stages=stages))
+        kernel = triton.compile(
+            src, target=GPUTarget("cuda", cap, 32), options=dict(num_warps=warps, num_stages=stages)
+        )
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(kernel.asm["cubin"])
             f.flush()
-            usage = subprocess.run([str(CUOBJDUMP), "--dump-resource-usage", f.name], capture_output=True,
-                                   text=True, check=True).stdout
+            usage = subprocess.run(
+                [str(CUOBJDUMP), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
+            ).stdout
         fields = dict(field.split(":") for field in usage.split("Resource usage:")[-1].split() if ":" in field)
         results.append((cap, int(fields["REG"]), kernel.metadata.shared, int(fields["STACK"])))
     return results
@@ -155,19 +171,22 @@ def table(rows):
         entry["variants"] += 1
         for cap, regs, shared, stack in res:
             entry[cap] = [max(a, b) for a, b in zip(entry[cap], (regs, shared, stack))]
-    lines = [f"# Kernel compile gate: {len(rows)} specialisations × {len(TARGETS)} targets, "
-             f"{sum(1 for *_, res in rows for r in res if passes(*r))} of {len(rows) * len(TARGETS)} pass",
-             "",
-             f"Written by tests/test_kernel_compile.py (`python -m prag_kernels.compile_gate`), Triton "
-             f"{triton.__version__}. Each row is one autotune config (or fixed launch) of one "
-             "kernel; its numbers are the worst over every specialisation it can be picked for (dtype fp16, bf16, "
-             "fp32 ieee and tf32 where the config takes 32-bit operands, bias or not, per-row documents or not, "
-             "R_PAD up to the config's limit, M = 1 decode and middle/large prefill). Pass: stack 0 (no spills) "
-             f"and shared ≤ {TARGETS[80] // 1024} KB on sm_80, ≤ {TARGETS[90] // 1024} KB on sm_90.",
-             "",
-             "| kernel | config (blocks / warps / stages) | variants | " +
-             " | ".join(f"sm_{cap} regs | sm_{cap} shared KB | sm_{cap} stack B" for cap in TARGETS) + " | pass |",
-             "|---|---|---|" + "---|---|---|" * len(TARGETS) + "---|"]
+    lines = [
+        f"# Kernel compile gate: {len(rows)} specialisations × {len(TARGETS)} targets, "
+        f"{sum(1 for *_, res in rows for r in res if passes(*r))} of {len(rows) * len(TARGETS)} pass",
+        "",
+        f"Written by tests/test_kernel_compile.py (`python -m prag_kernels.compile_gate`), Triton "
+        f"{triton.__version__}. Each row is one autotune config (or fixed launch) of one "
+        "kernel; its numbers are the worst over every specialisation it can be picked for (dtype fp16, bf16, "
+        "fp32 ieee and tf32 where the config takes 32-bit operands, bias or not, per-row documents or not, "
+        "R_PAD up to the config's limit, M = 1 decode and middle/large prefill). Pass: stack 0 (no spills) "
+        f"and shared ≤ {TARGETS[80] // 1024} KB on sm_80, ≤ {TARGETS[90] // 1024} KB on sm_90.",
+        "",
+        "| kernel | config (blocks / warps / stages) | variants | "
+        + " | ".join(f"sm_{cap} regs | sm_{cap} shared KB | sm_{cap} stack B" for cap in TARGETS)
+        + " | pass |",
+        "|---|---|---|" + "---|---|---|" * len(TARGETS) + "---|",
+    ]
     for (kernel, config), e in sorted(worst.items()):
         ok = all(passes(cap, *e[cap]) for cap in TARGETS)
         cells = " | ".join(f"{e[cap][0]} | {e[cap][1] / 1024:.0f} | {e[cap][2]}" for cap in TARGETS)

@@ -6,7 +6,6 @@ through it as one graph node, forward and backward (the injection layer wraps it
 documents in a second op, prag::injected_linear, see prag_core.inject). Eager calls without autograd skip
 the op's dispatcher (microseconds per call, per projection, per generated token) and run the path directly.
 """
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +44,8 @@ def fused_lora_linear(x, weight, bias, lora_a, lora_b, scale, row_docs=None, *, 
 def fused_lora_linear_cat(x, weight, bias, a_cat, b_cat, scale, row_mask=None, *, backend=None):
     """The same op on documents already stacked along rank: the fast entry for a caller that caches them.
 
-    a_cat (out, R) = [A_1 … A_k], b_cat (in, R) = [B_1 … B_k] (any strides; on the CPU fastest when
-    a_cat.T is contiguous), row_mask None (every row uses every column) or (M, R) / (B, R) in x's
+    a_cat (out, R) = [A_1 … A_k], b_cat (in, R) = [B_1 … B_k] (any strides; fastest when
+    a_cat.T and b_cat.T are contiguous), row_mask None (every row uses every column) or (M, R) / (B, R) in x's
     dtype: how many times a row (or batch element) uses rank column j, e.g. 1 for its documents'
     columns and 0 elsewhere. No host sync, no copy of the adapters: on the CPU without autograd it
     is F.linear, the shrink GEMM, a multiply (with row_mask) and an addmm_."""
@@ -76,15 +75,28 @@ def _unflatten(x, y):
 
 
 def _wants_grad(x, weight, bias, lora_a, lora_b):
-    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or lora_a.requires_grad
-                                        or lora_b.requires_grad or (bias is not None and bias.requires_grad))
+    return torch.is_grad_enabled() and (
+        x.requires_grad
+        or weight.requires_grad
+        or lora_a.requires_grad
+        or lora_b.requires_grad
+        or (bias is not None and bias.requires_grad)
+    )
 
 
 def _define_op():
     @torch.library.custom_op("prag::fused_lora_linear", mutates_args=())
-    def op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], lora_a: torch.Tensor,
-           lora_b: torch.Tensor, scale: float, row_docs: Optional[torch.Tensor], row_mask: Optional[torch.Tensor],
-           backend: str) -> torch.Tensor:
+    def op(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scale: float,
+        row_docs: torch.Tensor | None,
+        row_mask: torch.Tensor | None,
+        backend: str,
+    ) -> torch.Tensor:
         """y (M, out) for x (M, in), checked arguments, at least one rank column; backend "torch" or "triton"."""
         return _PATHS[backend](x, weight, bias, lora_a, lora_b, scale, row_docs, row_mask)
 

@@ -6,6 +6,7 @@
 The backup is a clone of the original W taken before merging: subtracting the delta
 again is not exact in low precision (W + Δ − Δ ≠ W in bf16/fp16).
 """
+
 import torch
 
 from .checks import check_lora
@@ -28,7 +29,8 @@ def merge_lora_(weight, lora_a, lora_b, scale):
 def restore_(weight, backup):
     """Copy the backup from merge_lora_ back into weight: the original values, bit for bit."""
     if backup.shape != weight.shape or backup.dtype != weight.dtype:
-        raise ValueError(f"backup: {tuple(backup.shape)} {backup.dtype} does not match weight "
-                         f"{tuple(weight.shape)} {weight.dtype}")
+        raise ValueError(
+            f"backup: {tuple(backup.shape)} {backup.dtype} does not match weight {tuple(weight.shape)} {weight.dtype}"
+        )
     with torch.no_grad():
         weight.copy_(backup)

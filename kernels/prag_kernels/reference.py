@@ -9,6 +9,7 @@ where S(m) is every document (row_docs=None) or the documents listed in
 row_docs[m, :] (-1 marks an empty slot). Every other implementation is tested
 against this one, run in float64.
 """
+
 import torch
 
 

@@ -11,6 +11,7 @@ twice counts twice; -1 matches nothing). Three GEMMs and no Python loop over
 rows or documents: the base F.linear, the shrink x·B_cat and an addmm_ for the expand.
 A row that uses no document gets exactly F.linear's values (it adds zeros).
 """
+
 import torch
 import torch.nn.functional as F
 

@@ -1,0 +1,304 @@
+"""Retrieve-Update-Generate: answer questions in one of four modes.
+
+    vanilla  the question alone
+    rag      the retrieved passages in the prompt
+    prag     the retrieved documents' LoRA pairs, question alone
+    combine  pairs and passages
+
+Update methods for the pair modes: `fused` (the kernel computes x Wᵀ + α Σ_j (x B_j) A_jᵀ,
+weights untouched; each batch row uses its own retrieved documents) and `merge`
+(W += α Σ_j A_j B_jᵀ, generate, restore exactly; one document set at a time, so
+merge answers a batch one question after the other). How a question's k documents
+combine (sum, mean, score-weighted, DyPRAG's averaged pair) is prag_core.pairs.combine's.
+
+Every mode uses the same prompt (prompts.qa_messages, the one the pairs are trained
+on) and the same answer format: the assistant turn is primed with ANSWER_PREFIX
+("The answer is"), greedy decoding continues it, and the answer is that
+continuation cut at the first newline or sentence end, where a sentence ends at
+'.', '!' or '?' followed by whitespace or the end of the text (so "3.5" and
+"v2.1" stay whole; an abbreviation such as "Dr. Vale" is cut after "Dr", a loss
+we accept for one simple rule). Generation of a row stops once its cut point is
+known, so short answers cost a few tokens.
+
+`answer(questions, mode)` answers a list of questions alike. A server's rows differ:
+`prepare(Request(...))` checks one request (its own mode, top_k or explicit documents,
+answer length) and resolves its documents, pairs and prompt, so a bad request fails
+alone; `run(rows)` then answers any mix of rows in one generate call (rows without
+pairs take no kernel columns, which adds exact zeros), each stopping on its own,
+optionally streaming its answer as it settles (Request.on_text) and stopping early
+when its Request.cancel is set.
+"""
+
+import time
+from contextlib import nullcontext
+
+import torch
+from transformers import StoppingCriteriaList
+
+from prag_core.answer.requests import (
+    COMBINATION,
+    PAIR_MODES,
+    TEMPERATURE,
+    TOP_K,
+    Answer,
+    AnswerConfig,
+    PipelineError,
+    PromptTooLong,
+    Request,
+    Row,
+    UnknownDocument,
+    _RowStops,
+    check_request,
+    cut_answer,
+)
+from prag_core.model.inject import inject, merged_documents, use_documents
+from prag_core.model.load import context_length, load_model
+from prag_core.pairs.combine import combine
+from prag_core.pairs.doc_params import DocParams, model_fingerprint
+from prag_core.prompts import ANSWER_PREFIX, left_pad, qa_messages, render
+from prag_core.retrieval.bm25 import corpus_sha256
+from prag_core.storage.workdir import Workdir
+
+
+def prompt_ids(tokenizer, question, passages=None):
+    """Token ids of the chat prompt, ending with the primed assistant prefix."""
+    return tokenizer(render(tokenizer, qa_messages(question, passages)) + ANSWER_PREFIX, add_special_tokens=False)[
+        "input_ids"
+    ]
+
+
+class Pipeline:
+    """Answers questions over one knowledge base: a model, a retriever (prag_core.retrieval.retrievers), document
+    parameters, passages.
+
+    store: a mapping from document id to DocParams (a dict, or a work directory's store.Store).
+    documents_text: a mapping from document id to its passage text (for rag and combine).
+    combination, temperature: how the top_k documents' pairs combine (prag_core.pairs.combine).
+    warmup: the warm-up pair (prag_core.offline.warmup), active with weight 1 beside every question's documents in
+    the pair modes, or None.
+    training: the training tag (TrainConfig.to_dict()) every served document must carry, so a store left
+    half re-encoded by an interrupted rebuild is refused, not mixed; None = not checked."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        index,
+        store,
+        documents_text,
+        top_k=TOP_K,
+        max_new_tokens=32,
+        combination=COMBINATION,
+        temperature=TEMPERATURE,
+        warmup=None,
+        training=None,
+    ):
+        check_request(combination=combination, temperature=temperature)
+        if tokenizer.pad_token_id is None:
+            raise PipelineError("the tokenizer has no pad token (load_model sets one)")
+        self.model = inject(model)
+        self.tokenizer = tokenizer
+        self.index = index
+        self.store = store
+        self.documents_text = documents_text
+        self.top_k = top_k
+        self.max_new_tokens = max_new_tokens
+        self.combination, self.temperature = combination, temperature
+        self.warmup = warmup
+        self.training = training
+
+    @classmethod
+    def open(cls, workdir, config=AnswerConfig()):
+        """The pipeline of a work directory written by `prag build`: its model (from W/config.json),
+        retriever (W/config.json's, or config.retriever), corpus passages and parameter store, checked against
+        each other."""
+        check_request(combination=config.combination, temperature=config.temperature)  # before the model loads
+        model, tokenizer, index, store, texts, warmup, training = _open_workdir(
+            workdir, config.device, config.retriever
+        )
+        return cls(
+            model,
+            tokenizer,
+            index,
+            store,
+            texts,
+            config.top_k,
+            config.max_new_tokens,
+            config.combination,
+            config.temperature,
+            warmup,
+            training,
+        )
+
+    def retrieve(self, question, k=None):
+        """(ids, scores) of the top k documents for `question` (default top_k), best first."""
+        hits = self.index.search(question, k=self.top_k if k is None else k)
+        return [doc_id for doc_id, _ in hits], [float(score) for _, score in hits]
+
+    def answer(self, questions, mode="prag", update="fused"):
+        """One Answer per question. fused answers the whole list in one generate call (the caller picks
+        the batch size); merge answers it one question at a time."""
+        check_request(mode=mode, update=update)
+        start = time.perf_counter()
+        rows = [self.prepare(Request(q, mode)) for q in questions]
+        preparing = (time.perf_counter() - start) / len(rows)
+        answers = self.run(rows, update)
+        for a in answers:
+            a.latency_s += preparing
+        return answers
+
+    def prepare(self, request):
+        """The Row that answers `request`: its documents (retrieved, or the request's own), their pairs combined,
+        its prompt. A PipelineError (naming the field) for what the request gets wrong."""
+        mode = request.mode
+        check_request(request.question, mode)
+        k = self.top_k if request.top_k is None else request.top_k
+        if not (isinstance(k, int) and k >= 1):
+            raise PipelineError(f"top_k: expected a positive integer, got {k!r}", field="top_k")
+        ids, scores = [], []
+        if mode != "vanilla" and request.documents is None:
+            ids, scores = self.retrieve(request.question, k)
+        elif mode != "vanilla":
+            ids = list(request.documents)
+            unknown = [d for d in ids if d not in self.documents_text]
+            if unknown:
+                raise UnknownDocument(f"documents: unknown document id {unknown[0]!r}", field="documents")
+            scores = [None] * len(ids)  # not ranked: the scheme weighs them as equals
+        with_passages = mode in ("rag", "combine")
+        prompt = prompt_ids(self.tokenizer, request.question, [self._text(d) for d in ids] if with_passages else None)
+        max_new = self.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
+        self._check_fits(request.question, prompt, with_passages, max_new)
+        params, weights = self._combined(ids, [s or 0.0 for s in scores]) if mode in PAIR_MODES else ([], [])
+        return Row(request, ids, scores, params, weights, prompt, max_new)
+
+    def run(self, rows, update="fused"):
+        """One Answer per prepared Row. fused: all rows in one generate call, each with its own documents; merge:
+        one row at a time (merging changes the weights every row sees)."""
+        check_request(update=update)
+        if update == "merge" and len(rows) > 1 and any(r.params for r in rows):
+            return [a for r in rows for a in self.run([r], update)]
+        start = time.perf_counter()
+        with self._update(rows, update):
+            outputs = self._generate(rows)
+        per_row = (time.perf_counter() - start) / len(rows)
+        return [
+            Answer(
+                r.request.question,
+                r.request.mode,
+                cut_answer(text),
+                r.docs,
+                per_row,
+                r.scores,
+                len(r.prompt),
+                tokens,
+                finish,
+            )
+            for r, (text, tokens, finish) in zip(rows, outputs)
+        ]
+
+    def _check_fits(self, question, prompt, with_passages, max_new_tokens):
+        """PromptTooLong when the prompt leaves no room for max_new_tokens of answer in the model's context."""
+        context = context_length(self.model, self.tokenizer)
+        if len(prompt) + max_new_tokens > context:
+            raise PromptTooLong(
+                f"question {question[:40]!r}{'…' if len(question) > 40 else ''}: its prompt is {len(prompt)} "
+                f"tokens{' with the passages' if with_passages else ''}; with {max_new_tokens} for the "
+                f"answer that is more than the model's context of {context}; shorten the question"
+                + (" or lower --top-k" if with_passages else ""),
+                field="question",
+            )
+
+    def _text(self, doc_id):
+        if doc_id not in self.documents_text:
+            raise PipelineError(
+                f"document {doc_id!r} is in the index but not in the corpus; rebuild the work directory"
+            )
+        return self.documents_text[doc_id]
+
+    def _params(self, doc_id):
+        if doc_id not in self.store:
+            raise PipelineError(
+                f"document {doc_id!r} was retrieved but is not in the parameter store; "
+                f"run `prag build` again to encode it"
+            )
+        params = self.store[doc_id]
+        if self.training is not None and params.meta.get("training") != self.training:
+            raise PipelineError(
+                f"document {doc_id!r} was trained with other settings than the work directory's "
+                f"config.json records (an interrupted `prag build` with new settings?); run that "
+                f"`prag build` again to finish"
+            )
+        return params
+
+    def _combined(self, ids, scores):
+        """(documents, weights) to activate for one question: its documents combined by the scheme, and the
+        warm-up pair, when there is one, once with weight 1 whatever the scheme."""
+        temperature = self.temperature * self.index.score_scale  # in the retriever's score units
+        docs, weights = combine([self._params(d) for d in ids], scores, self.combination, temperature)
+        if self.warmup is not None:
+            return [self.warmup, *docs], [1.0, *weights]
+        return docs, weights
+
+    def _update(self, rows, update):
+        """The context that applies each row's documents (fused: rows without pairs take none), else nothing."""
+        params, weights = [r.params for r in rows], [r.weights for r in rows]
+        if not any(params):
+            return nullcontext()
+        if update == "merge":
+            return merged_documents(self.model, params[0], weights=weights[0])
+        # One set for the batch when there is one row (the kernel's plain path), else one set per row.
+        if len(params) == 1:
+            return use_documents(self.model, params[0], weights=weights[0])
+        return use_documents(self.model, params, weights=weights)
+
+    @torch.inference_mode()
+    def _generate(self, rows):
+        """(text, tokens, finish) per row: the greedy continuation of its prompt, batched with left padding."""
+        pad = self.tokenizer.pad_token_id
+        ids, mask = left_pad([r.prompt for r in rows], pad)
+        width = ids.shape[1]
+        device = self.model.device
+        stops = _RowStops(self.tokenizer, width, rows)
+        out = self.model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max(r.max_new_tokens for r in rows),
+            do_sample=False,
+            stopping_criteria=StoppingCriteriaList([stops]),
+            pad_token_id=pad,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        return [
+            (self.tokenizer.decode(out[i, width : width + n], skip_special_tokens=True), n, finish)
+            for i, (n, finish) in enumerate(zip(stops.tokens, stops.finish))
+        ]
+
+
+def _open_workdir(workdir, device, retriever=None):
+    """(model, tokenizer, index, store, passages, warm-up pair or None, training tag or None) of a built work
+    directory, or a one-line PragError."""
+    workdir = Workdir(workdir)
+    workdir.check_built()
+    config = workdir.read_config()
+    corpus = workdir.read_corpus()
+    model_path = workdir.model_path(config)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    index = workdir.open_retriever(
+        retriever or config.get("retriever", "bm25"),  # bm25: built before retrievers
+        corpus_sha256(corpus),
+        config.get("embedder"),
+        device,
+    )
+    model, tokenizer = load_model(model_path, device=device)
+    # A store built for another model is refused (StoreError); each document is checked again on load, and
+    # 16-bit stored pairs are upcast for an fp32 model.
+    fingerprint = model_fingerprint(model)
+    store = workdir.open_store(fingerprint, device=device, compute_dtype=model.dtype)
+    warmup = None
+    if config.get("warmup"):
+        warmup = DocParams.load(workdir.warmup, fingerprint, device=device, dtype=model.dtype)
+        if warmup.meta.get("warmup_key") != config["warmup"]:
+            raise PipelineError(
+                f"{workdir.warmup}: another warm-up pair than the store was trained with; run `prag build` again"
+            )
+    return model, tokenizer, index, store, {doc.id: doc.text for doc in corpus}, warmup, config.get("training")

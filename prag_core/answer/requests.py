@@ -1,0 +1,170 @@
+"""A question as `prag ask`, `eval` and `serve` pose it, and its answer: the per-row contract of
+Pipeline.prepare and Pipeline.run (answer/pipeline.py).
+
+Request    one question with its own options (mode, top_k, explicit documents, answer length, streaming, cancel)
+Row        a checked Request, ready to generate: its documents, combined pairs and prompt
+Answer     what comes back: the prediction, documents, scores, token counts, finish reason
+_RowStops  per-row stopping during one batched generate call: a complete answer, end of turn, the row's
+           max_new_tokens, or its cancel event; it streams each row's settled answer text
+The answer format: the continuation of ANSWER_PREFIX cut at the first newline or sentence end (cut_answer).
+"""
+
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import StoppingCriteria
+
+from prag_core.errors import PragError
+from prag_core.pairs.combine import check_scheme
+
+MODES = ("vanilla", "rag", "prag", "combine")
+PAIR_MODES = ("prag", "combine")  # the modes that apply documents' pairs
+UPDATES = ("fused", "merge")
+# Serving defaults (README "Training defaults"): documents per question and how their pairs combine.
+TOP_K = 3
+COMBINATION = "score"
+TEMPERATURE = 1.0
+
+
+@dataclass(frozen=True)
+class AnswerConfig:
+    """How a work directory answers (`prag ask`, `eval`, `serve`): each request's defaults, and where.
+    retriever None: the work directory's; device None: cuda when available."""
+
+    top_k: int = TOP_K
+    combination: str = COMBINATION
+    temperature: float = TEMPERATURE
+    retriever: str | None = None
+    max_new_tokens: int = 32
+    device: str | None = None
+
+
+_ANSWER_END = re.compile(r"[.!?](?=\s|$)|\n")
+# What the next characters may still change at the end of an unfinished continuation: spaces and sentence
+# marks (an end, or part of "3.5"), and the replacement character of a half-decoded multi-byte character.
+_UNSETTLED_TAIL = re.compile("[.!?\\s\ufffd]+$")
+
+
+class PipelineError(PragError):
+    """A question or knowledge base the pipeline cannot serve; one line naming what is wrong.
+
+    field: the Request field at fault (question, mode, update, top_k, documents), None for the knowledge base."""
+
+    def __init__(self, message, field=None):
+        super().__init__(message)
+        self.field = field
+
+
+class UnknownDocument(PipelineError):
+    """A requested document id that the knowledge base does not hold."""
+
+
+class PromptTooLong(PipelineError):
+    """A prompt that, with the answer's max_new_tokens, does not fit the model's context (refused, not cut)."""
+
+
+@dataclass
+class Request:
+    """One question with its own options (a server's row). None: the pipeline's default."""
+
+    question: str
+    mode: str = "prag"
+    top_k: int | None = None
+    documents: list | None = None  # document ids to use instead of retrieval, best first
+    max_new_tokens: int | None = None
+    on_text: Callable[[str], None] | None = None  # called, from the generating thread, with each settled piece
+    cancel: threading.Event | None = None  # once set, the row stops generating (finish "cancelled")
+
+
+@dataclass
+class Row:
+    """A checked Request, ready to generate: its documents and scores, their combined pairs, its prompt."""
+
+    request: Request
+    docs: list
+    scores: list
+    params: list  # DocParams to activate (the warm-up pair first, when there is one); empty: no update
+    weights: list
+    prompt: list  # token ids
+    max_new_tokens: int
+
+
+@dataclass
+class Answer:
+    question: str
+    mode: str
+    prediction: str
+    docs: list = field(default_factory=list)  # retrieved document ids, best first
+    latency_s: float = 0.0  # wall time of the question's share of its batch
+    scores: list = field(default_factory=list)  # the documents' retrieval scores
+    prompt_tokens: int = 0
+    tokens: int = 0  # tokens generated
+    finish: str = "stop"  # stop (the answer ended), length (max_new_tokens) or cancelled
+
+
+def cut_answer(text: str) -> str:
+    """The answer proper: the text up to the first newline or sentence end, stripped, without the colon of
+    "The answer is: X"."""
+    match = _ANSWER_END.search(text)
+    return (text[: match.start()] if match else text).strip().removeprefix(":").strip()
+
+
+def answer_complete(text):
+    """Whether the continuation `text` holds an answer end with at least one character after it (a '.' at the
+    very end may still become "3.5")."""
+    return any(m.group() == "\n" or m.end() < len(text) for m in _ANSWER_END.finditer(text))
+
+
+def settled_answer(text):
+    """The part of the answer that the continuation `text` fixes whatever follows it: the whole answer once it is
+    complete, else the answer so far without its unsettled tail. Each value is a prefix of the next one's."""
+    return cut_answer(text if answer_complete(text) else _UNSETTLED_TAIL.sub("", text))
+
+
+def check_request(question=None, mode=None, update=None, combination=None, temperature=1.0):
+    """PipelineError for an empty question, an unknown mode, update method or combination scheme, or a bad
+    temperature (those given)."""
+    if question is not None and (not isinstance(question, str) or not question.strip()):
+        raise PipelineError(f"question: empty ({question!r})", field="question")
+    if mode is not None and mode not in MODES:
+        raise PipelineError(f"mode: unknown {mode!r}; choose from {', '.join(MODES)}", field="mode")
+    if update is not None and update not in UPDATES:
+        raise PipelineError(f"update: unknown {update!r}; choose from {', '.join(UPDATES)}", field="update")
+    if combination is not None:
+        try:
+            check_scheme(combination, temperature)
+        except ValueError as err:
+            raise PipelineError(str(err)) from None
+
+
+class _RowStops(StoppingCriteria):
+    """Per row: done once its continuation is a complete answer or ends with end-of-turn (finish "stop"), holds
+    its max_new_tokens ("length"), or its cancel event is set ("cancelled"). Hands each row's newly settled
+    answer text to its on_text, and records per row the tokens generated and the finish."""
+
+    def __init__(self, tokenizer, prompt_width, rows):
+        self.tokenizer, self.prompt_width, self.rows = tokenizer, prompt_width, rows
+        self.tokens, self.finish, self.sent = [0] * len(rows), [None] * len(rows), [""] * len(rows)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        for i, row in enumerate(self.rows):
+            if self.finish[i] is not None:
+                continue
+            new = input_ids[i, self.prompt_width :]
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            self.tokens[i] = len(new)
+            if row.request.cancel is not None and row.request.cancel.is_set():
+                self.finish[i] = "cancelled"
+            elif answer_complete(text) or new[-1] == self.tokenizer.eos_token_id:
+                self.finish[i] = "stop"
+            elif len(new) >= row.max_new_tokens:
+                self.finish[i] = "length"
+            if row.request.on_text is not None and self.finish[i] != "cancelled":
+                answer = cut_answer(text) if self.finish[i] else settled_answer(text)
+                if len(answer) > len(self.sent[i]):
+                    row.request.on_text(answer[len(self.sent[i]) :])
+                    self.sent[i] = answer
+        return torch.tensor([f is not None for f in self.finish], dtype=torch.bool, device=input_ids.device)

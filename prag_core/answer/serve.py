@@ -1,0 +1,318 @@
+"""`prag serve`: an OpenAI-compatible HTTP server over one work directory.
+
+create_app is the HTTP layer (FastAPI) over the scheduler (answer/batcher.py): OpenAI's chat-completion schema
+in and out, server-sent events for `stream: true`, OpenAI's error JSON ({"error": {message, type, param, code}})
+for every error, the optional API key.
+"""
+
+import hmac
+import json
+import logging
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from prag_core.answer.batcher import REQUEST_ERRORS, Batcher, Busy
+from prag_core.answer.pipeline import Pipeline
+from prag_core.answer.requests import (
+    MODES,
+    UPDATES,
+    AnswerConfig,
+    PipelineError,
+    PromptTooLong,
+    Request,
+    UnknownDocument,
+    check_request,
+)
+from prag_core.model.load import EMBEDDED
+from prag_core.retrieval.bm25 import RetrievalError
+from prag_core.storage.workdir import Workdir
+
+log = logging.getLogger("prag.serve")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PragOptions(_Strict):
+    """The request's `prag` object: where its answer's knowledge comes from (None: the server's default)."""
+
+    mode: Literal[MODES] | None = None
+    top_k: int | None = Field(None, ge=1)
+    documents: list[str] | None = Field(None, min_length=1)
+    update: Literal[UPDATES] | None = None
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    role: str
+    content: str | list[TextPart] | None = None
+
+    def text(self):
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """OpenAI's chat-completion request; fields prag does not use (top_p, user, ...) are accepted and ignored."""
+
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = None
+    n: int = Field(1, ge=1, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    prag: PragOptions | None = None
+
+
+class RetrieveRequest(_Strict):
+    question: str
+    top_k: int | None = Field(None, ge=1)
+
+
+def error(status, message, param=None, code=None, headers=None):
+    """OpenAI's error JSON."""
+    kind = {401: "authentication_error", 503: "server_error", 500: "server_error"}.get(status, "invalid_request_error")
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": code}}, status, headers=headers
+    )
+
+
+def _request_error(err):
+    """The response for an error a request caused (PipelineError and friends)."""
+    field = getattr(err, "field", None)
+    param = "messages" if field == "question" else f"prag.{field}" if field else None
+    if isinstance(err, UnknownDocument):
+        return error(404, str(err), param, "document_not_found")
+    if isinstance(err, PromptTooLong):
+        return error(413, str(err), param, "context_length_exceeded")
+    if isinstance(err, RetrievalError):
+        return error(400, f"messages: {err}", "messages")
+    if isinstance(err, PipelineError) and field is None:  # the knowledge base itself is broken
+        return error(500, str(err))
+    return error(400, str(err), param)
+
+
+class _ApiKey:
+    """ASGI middleware: /v1/ routes need `Authorization: Bearer KEY` (checked before the body is read)."""
+
+    def __init__(self, app, key):
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = error(401, "missing or wrong API key (Authorization: Bearer KEY)", code="invalid_api_key")
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def _sse(obj):
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+def create_app(pipeline, model_id, max_batch=16, window_s=0.01, max_queue=64, api_key=None):
+    """The FastAPI app serving `pipeline` as model `model_id`; its Batcher runs while the app does."""
+    batcher = Batcher(pipeline, max_batch, window_s, max_queue)
+
+    async def lifespan(app):
+        batcher.start()
+        yield
+        batcher.close()
+
+    app = FastAPI(title="prag", lifespan=lifespan)
+    app.state.batcher = batcher
+    if api_key:
+        app.add_middleware(_ApiKey, key=api_key)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc):
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            return error(400, f"malformed JSON body: {first.get('ctx', {}).get('error', first['msg'])}")
+        loc = [str(part) for part in first["loc"] if part != "body"]
+        param = ".".join(loc) or None
+        return error(400, f"{param or 'body'}: {first['msg']}", param)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal(request, exc):
+        log.exception("internal error")
+        return error(500, "internal server error")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "admitted": batcher.admitted}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "prag"}]}
+
+    @app.post("/v1/retrieve")
+    def retrieve(body: RetrieveRequest):
+        try:
+            check_request(question=body.question)
+            ids, scores = pipeline.retrieve(body.question, body.top_k)
+        except REQUEST_ERRORS as err:
+            return _request_error(err)
+        return {"object": "list", "data": [{"id": i, "score": s} for i, s in zip(ids, scores)]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest):
+        if body.model is not None and body.model != model_id:
+            return error(
+                404,
+                f"model: {body.model!r} is not served here; GET /v1/models lists {model_id!r}",
+                "model",
+                "model_not_found",
+            )
+        if body.temperature not in (None, 0):
+            return error(
+                400, f"temperature: prag answers greedily, only 0 is supported (got {body.temperature})", "temperature"
+            )
+        questions = [m.text() for m in body.messages if m.role == "user"]
+        if not questions:
+            return error(400, "messages: no user message (the last one is the question)", "messages")
+        options = body.prag or PragOptions()
+        request = Request(
+            questions[-1],
+            options.mode or "prag",
+            options.top_k,
+            options.documents,
+            body.max_completion_tokens or body.max_tokens,
+        )
+        try:
+            job = batcher.submit(request, options.update or "fused", body.stream)
+        except Busy:
+            return error(503, "the server is full; retry shortly", code="overloaded", headers={"Retry-After": "1"})
+        kind, row = await job.events.get()
+        if kind == "error":
+            return _request_error(row) if isinstance(row, REQUEST_ERRORS) else error(500, "internal server error")
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
+        prag = {
+            "mode": request.mode,
+            "update": job.update,
+            "documents": [{"id": d, "score": s} for d, s in zip(row.docs, row.scores)],
+        }
+        if body.stream:
+            usage = body.stream_options is not None and body.stream_options.include_usage
+            return StreamingResponse(_chunks(job, head, prag, usage), media_type="text/event-stream")
+        while (event := await job.events.get())[0] == "text":
+            pass
+        kind, answer = event
+        if kind == "error":
+            return error(500, "internal server error")
+        return {
+            **head,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer.prediction},
+                    "finish_reason": answer.finish,
+                }
+            ],
+            "usage": _usage(answer),
+            "prag": prag,
+        }
+
+    return app
+
+
+def _usage(answer):
+    return {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.tokens,
+        "total_tokens": answer.prompt_tokens + answer.tokens,
+    }
+
+
+async def _chunks(job, head, prag, usage):
+    """Server-sent events in OpenAI's chunk format; a client that goes away cancels the row."""
+
+    def chunk(delta, finish=None, **extra):
+        return _sse(
+            {
+                **head,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
+        )
+
+    try:
+        yield chunk({"role": "assistant", "content": ""}, prag=prag)
+        while (event := await job.events.get())[0] == "text":
+            yield chunk({"content": event[1]})
+        kind, answer = event
+        if kind == "error":
+            yield _sse(
+                {"error": {"message": "internal server error", "type": "server_error", "param": None, "code": None}}
+            )
+        else:
+            yield chunk({}, answer.finish)
+            if usage:
+                yield _sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": _usage(answer)})
+        yield "data: [DONE]\n\n"
+    finally:
+        job.request.cancel.set()  # a no-op once the row is done
+
+
+def served_name(workdir):
+    """The name the server gives its model: the work directory's model as `prag build` got it."""
+    return Workdir(workdir).read_config().get("model") or EMBEDDED
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How `prag serve` listens and batches. window_ms: how long a batch waits for more requests after its first;
+    max_queue: requests admitted at once (more get 503); threads: torch CPU threads (None: torch's)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 16
+    window_ms: float = 10.0
+    max_queue: int = 64
+    api_key: str | None = None
+    threads: int | None = None
+
+
+def serve(workdir, answering=AnswerConfig(), config=ServeConfig()):
+    """Load the work directory once and serve it until SIGINT/SIGTERM (then finish what is in flight)."""
+    import torch
+    import uvicorn
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    pipeline = Pipeline.open(workdir, answering)
+    app = create_app(
+        pipeline, served_name(workdir), config.max_batch, config.window_ms / 1000, config.max_queue, config.api_key
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the previous handler;
+    # the default ones would end a clean shutdown with status 143 or a KeyboardInterrupt, so those do nothing.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info")

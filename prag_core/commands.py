@@ -1,0 +1,141 @@
+"""What each `prag` subcommand does, given its parsed arguments (cli.py defines the arguments): thin wrappers
+over prag_core's modules, which are imported only when their command runs (so `prag --help` stays fast)."""
+
+import importlib.util
+import sys
+
+from prag_core.errors import PragError
+
+STORE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --store-dtype spellings
+
+
+def cmd_build(args):
+    import warnings
+
+    import torch
+
+    from prag_core.offline.build import BuildConfig, build
+    from prag_core.offline.train import TrainConfig
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"prag: warning: {message}", file=sys.stderr)
+
+    if args.ray is not None and importlib.util.find_spec("ray") is None:
+        raise PragError("--ray needs Ray: pip install 'prag[ray]'")
+    if args.workers is not None and args.ray is None:
+        raise PragError("--workers applies to --ray builds")
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None
+    try:
+        config = TrainConfig(
+            rank=args.rank,
+            alpha=args.alpha,
+            lr=args.lr,
+            epochs=args.epochs,
+            targets=targets,
+            dtype=args.dtype,
+            seed=args.seed,
+            construction=args.construction,
+            init=args.init,
+            objective=args.objective,
+        )
+    except ValueError as err:
+        raise PragError(str(err)) from None
+    options = BuildConfig(
+        model=args.model,
+        batch_docs=args.batch_docs,
+        augmenter=args.augmenter,
+        augment_model=args.augment_model,
+        n_rewrites=args.n_rewrites,
+        n_qa=args.n_qa,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        storage_dtype=STORE_DTYPES.get(args.store_dtype),
+        shard_size=args.shard_size,
+        ray=args.ray,
+        workers=args.workers,
+        warmup=_warmup_path(args.warmup),
+        retrain=args.retrain,
+        retriever=args.retriever,
+        embedder=args.embedder,
+        passage_words=args.passage_words,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        summary = build(args.corpus, args.workdir, config, options)
+    print(summary)
+
+
+def _warmup_path(value):
+    """--warmup: None for 'none', the shipped corpus for 'shipped', else the path as given."""
+    from prag_core.offline.warmup import WARMUP_CORPUS
+
+    return None if value == "none" else WARMUP_CORPUS if value == "shipped" else value
+
+
+def cmd_ask(args):
+    from prag_core.answer.pipeline import Pipeline
+    from prag_core.answer.requests import check_request
+
+    check_request(args.question, args.mode, args.update, args.combination, args.temperature)
+    pipeline = Pipeline.open(args.workdir, _answer_config(args))
+    answer = pipeline.answer([args.question], args.mode, args.update)[0]
+    print(answer.prediction)
+    print(f"documents: {', '.join(answer.docs) or '(none)'}")
+    print(f"time: {answer.latency_s:.2f}s")
+
+
+def cmd_eval(args):
+    from prag_core.answer.evaluate import run
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    run(args.workdir, args.questions, _answer_config(args), modes, args.update, args.batch_size, args.out)
+
+
+def cmd_serve(args):
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        raise PragError("prag serve needs FastAPI and uvicorn: pip install 'prag[serve]'")
+    from prag_core.answer.serve import ServeConfig, serve
+
+    serve(
+        args.workdir,
+        _answer_config(args),
+        ServeConfig(
+            args.host, args.port, args.max_batch, args.batch_window_ms, args.max_queue, args.api_key, args.threads
+        ),
+    )
+
+
+def cmd_demo(args):
+    from prag_core.demo import run
+
+    run(workdir=args.workdir, model=args.model, device=args.device)
+
+
+def cmd_export_peft(args):
+    from prag_core.storage.workdir import Workdir
+
+    doc_ids = [d.strip() for d in args.docs.split(",") if d.strip()]
+    if not doc_ids:
+        raise PragError("--docs: no document id given")
+    out = Workdir(args.workdir).export_peft(doc_ids, args.out, force=args.force)
+    print(f"wrote {out} ({len(doc_ids)} document{'s' if len(doc_ids) > 1 else ''})")
+
+
+def cmd_store_verify(args):
+    from prag_core.storage.verify import run_verify
+    from prag_core.storage.workdir import Workdir
+
+    return run_verify(Workdir(args.workdir).store_folder, repair=args.repair)
+
+
+def _answer_config(args):
+    """The AnswerConfig of _add_retrieval_options' flags and --device."""
+    from prag_core.answer.requests import AnswerConfig
+
+    return AnswerConfig(
+        top_k=args.top_k,
+        combination=args.combination,
+        temperature=args.temperature,
+        retriever=args.retriever,
+        device=args.device,
+    )

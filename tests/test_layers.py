@@ -1,0 +1,57 @@
+"""prag_core's layers: a module imports only from its own layer or those below (never upward), so there is
+no import cycle between subpackages. The order is prag_core/__init__.py's docstring's."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+CORE = Path(__file__).resolve().parents[1] / "prag_core"
+LAYERS = [
+    {"corpus", "errors", "metrics", "prompts"},
+    {"model"},
+    {"pairs"},
+    {"retrieval"},
+    {"storage"},
+    {"offline"},
+    {"answer"},
+    {"", "cli", "commands", "demo"},
+]
+
+
+def layer_of(module):
+    """The layer index of a dotted module under prag_core ("prag_core.offline.build" -> 5)."""
+    parts = module.split(".")
+    name = parts[1] if len(parts) > 1 else ""
+    return next(i for i, layer in enumerate(LAYERS) if name in layer)
+
+
+def imports(path):
+    """The prag_core modules `path` imports (anywhere in it, lazy imports included)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "prag_core":
+            yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.split(".")[0] == "prag_core")
+
+
+MODULES = sorted(CORE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(CORE)))
+def test_no_module_imports_upward(path):
+    rel = path.relative_to(CORE).with_suffix("")
+    me = "prag_core" + (
+        ""
+        if rel.name == "__init__" and rel.parent == Path(".")
+        else "." + ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+    )
+    upward = [m for m in imports(path) if layer_of(m) > layer_of(me)]
+    assert not upward, f"{me} imports {upward} from a layer above it"
+
+
+def test_every_module_is_in_a_layer_and_under_400_lines():
+    for path in MODULES:
+        rel = path.relative_to(CORE)
+        layer_of("prag_core." + (rel.parts[0] if len(rel.parts) > 1 else rel.stem.replace("__init__", "")))
+        assert len(path.read_text(encoding="utf-8").splitlines()) <= 400, f"{rel}: over 400 lines"
