@@ -17,6 +17,8 @@ EXPERIMENTAL_HELP = (
     "kept for research: at these flags' non-default values each measured below the defaults on the "
     "dev set (docs/decisions.md)"
 )
+BUILT_WORKDIR_HELP = "work directory written by `prag build`"
+DEVICE_HELP = "cpu or cuda (default: cuda when available)"
 WARMUP_DEFAULT = "shipped"  # `prag build --warmup` (README "Training defaults")
 
 
@@ -75,7 +77,7 @@ def _add_build(sub):
         metavar="PATH_OR_NAME",
         help="sentence-transformers model of dense and hybrid (default: the shipped all-MiniLM-L6-v2)",
     )
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument(
         "--store-dtype",
         default=None,
@@ -141,24 +143,22 @@ def _add_build(sub):
 
 def _add_ask(sub):
     p = sub.add_parser("ask", help="answer one question from a work directory")
-    p.add_argument("--workdir", required=True, help="work directory written by `prag build`")
+    p.add_argument("--workdir", required=True, help=BUILT_WORKDIR_HELP)
     p.add_argument("--mode", default="prag", help="vanilla, rag, prag (default) or combine")
     p.add_argument("--update", default="fused", help="fused (default, the kernel) or merge (the baseline)")
-    _add_retrieval_options(p)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    _add_answer_options(p)
     p.add_argument("question")
     p.set_defaults(func=commands.cmd_ask)
 
 
 def _add_eval(sub):
     p = sub.add_parser("eval", help="answer a qa.jsonl file in several modes; EM/F1/acc/latency table, results.json")
-    p.add_argument("--workdir", required=True, help="work directory written by `prag build`")
+    p.add_argument("--workdir", required=True, help=BUILT_WORKDIR_HELP)
     p.add_argument("--questions", required=True, help="qa.jsonl: {id, question, answers} per line")
     p.add_argument("--modes", default="vanilla,rag,prag,combine", help="comma-separated (default: all four)")
     p.add_argument("--update", default="fused", help="fused (default) or merge")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="questions per generate call (fused)")
-    _add_retrieval_options(p)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    _add_answer_options(p)
     p.add_argument(
         "--out",
         required=True,
@@ -169,7 +169,7 @@ def _add_eval(sub):
 
 def _add_serve(sub):
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP API over a work directory (prag[serve])")
-    p.add_argument("--workdir", required=True, help="work directory written by `prag build`")
+    p.add_argument("--workdir", required=True, help=BUILT_WORKDIR_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--max-batch", type=_positive_int, default=16, help="requests per generate call (default 16)")
@@ -190,8 +190,7 @@ def _add_serve(sub):
         default=os.environ.get("PRAG_API_KEY"),
         help="require `Authorization: Bearer KEY` on /v1/ routes (default $PRAG_API_KEY, else none)",
     )
-    _add_retrieval_options(p)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    _add_answer_options(p)
     p.add_argument(
         "--threads",
         type=_positive_int,
@@ -205,13 +204,13 @@ def _add_demo(sub):
     p = sub.add_parser("demo", help="the main job: the shipped demo corpus, end to end, on the embedded model")
     p.add_argument("--workdir", default=None, help="where to build (default: $PRAG_CACHE/demo)")
     p.add_argument("--model", default=None, help="model name or path (default: embedded SmolLM2-135M)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.set_defaults(func=commands.cmd_demo)
 
 
 def _add_export_peft(sub):
     p = sub.add_parser("export-peft", help="write documents' pairs as a standard PEFT LoRA adapter folder")
-    p.add_argument("--workdir", required=True, help="work directory written by `prag build`")
+    p.add_argument("--workdir", required=True, help=BUILT_WORKDIR_HELP)
     p.add_argument("--docs", required=True, help="ID[,ID...]: one document, or several concatenated along rank")
     p.add_argument("--out", required=True, help="adapter folder to write")
     p.add_argument("--force", action="store_true", help="overwrite an adapter already in --out")
@@ -224,7 +223,7 @@ def _add_store(sub):
     v = actions.add_parser(
         "verify", help="check every document of the catalog against its bytes; print every problem; exit 1 if any"
     )
-    v.add_argument("--workdir", required=True, help="work directory written by `prag build`")
+    v.add_argument("--workdir", required=True, help=BUILT_WORKDIR_HELP)
     v.add_argument(
         "--repair",
         action="store_true",
@@ -234,7 +233,8 @@ def _add_store(sub):
     v.set_defaults(func=commands.cmd_store_verify)
 
 
-def _add_retrieval_options(p):
+def _add_answer_options(p):
+    """The flags of pipeline.AnswerConfig (commands._answer_config reads them back)."""
     from prag_core.answer.requests import COMBINATION, TEMPERATURE, TOP_K
     from prag_core.pairs.combine import SCHEMES
     from prag_core.retrieval.retrievers import RETRIEVERS
@@ -263,6 +263,7 @@ def _add_retrieval_options(p):
         help=f"softmax temperature of --combination score, in units of the retriever's score scale "
         f"(BM25: its scores; default {TEMPERATURE:g})",
     )
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
 
 
 def _positive_float(text):

@@ -129,7 +129,7 @@ def cmd_store_verify(args):
 
 
 def _answer_config(args):
-    """The AnswerConfig of _add_retrieval_options' flags and --device."""
+    """The AnswerConfig of cli._add_answer_options' flags."""
     from prag_core.answer.requests import AnswerConfig
 
     return AnswerConfig(

@@ -30,7 +30,6 @@ shrink (part (SPLIT, M, N + R_PAD)) and a second, tiny launch (_reduce_kernel) s
 the epilogue once: the LoRA expand is added once, not per split. Its traffic is
 SPLIT·M·(N + R_PAD)·4 bytes written and read, < 0.2 % of W's bytes at M = 1.
 """
-
 import functools
 import time
 
@@ -51,11 +50,8 @@ RUNTIME = ("M", "R", "RANK", "ROWS_PER_GROUP", "has_bias", "has_rows", "stride_r
 def _config(block_n, block_k, warps, stages, r_pad_max, operand_bytes=2, block_m=None):
     """An autotune config for operands of operand_bytes (2: fp16/bf16, 4: fp32 and tf32) and R_PAD ≤ r_pad_max:
     the specialisations the compile gate (prag_kernels.compile_gate) found free of spills on sm_80 and sm_90."""
-    kwargs = (
-        {"BLOCK_N": block_n, "BLOCK_K": block_k}
-        if block_m is None
-        else {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}
-    )
+    kwargs = {"BLOCK_N": block_n, "BLOCK_K": block_k} if block_m is None else \
+        {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}
     config = triton.Config(kwargs, num_warps=warps, num_stages=stages)
     config.r_pad_max, config.operand_bytes = r_pad_max, operand_bytes
     return config
@@ -100,9 +96,8 @@ def _fits(config, named_args, kwargs):
 def _prefill_configs_for(configs, named_args, **kwargs):
     """Early prune: the configs gated for R_PAD and dtype; for 16-bit operands those meant for this M bucket."""
     want = (32, 64) if named_args["M_BUCKET"] <= 256 else (64, 128)
-    return [
-        c for c in configs if _fits(c, named_args, kwargs) and (c.operand_bytes == 4 or c.kwargs["BLOCK_M"] in want)
-    ]
+    return [c for c in configs
+            if _fits(c, named_args, kwargs) and (c.operand_bytes == 4 or c.kwargs["BLOCK_M"] in want)]
 
 
 def _decode_configs_for(configs, named_args, **kwargs):
@@ -128,24 +123,8 @@ def _load_k(ptrs, ok, k_ok, K_FIRST: tl.constexpr):
 
 
 @triton.jit
-def _k_loop(
-    x_ptrs,
-    w_ptrs,
-    b_ptrs,
-    m_ok,
-    n_ok,
-    r_ok,
-    k_lo,
-    k_hi,
-    stride_xk,
-    stride_wk,
-    stride_bk,
-    acc,
-    shrink,
-    SWAP_AB: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+def _k_loop(x_ptrs, w_ptrs, b_ptrs, m_ok, n_ok, r_ok, k_lo, k_hi, stride_xk, stride_wk, stride_bk, acc, shrink,
+            SWAP_AB: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     """The K-loop over columns [k_lo, k_hi) of `in`: acc += x Wᵀ, shrink += x B_cat, one x tile feeding both;
     SWAP_AB: the transposes, acc += W xᵀ and shrink += B_catᵀ xᵀ (pointer tiles laid out to match)."""
     offs_k = tl.arange(0, BLOCK_K)
@@ -167,49 +146,21 @@ def _k_loop(
 
 
 @triton.jit
-def _epilogue(
-    acc,
-    shrink,
-    offs_m,
-    offs_n,
-    M,
-    N,
-    R,
-    RANK,
-    ROWS_PER_GROUP,
-    scale,
-    has_bias,
-    has_rows,
-    a_ptr,
-    bias_ptr,
-    rows_ptr,
-    y_ptr,
-    stride_ad,
-    stride_an,
-    stride_ar,
-    stride_rg,
-    stride_rj,
-    stride_ym,
-    stride_yn,
-    R_PAD: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+def _epilogue(acc, shrink, offs_m, offs_n, M, N, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows,
+              a_ptr, bias_ptr, rows_ptr, y_ptr, stride_ad, stride_an, stride_ar, stride_rg, stride_rj,
+              stride_ym, stride_yn, R_PAD: tl.constexpr, PRECISION: tl.constexpr):
     """acc (rows, cols) = x Wᵀ and shrink (rows, R_PAD) = x B_cat, fp32, for rows offs_m and columns offs_n:
     stores y = acc + scale · (shrink ⊙ w) A_catᵀ + bias in y's dtype."""
     offs_r = tl.arange(0, R_PAD)
     m_ok, n_ok, r_ok = offs_m < M, offs_n < N, offs_r < R
     if has_rows:
         group = offs_m // ROWS_PER_GROUP
-        weights = tl.load(
-            rows_ptr + group[:, None] * stride_rg + offs_r[None, :] * stride_rj,
-            mask=m_ok[:, None] & r_ok[None, :],
-            other=0.0,
-        )
+        weights = tl.load(rows_ptr + group[:, None] * stride_rg + offs_r[None, :] * stride_rj,
+                          mask=m_ok[:, None] & r_ok[None, :], other=0.0)
         shrink = shrink * weights.to(tl.float32)
     a_col = _lora_columns(R_PAD, RANK, stride_ad, stride_ar)
-    a = tl.load(
-        a_ptr + a_col[:, None] + offs_n[None, :] * stride_an, mask=r_ok[:, None] & n_ok[None, :], other=0.0
-    )  # (R_PAD, cols) of A_catᵀ
+    a = tl.load(a_ptr + a_col[:, None] + offs_n[None, :] * stride_an,
+                mask=r_ok[:, None] & n_ok[None, :], other=0.0)  # (R_PAD, cols) of A_catᵀ
     acc += scale * tl.dot(shrink.to(a.dtype), a, input_precision=PRECISION)
     if has_bias:
         acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -219,43 +170,13 @@ def _epilogue(
 
 @triton.jit(do_not_specialize=RUNTIME)
 def _fused_lora_kernel(
-    x_ptr,
-    w_ptr,
-    bias_ptr,
-    a_ptr,
-    b_ptr,
-    rows_ptr,
-    y_ptr,
-    M,
-    N,
-    K,
-    R,
-    RANK,
-    ROWS_PER_GROUP,
-    M_BUCKET,
-    scale,
-    has_bias,
-    has_rows,
-    stride_xm,
-    stride_xk,
-    stride_wn,
-    stride_wk,
-    stride_ad,
-    stride_an,
-    stride_ar,
-    stride_bd,
-    stride_bk,
-    stride_br,
-    stride_rg,
-    stride_rj,
-    stride_ym,
-    stride_yn,
-    R_PAD: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr = 8,
+    x_ptr, w_ptr, bias_ptr, a_ptr, b_ptr, rows_ptr, y_ptr,
+    M, N, K, R, RANK, ROWS_PER_GROUP, M_BUCKET, scale, has_bias, has_rows,
+    stride_xm, stride_xk, stride_wn, stride_wk,
+    stride_ad, stride_an, stride_ar, stride_bd, stride_bk, stride_br,
+    stride_rg, stride_rj, stride_ym, stride_yn,
+    R_PAD: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr = 8,
 ):
     """Prefill: one (BLOCK_M, BLOCK_N) tile of y per program, base GEMM and shrink in one K-loop."""
     # grouped ordering of the output tiles (Triton matmul tutorial) so neighbours share W in L2
@@ -277,92 +198,22 @@ def _fused_lora_kernel(
     w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk  # (BLOCK_K, BLOCK_N) of Wᵀ
     b_ptrs = b_ptr + offs_k[:, None] * stride_bk + _lora_columns(R_PAD, RANK, stride_bd, stride_br)[None, :]
 
-    acc, shrink = _k_loop(
-        x_ptrs,
-        w_ptrs,
-        b_ptrs,
-        m_ok,
-        n_ok,
-        r_ok,
-        0,
-        K,
-        stride_xk,
-        stride_wk,
-        stride_bk,
-        tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32),
-        tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32),
-        False,
-        BLOCK_K,
-        PRECISION,
-    )
-    _epilogue(
-        acc,
-        shrink,
-        offs_m,
-        offs_n,
-        M,
-        N,
-        R,
-        RANK,
-        ROWS_PER_GROUP,
-        scale,
-        has_bias,
-        has_rows,
-        a_ptr,
-        bias_ptr,
-        rows_ptr,
-        y_ptr,
-        stride_ad,
-        stride_an,
-        stride_ar,
-        stride_rg,
-        stride_rj,
-        stride_ym,
-        stride_yn,
-        R_PAD,
-        PRECISION,
-    )
+    acc, shrink = _k_loop(x_ptrs, w_ptrs, b_ptrs, m_ok, n_ok, r_ok, 0, K, stride_xk, stride_wk, stride_bk,
+                          tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32),
+                          False, BLOCK_K, PRECISION)
+    _epilogue(acc, shrink, offs_m, offs_n, M, N, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows,
+              a_ptr, bias_ptr, rows_ptr, y_ptr, stride_ad, stride_an, stride_ar, stride_rg, stride_rj,
+              stride_ym, stride_yn, R_PAD, PRECISION)
 
 
 @triton.jit(do_not_specialize=RUNTIME + ("partial",))
 def _decode_kernel(
-    x_ptr,
-    w_ptr,
-    bias_ptr,
-    a_ptr,
-    b_ptr,
-    rows_ptr,
-    y_ptr,
-    part_ptr,
-    M,
-    N,
-    K,
-    K_SPLIT,
-    R,
-    RANK,
-    ROWS_PER_GROUP,
-    scale,
-    has_bias,
-    has_rows,
-    partial,
-    stride_xm,
-    stride_xk,
-    stride_wn,
-    stride_wk,
-    stride_ad,
-    stride_an,
-    stride_ar,
-    stride_bd,
-    stride_bk,
-    stride_br,
-    stride_rg,
-    stride_rj,
-    stride_ym,
-    stride_yn,
-    R_PAD: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    x_ptr, w_ptr, bias_ptr, a_ptr, b_ptr, rows_ptr, y_ptr, part_ptr,
+    M, N, K, K_SPLIT, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows, partial,
+    stride_xm, stride_xk, stride_wn, stride_wk,
+    stride_ad, stride_an, stride_ar, stride_bd, stride_bk, stride_br,
+    stride_rg, stride_rj, stride_ym, stride_yn,
+    R_PAD: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_M: tl.constexpr = 16,
 ):
     """Decode (M ≤ 16), swap-AB: program (n-tile, k-chunk) computes accᵀ = W xᵀ and shrinkᵀ = B_catᵀ xᵀ over
@@ -377,90 +228,30 @@ def _decode_kernel(
     m_ok, n_ok, r_ok = offs_m < M, offs_n < N, offs_r < R
     x_ptrs = x_ptr + offs_m[None, :] * stride_xm + (k_lo + offs_k)[:, None] * stride_xk  # (BLOCK_K, 16) of xᵀ
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + (k_lo + offs_k)[None, :] * stride_wk  # (BLOCK_N, BLOCK_K) of W
-    b_ptrs = (
-        b_ptr + _lora_columns(R_PAD, RANK, stride_bd, stride_br)[:, None] + (k_lo + offs_k)[None, :] * stride_bk
-    )  # (R_PAD, BLOCK_K) of B_catᵀ
+    b_ptrs = (b_ptr + _lora_columns(R_PAD, RANK, stride_bd, stride_br)[:, None]
+              + (k_lo + offs_k)[None, :] * stride_bk)  # (R_PAD, BLOCK_K) of B_catᵀ
 
-    acc, shrink = _k_loop(
-        x_ptrs,
-        w_ptrs,
-        b_ptrs,
-        m_ok,
-        n_ok,
-        r_ok,
-        k_lo,
-        k_hi,
-        stride_xk,
-        stride_wk,
-        stride_bk,
-        tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32),
-        tl.zeros((R_PAD, BLOCK_M), dtype=tl.float32),
-        True,
-        BLOCK_K,
-        PRECISION,
-    )
+    acc, shrink = _k_loop(x_ptrs, w_ptrs, b_ptrs, m_ok, n_ok, r_ok, k_lo, k_hi, stride_xk, stride_wk, stride_bk,
+                          tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32), tl.zeros((R_PAD, BLOCK_M), dtype=tl.float32),
+                          True, BLOCK_K, PRECISION)
     if partial:  # part[pid_k, m, :N] = accᵀ, part[pid_k, m, N:] = shrinkᵀ (the first column tile writes it)
         row = part_ptr + (pid_k * M + offs_m).to(tl.int64)[None, :] * (N + R_PAD)
         tl.store(row + offs_n[:, None], acc, mask=n_ok[:, None] & m_ok[None, :])
         if pid_n == 0:
             tl.store(row + N + offs_r[:, None], shrink, mask=m_ok[None, :])
     else:
-        _epilogue(
-            tl.trans(acc),
-            tl.trans(shrink),
-            offs_m,
-            offs_n,
-            M,
-            N,
-            R,
-            RANK,
-            ROWS_PER_GROUP,
-            scale,
-            has_bias,
-            has_rows,
-            a_ptr,
-            bias_ptr,
-            rows_ptr,
-            y_ptr,
-            stride_ad,
-            stride_an,
-            stride_ar,
-            stride_rg,
-            stride_rj,
-            stride_ym,
-            stride_yn,
-            R_PAD,
-            PRECISION,
-        )
+        _epilogue(tl.trans(acc), tl.trans(shrink), offs_m, offs_n, M, N, R, RANK, ROWS_PER_GROUP, scale, has_bias,
+                  has_rows, a_ptr, bias_ptr, rows_ptr, y_ptr, stride_ad, stride_an, stride_ar, stride_rg,
+                  stride_rj, stride_ym, stride_yn, R_PAD, PRECISION)
 
 
 @triton.jit(do_not_specialize=RUNTIME + ("SPLIT",))
 def _reduce_kernel(
-    part_ptr,
-    a_ptr,
-    bias_ptr,
-    rows_ptr,
-    y_ptr,
-    M,
-    N,
-    SPLIT,
-    R,
-    RANK,
-    ROWS_PER_GROUP,
-    scale,
-    has_bias,
-    has_rows,
-    stride_ad,
-    stride_an,
-    stride_ar,
-    stride_rg,
-    stride_rj,
-    stride_ym,
-    stride_yn,
-    R_PAD: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_M: tl.constexpr = 16,
+    part_ptr, a_ptr, bias_ptr, rows_ptr, y_ptr,
+    M, N, SPLIT, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows,
+    stride_ad, stride_an, stride_ar, stride_rg, stride_rj, stride_ym, stride_yn,
+    R_PAD: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr = 16,
 ):
     """Split-K decode, second launch: acc = Σ_s part[s, :, n-tile], shrink = Σ_s part[s, :, N:], then the epilogue."""
     offs_m = tl.arange(0, BLOCK_M)
@@ -474,33 +265,9 @@ def _reduce_kernel(
         acc += tl.load(row + offs_n[None, :], mask=m_ok[:, None] & (offs_n < N)[None, :], other=0.0)
         shrink += tl.load(row + N + offs_r[None, :], mask=m_ok[:, None], other=0.0)
         row += M * (N + R_PAD)
-    _epilogue(
-        acc,
-        shrink,
-        offs_m,
-        offs_n,
-        M,
-        N,
-        R,
-        RANK,
-        ROWS_PER_GROUP,
-        scale,
-        has_bias,
-        has_rows,
-        a_ptr,
-        bias_ptr,
-        rows_ptr,
-        y_ptr,
-        stride_ad,
-        stride_an,
-        stride_ar,
-        stride_rg,
-        stride_rj,
-        stride_ym,
-        stride_yn,
-        R_PAD,
-        PRECISION,
-    )
+    _epilogue(acc, shrink, offs_m, offs_n, M, N, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows,
+              a_ptr, bias_ptr, rows_ptr, y_ptr, stride_ad, stride_an, stride_ar, stride_rg, stride_rj,
+              stride_ym, stride_yn, R_PAD, PRECISION)
 
 
 def _interpreter_bench(kernel_call, quantiles):
@@ -521,7 +288,6 @@ def _interpreter_index_fix():
     __index__ is upstream's fixed int(data.squeeze()), set through the same patch scope (restored with
     the rest when the call ends). Interpreter only: compiled kernels never see it."""
     from triton.runtime import interpreter
-
     original = getattr(interpreter, "_patch_lang_tensor", None)
     if original is None or getattr(original, "prag_index_fix", False):
         return
@@ -546,17 +312,12 @@ if triton.knobs.runtime.interpret:
 
 
 def _autotune(kernel, configs, key, prune):
-    return triton.autotune(
-        configs=configs,
-        key=key,
-        prune_configs_by={"early_config_prune": prune},
-        do_bench=_interpreter_bench if triton.knobs.runtime.interpret else None,
-    )(kernel)
+    return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune},
+                           do_bench=_interpreter_bench if triton.knobs.runtime.interpret else None)(kernel)
 
 
-_fused_lora_autotuned = _autotune(
-    _fused_lora_kernel, PREFILL_CONFIGS, ["M_BUCKET", "N", "K", "R_PAD"], _prefill_configs_for
-)
+_fused_lora_autotuned = _autotune(_fused_lora_kernel, PREFILL_CONFIGS, ["M_BUCKET", "N", "K", "R_PAD"],
+                                  _prefill_configs_for)
 _decode_autotuned = _autotune(_decode_kernel, DECODE_CONFIGS, ["N", "K", "K_SPLIT", "R_PAD"], _decode_configs_for)
 
 
@@ -575,7 +336,8 @@ def split_k(n, k, sms, block_n=64, block_k=256):
     return triton.cdiv(k, k_split), k_split
 
 
-def lora_linear_triton(x, weight, bias, lora_a, lora_b, scale, row_docs=None, row_mask=None, out=None, config=None):
+def lora_linear_triton(x, weight, bias, lora_a, lora_b, scale, row_docs=None, row_mask=None, out=None,
+                       config=None):
     """y (M, out) for x (M, in); arguments as prag_kernels.fused_lora_linear, already checked.
 
     row_docs (G, J) ids or row_mask (G, R) column weights (at most one), G dividing M. Any strides.
@@ -611,23 +373,8 @@ def launches(x, weight, bias, lora_a, lora_b, scale, row_mask, out, config=None,
     strides = (*x.stride(), *weight.stride(), *lora_a.stride(), *lora_b.stride(), *rows_stride, *out.stride())
     config = dict(config or {})
     if m > DECODE_M:
-        args = (
-            x,
-            weight,
-            bias,
-            lora_a,
-            lora_b,
-            rows,
-            out,
-            m,
-            n,
-            k,
-            *groups,
-            m_bucket(m),
-            float(scale),
-            *flags,
-            *strides,
-        )
+        args = (x, weight, bias, lora_a, lora_b, rows, out, m, n, k, *groups, m_bucket(m), float(scale), *flags,
+                *strides)
 
         def grid(cfg):
             return (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
@@ -644,25 +391,8 @@ def launches(x, weight, bias, lora_a, lora_b, scale, row_mask, out, config=None,
         splits, k_split = split_k(n, k, sms or _sm_count(x.device))
     partial = splits > 1
     part = torch.empty((splits, m, n + meta["R_PAD"]), dtype=torch.float32, device=x.device) if partial else out
-    args = (
-        x,
-        weight,
-        bias,
-        lora_a,
-        lora_b,
-        rows,
-        out,
-        part,
-        m,
-        n,
-        k,
-        k_split,
-        *groups,
-        float(scale),
-        *flags,
-        int(partial),
-        *strides,
-    )
+    args = (x, weight, bias, lora_a, lora_b, rows, out, part, m, n, k, k_split, *groups, float(scale), *flags,
+            int(partial), *strides)
 
     def decode_grid(cfg):
         return (triton.cdiv(n, cfg["BLOCK_N"]), splits)
@@ -672,28 +402,8 @@ def launches(x, weight, bias, lora_a, lora_b, scale, row_mask, out, config=None,
     else:
         plan = [(_decode_autotuned, decode_grid, args, meta)]
     if partial:
-        reduce_args = (
-            part,
-            lora_a,
-            bias,
-            rows,
-            out,
-            m,
-            n,
-            splits,
-            *groups,
-            float(scale),
-            *flags,
-            *lora_a.stride(),
-            *rows_stride,
-            *out.stride(),
-        )
-        plan.append(
-            (
-                _reduce_kernel,
-                (triton.cdiv(n, REDUCE_BLOCK_N),),
-                reduce_args,
-                dict(meta, BLOCK_N=REDUCE_BLOCK_N, num_warps=4, num_stages=3),
-            )
-        )
+        reduce_args = (part, lora_a, bias, rows, out, m, n, splits, *groups, float(scale), *flags,
+                       *lora_a.stride(), *rows_stride, *out.stride())
+        plan.append((_reduce_kernel, (triton.cdiv(n, REDUCE_BLOCK_N),), reduce_args,
+                     dict(meta, BLOCK_N=REDUCE_BLOCK_N, num_warps=4, num_stages=3)))
     return plan
