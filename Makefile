@@ -22,7 +22,7 @@ define pytest
 		$(1)/bin/python -m pytest -q tests
 endef
 
-.PHONY: demo test test-fast test-latest lock lint bench install
+.PHONY: demo test test-fast test-latest lock lint bench bench-gpu install
 
 # A torch already there keeps the triton it came with (the lock's triton is dropped); without one, torch 2.13.0
 # (a CPU build on the project's machines) and the locked triton.
@@ -62,6 +62,11 @@ lock: test-latest
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# The GPU report (bench/gpu/kernel_report.py): on a CUDA machine with torch and triton already there (no install:
+# a lent GPU has no network), markdown and JSON under bench/results/; without a GPU, add GPU_ARGS=--cpu (a dry run)
+bench-gpu:
+	PYTHONPATH=kernels:. python3 bench/gpu/kernel_report.py --out bench/results/gpu-report.json $(GPU_ARGS)
 
 # e.g. make bench BENCH_ARGS="--threads 1 --suites kernel,update"  (see bench/suites/run_all.py --help)
 bench: $(STAMP)

@@ -407,6 +407,24 @@ def compile_section(name):
     )
 
 
+def pool_section(name):
+    r = json.loads((RESULTS / name).read_text())
+    rows = [
+        ("decode step, 3 documents (s)", f"{r['step_s']:.4f}"),
+        ("load one document into the pool (s)", f"{r['load_s']:.5f}"),
+        ("load / step (target ≤ 0.05)", f"{r['load_over_step']:.3f}"),
+        ("step with the pool and no document / plain step", f"{r['pool_over_plain']:.3f}"),
+    ]
+    return (
+        f"## `{name}`\n\n"
+        + source(name, f"{r['machine']}, {r['cpus']} CPUs, load average {r['loadavg']}", "not recorded")
+        + f"\nbench/load/pool_bench.py: {r['model']}, {r['slots']} slots at rank {r['rank']}, {r['threads']} "
+        f"thread(s), a KV cache of {r['context']} tokens, torch {r['torch']}.\n\n"
+        + table(["measure", "value"], rows)
+        + "\n"
+    )
+
+
 def gpu_section(name):
     """A GPU run, kept as the markdown it was recorded in (card, driver and versions in its first paragraph)."""
     title, _, body = (RESULTS / name).read_text().partition("\n")
@@ -427,6 +445,7 @@ def render():
         ("store.jsonl", store_section("store.jsonl")),
         (f"{SUITES_RUN}.json", suites_section(d)),
         ("kernel-compile.md", compile_section("kernel-compile.md")),
+        ("pool.json", pool_section("pool.json")),
         *((p.name, gpu_section(p.name)) for p in sorted(RESULTS.glob("gpu-*.md"))),
     ]
     covered = {n for n, _ in sections} | {f"{SUITES_RUN}.md"}

@@ -116,3 +116,18 @@ def test_report_states_targets_from_medians(tmp_path):
     ) in text
     assert "| 40 ms [30 ms–50 ms] | 1 ms [1 ms–1 ms] | 40.00× | 20 ms | 80 ms |" in text  # full depth = 20 ms × 4
     assert (tmp_path / "out" / "test-cpu-2cpu-model-size.png").is_file()
+
+
+def test_gpu_report_dry_run(tmp_path):
+    """make bench-gpu's command on the CPU (CI's dry run): every launch path checked against the float64
+    reference in the Triton interpreter, GPU-only rows reported as skipped, the JSON written."""
+    out = tmp_path / "kernel.json"
+    report = BENCH.parent / "gpu" / "kernel_report.py"
+    done = subprocess.run(
+        [sys.executable, str(report), "--cpu", "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    checks = json.loads(out.read_text())["correctness"]
+    assert len(checks) > 50 and all(c["ok"] for c in checks)
+    assert {"decode, one launch", "prefill, large bucket"} <= {c["case"] for c in checks}
+    assert "0 failed checks, 0 errors" in done.stdout + done.stderr and "skipped (no CUDA)" in out.read_text()
