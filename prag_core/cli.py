@@ -19,7 +19,7 @@ EXPERIMENTAL_HELP = (
 )
 BUILT_WORKDIR_HELP = "work directory written by `prag build`"
 DEVICE_HELP = "cpu or cuda (default: cuda when available)"
-WARMUP_DEFAULT = "shipped"  # `prag build --warmup` (README "Training defaults")
+WARMUP_DEFAULT = "shipped"  # `prag build --warmup` (docs/decisions.md, Warm-up pair)
 
 
 def _add_build(sub):
@@ -61,7 +61,7 @@ def _add_build(sub):
         default=RETRIEVER,
         choices=list(RETRIEVERS),
         help=f"bm25, dense (sentence embeddings) or hybrid (their reciprocal rank fusion); default "
-        f'{RETRIEVER}, measured best (README "Retrieval")',
+        f"{RETRIEVER}, measured best (docs/decisions.md)",
     )
     p.add_argument(
         "--passage-words",

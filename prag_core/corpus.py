@@ -1,4 +1,5 @@
-"""Reading a corpus and a question set (JSONL, DESIGN §4.4), and atomic file writes.
+"""Reading a corpus and a question set (JSONL; docs/design.md, Corpus and questions), and atomic
+file writes.
 
 corpus.jsonl:  {"id": str, "text": str, "title"?: str}            other keys ignored
 qa.jsonl:      {"id": str, "question": str, "answers": [str, ...], "docs"?: [str, ...]}  other keys ignored

@@ -1,5 +1,6 @@
 """PragError, the base of every error a user can fix: a bad file, setting, id or path, said in one line that
-names the file, line or field. `prag` prints it as `prag: <message>` and exits 2; the server answers a 4xx."""
+names the file, line or field. `prag` prints it as `prag: error: <message>` and exits 2; the server answers a 4xx
+(docs/design.md, Errors)."""
 
 
 class PragError(ValueError):

@@ -1,4 +1,4 @@
-"""Retrieval quality and speed of bm25, dense (all-MiniLM-L6-v2) and hybrid (README "Retrieval").
+"""Retrieval quality and speed of bm25, dense (all-MiniLM-L6-v2) and hybrid (docs/decisions.md, Retriever: hybrid).
 
 Recall: for every question set of bench/data with supporting `docs`, recall@1/3/5 of each retriever over its
 split's corpus (evaluate.retrieval_recall, as `prag eval` reports it).

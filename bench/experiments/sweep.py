@@ -1,4 +1,4 @@
-"""The sweep behind the defaults (README "Training defaults (measured)"), on the embedded SmolLM2.
+"""The sweep behind the defaults (docs/decisions.md), on the embedded SmolLM2.
 
 Data: bench/data/{dev,test}_corpus.jsonl and {dev,test}_qa.jsonl, two invented knowledge bases with
 single, multi-hop and comparison questions and clusters of confusable documents. Defaults are chosen

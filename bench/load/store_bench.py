@@ -1,4 +1,4 @@
-"""The parameter store at scale (README "Scaling out"): opening a big catalog, lookups, and a build's
+"""The parameter store at scale (docs/design.md, Scaling out): opening a big catalog, lookups, and a build's
 time per document as the store grows.
 
     open     a catalog of --catalog documents (rows written straight into SQLite, pointing at shards

@@ -1,7 +1,7 @@
 """prag_kernels: the fused multi-document LoRA linear, its reference, the merge baseline.
 
     fused_lora_linear(x, weight, bias, lora_a, lora_b, scale, row_docs=None)
-        = x Wᵀ + bias + scale · Σ_j (x B_j) A_jᵀ        (DESIGN §4.1; see its docstring)
+        = x Wᵀ + bias + scale · Σ_j (x B_j) A_jᵀ        (docs/design.md, The fused op; see its docstring)
 
 On CUDA Triton (fused_lora_triton.py): one launch for prefill (M > 16) and for decode (M ≤ 16,
 swap-AB) when its output columns fill the GPU, else a split-K launch plus a tiny reduction launch.

@@ -3,7 +3,7 @@
 The computation is registered as the custom op prag::fused_lora_linear (torch.library), with a fake
 implementation (shapes only) and autograd (autograd.py), so torch.compile(fn, fullgraph=True) traces
 through it as one graph node, forward and backward (the injection layer wraps its own lookup of the active
-documents in a second op, prag::injected_linear, see prag_core.inject). Eager calls without autograd skip
+documents in a second op, prag::injected_linear, see prag_core.model.inject). Eager calls without autograd skip
 the op's dispatcher (microseconds per call, per projection, per generated token) and run the path directly.
 """
 

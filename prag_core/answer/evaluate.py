@@ -1,4 +1,4 @@
-"""Evaluation: answer a question set in several modes, score it, write results.json (DESIGN §4.4).
+"""Evaluation: answer a question set in several modes, score it, write results.json (docs/design.md, Results).
 
 results.json:
     {"complete": bool, "modes": {MODE: {"em", "f1", "acc", "latency_s", "ungrounded", "recall", "n"}},

@@ -23,7 +23,8 @@ from prag_core.pairs.combine import check_scheme
 MODES = ("vanilla", "rag", "prag", "combine")
 PAIR_MODES = ("prag", "combine")  # the modes that apply documents' pairs
 UPDATES = ("fused", "merge")
-# Serving defaults (README "Training defaults"): documents per question and how their pairs combine.
+# Serving defaults: documents per question and how their pairs combine (docs/decisions.md, Top-k: 3, combined
+# by score at T = 1).
 TOP_K = 3
 COMBINATION = "score"
 TEMPERATURE = 1.0

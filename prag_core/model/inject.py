@@ -303,7 +303,7 @@ def use_documents(model, docs, scale=None, weights=None):
     modules = _ffn_modules(model)
     layers = list(modules.values())
     if not all(isinstance(m, InjectedLinear) for m in layers):
-        raise ValueError("the model is not injected: call prag_core.inject.inject(model) first")
+        raise ValueError("the model is not injected: call prag_core.model.inject.inject(model) first")
     distinct, doc_weights, row_index, row_weights = _document_sets(docs, weights)
     scale = _check_documents(modules, distinct, scale)
     covered = [m for m in layers if distinct and m.path in distinct[0].pairs]

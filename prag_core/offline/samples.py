@@ -1,4 +1,4 @@
-"""Training sequences for one document, from its augmentation (DESIGN §6).
+"""Training sequences for one document, from its augmentation (docs/design.md, Training).
 
 Every sequence is one chat exchange: the user turn `prompts.qa_messages(question,
 [passage])` (or no passage), the assistant turn "The answer is {answer}.", then the

@@ -85,7 +85,8 @@ class BM25Index:
     """Top-k BM25 search over a fixed document list; results are (doc_id, score)."""
 
     name = "bm25"
-    score_scale = 1.0  # the unit of combine's softmax temperature: BM25 scores as they are (T = 1 tuned on dev)
+    # the unit of combine's softmax temperature: BM25 scores as they are (T = 1, the one temperature measured on dev)
+    score_scale = 1.0
 
     def __init__(self, ids, vocab, arrays, k1, b, corpus_hash):
         self.ids = ids

@@ -11,7 +11,8 @@ version, embedder (the id a work directory's config names), corpus_sha256, and t
 (N: the sha256 of each document's embedded text, so a rebuild embeds only new or changed documents).
 
 Search is exact: scores = E q, the top k by torch.topk. At 100k documents x 384 dimensions that is one
-38-MFLOP matrix-vector product (README "Retrieval" has the timings), so no approximate index is needed there.
+38-MFLOP matrix-vector product (timings: docs/decisions.md, Performance), so no approximate index is needed
+there.
 """
 
 import json

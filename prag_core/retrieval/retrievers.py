@@ -12,7 +12,8 @@ BM25's list.
 from prag_core.retrieval.bm25 import RetrievalError
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
-RETRIEVER = "hybrid"  # `prag build`'s default: the best recall and end-to-end F1 on dev (README "Retrieval")
+# `prag build`'s default: the best recall and end-to-end F1 on dev (docs/decisions.md, Retriever: hybrid)
+RETRIEVER = "hybrid"
 RRF_K = 60
 DEPTH = 100
 
