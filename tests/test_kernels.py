@@ -7,8 +7,6 @@ element the kernel leaves unwritten fails the test.
 """
 
 import itertools
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -433,41 +431,3 @@ def test_bad_launcher_and_merge_arguments():
         merge_lora_(case["weight"].clone(), case["lora_a"][:, 1:], case["lora_b"], 1.0)
     with pytest.raises(ValueError, match="backup"):
         restore_(case["weight"].clone(), case["weight"][1:])
-
-
-# --- the GPU benchmark's CPU smoke mode -------------------------------------------------------------
-
-
-def test_gpu_bench_cpu_smoke_mode_checks_and_prints_a_table():
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu" / "gpu_kernels.py"), "--cpu"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    checks = [line for line in done.stdout.splitlines() if line.startswith("check ")]
-    assert len(checks) == 16 and all(line.endswith(" ok") for line in checks)
-    table = [line for line in done.stdout.splitlines() if line.startswith("|")]
-    assert table[0].startswith("| shape | M | docs | F.linear µs | fused µs |") and set(table[1]) <= set("|-")
-    assert len(table) == 2 + 2 * 2 + 2  # 2 shapes × M ∈ {1, 8}, and one heterogeneous batch per shape
-    for line in table[2:]:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        assert len(cells) == 12 and cells[8] == "n/a"  # no peak bandwidth on the CPU
-        assert all(float(c.rstrip("×")) > 0 for c in cells[3:8] + cells[9:11])
-        k, n = (int(v) for v in cells[0].split()[-1].split("→"))
-        m, docs = int(cells[1]), 3 if cells[2] == "3" else 8
-        assert float(cells[6]) == float(f"{4 * (n * k + m * k + docs * 2 * (n + k) + m * n) / 1e6:.3g}")  # fp32
-
-
-def test_column_mask_with_slot_weights_sums_them_per_document():
-    row_docs = torch.tensor([[0, 2, -1], [1, 1, 0]])
-    weights = torch.tensor([[0.5, 2.0, 9.0], [0.25, 0.5, -1.0]], dtype=torch.float64)
-    got = column_mask(row_docs, 3, 2, torch.float64, weights)
-    assert torch.equal(
-        got, torch.tensor([[0.5, 0.5, 0, 0, 2.0, 2.0], [-1.0, -1.0, 0.75, 0.75, 0, 0]], dtype=torch.float64)
-    )  # -1 slots count nothing; repeats add
-    assert torch.equal(
-        column_mask(row_docs, 3, 2, torch.float32, torch.ones(2, 3)), column_mask(row_docs, 3, 2, torch.float32)
-    )

@@ -6,10 +6,10 @@ and A_cat (out, 2D), B_cat (in, 2D) the same documents side by side along rank (
     fused    prag_kernels.fused_lora_linear(x, W, None, A, B, α)  the public op
     cat      prag_kernels.fused_lora_linear_cat(x, W, None, A_cat, B_cat, α)  its entry for cached stacks
     unfused  F.linear(x, W) + α·(x B_cat) A_catᵀ                  separate torch ops
-These are bench/gpu/gpu_kernels.py's providers less merge, which suite 2 times per model. They run
+These are bench/gpu/kernel_report.py's providers less merge, which suite 2 times per model. They run
 interleaved (common.interleave): each round calls every provider n times in a row (n calibrated so
 the base takes about 10 ms per round), and the samples are seconds per call. The GPU counterpart is
-bench/gpu/gpu_kernels.py (CUDA events), which run_all.py runs when a GPU is present.
+bench/gpu/kernel_report.py (CUDA events and graphs), which run_all.py runs when a GPU is present.
 """
 
 import time

@@ -590,9 +590,7 @@ def write_report(json_path, out_dir, gpu_table=None):
     sections = [kernel_section(rows, targets)]
     if gpu_table and Path(gpu_table).is_file():
         sections.append(
-            "### 1b. Kernel on the GPU (bench/gpu/gpu_kernels.py, CUDA events)\n\n"
-            + Path(gpu_table).read_text().strip()
-            + "\n"
+            "### 1b. Kernel on the GPU (bench/gpu/kernel_report.py)\n\n" + Path(gpu_table).read_text().strip() + "\n"
         )
     sections += [update_section(rows, targets), e2e_section(rows, targets), offline_section(rows, targets)]
     plots = []
@@ -624,7 +622,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", help="pytest-benchmark --benchmark-json output")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results"))
-    parser.add_argument("--gpu-table", help="stdout of bench/gpu/gpu_kernels.py to include")
+    parser.add_argument("--gpu-table", help="markdown of bench/gpu/kernel_report.py to include")
     args = parser.parse_args()
     print(write_report(args.json, args.out, args.gpu_table))
 

@@ -5,7 +5,7 @@
     python bench/suites/run_all.py --suites kernel,update --threads 1 --note "shared machine"
 
 Suites (one file each): kernel (bench_kernel.py), update (bench_update.py), e2e (bench_e2e.py),
-offline (bench_offline.py). With a CUDA GPU present, bench/gpu/gpu_kernels.py also runs and its
+offline (bench_offline.py). With a CUDA GPU present, bench/gpu/kernel_report.py also runs and its
 table goes into the report. Exits non-zero if any benchmark failed (the report is still written).
 """
 
@@ -37,8 +37,8 @@ SMOKE_OPTIONS = ["--benchmark-max-time=0", "--benchmark-min-rounds=1", "--benchm
 
 
 def run_gpu_script(env, out_file):
-    """bench/gpu/gpu_kernels.py's table, when a GPU and the script are there; returns the file or None."""
-    script = BENCH / "gpu" / "gpu_kernels.py"
+    """bench/gpu/kernel_report.py's markdown, when a GPU and the script are there; returns the file or None."""
+    script = BENCH / "gpu" / "kernel_report.py"
     probe = subprocess.run(
         [sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
         capture_output=True,
@@ -47,9 +47,16 @@ def run_gpu_script(env, out_file):
     )
     if not script.is_file() or probe.stdout.strip() != "True":
         return None
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env)
-    failed = f"\n\ngpu_kernels.py exited {done.returncode}:\n\n```\n{done.stderr[-2000:]}\n```\n"
-    out_file.write_text(done.stdout + (failed if done.returncode else ""))
+    md = out_file.with_suffix(".md")
+    done = subprocess.run(
+        [sys.executable, str(script), "--out", str(out_file.with_suffix(".json")), "--md", str(md)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    report = md.read_text() if md.is_file() else ""
+    failed = f"\n\nkernel_report.py exited {done.returncode}:\n\n```\n{done.stderr[-2000:]}\n```\n"
+    out_file.write_text(report + (failed if done.returncode else ""))
     return out_file
 
 
