@@ -264,6 +264,14 @@ def _add_answer_options(p):
         f"(BM25: its scores; default {TEMPERATURE:g})",
     )
     p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.add_argument(
+        "--pool-slots",
+        type=int,
+        default=0,
+        metavar="P",
+        help="keep up to P documents' pairs loaded in a fixed pool and decode over a static KV cache (fixed "
+        "shapes; CUDA graphs on a GPU); at most 64 // rank; default 0: stack each batch's documents",
+    )
 
 
 def _positive_float(text):

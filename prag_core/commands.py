@@ -77,7 +77,7 @@ def cmd_ask(args):
     from prag_core.answer.requests import check_request
 
     check_request(args.question, args.mode, args.update, args.combination, args.temperature)
-    pipeline = Pipeline.open(args.workdir, _answer_config(args))
+    pipeline = Pipeline.open(args.workdir, _answer_config(args, 1))
     answer = pipeline.answer([args.question], args.mode, args.update)[0]
     print(answer.prediction)
     print(f"documents: {', '.join(answer.docs) or '(none)'}")
@@ -88,7 +88,15 @@ def cmd_eval(args):
     from prag_core.answer.evaluate import run
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    run(args.workdir, args.questions, _answer_config(args), modes, args.update, args.batch_size, args.out)
+    run(
+        args.workdir,
+        args.questions,
+        _answer_config(args, args.batch_size),
+        modes,
+        args.update,
+        args.batch_size,
+        args.out,
+    )
 
 
 def cmd_serve(args):
@@ -98,7 +106,7 @@ def cmd_serve(args):
 
     serve(
         args.workdir,
-        _answer_config(args),
+        _answer_config(args, args.max_batch),
         ServeConfig(
             args.host, args.port, args.max_batch, args.batch_window_ms, args.max_queue, args.api_key, args.threads
         ),
@@ -128,8 +136,8 @@ def cmd_store_verify(args):
     return run_verify(Workdir(args.workdir).store_folder, repair=args.repair)
 
 
-def _answer_config(args):
-    """The AnswerConfig of cli._add_answer_options' flags."""
+def _answer_config(args, rows):
+    """The AnswerConfig of cli._add_answer_options' flags, for batches of up to `rows` questions."""
     from prag_core.answer.requests import AnswerConfig
 
     return AnswerConfig(
@@ -138,4 +146,6 @@ def _answer_config(args):
         temperature=args.temperature,
         retriever=args.retriever,
         device=args.device,
+        pool_slots=args.pool_slots,
+        pool_rows=rows,
     )

@@ -416,3 +416,17 @@ def test_export_peft_refuses_to_overwrite_without_force(capsys, built, tmp_path)
 def test_workdir_that_is_a_file(capsys, built):
     code, _, err = run_cli(capsys, "ask", "--workdir", str(built[1]), "Who has a red kite?")
     assert_one_line_error(code, err, "a file, not a work directory")
+
+
+def test_eval_with_a_document_pool_gives_the_same_results(capsys, built, tmp_path):
+    """--pool-slots: the batch's documents come from the pool (static KV cache); every answer as without it."""
+    results = []
+    for pool in ([], ["--pool-slots", "8"]):
+        out = tmp_path / f"results{len(pool)}.json"
+        args = ["eval", "--workdir", str(built[0]), "--questions", str(built[1]), "--modes", "prag,combine"]
+        code, _, err = run_cli(capsys, *args, "--batch-size", "4", "--out", str(out), *pool)
+        assert code == 0, err
+        results.append([(q["mode"], q["prediction"], q["docs"]) for q in json.loads(out.read_text())["questions"]])
+    assert results[0] == results[1] and len(results[0]) == 2 * len(QA)
+    code, _, err = run_cli(capsys, "ask", "--workdir", str(built[0]), "--pool-slots", "-1", "Who?")
+    assert_one_line_error(code, err, "slots")

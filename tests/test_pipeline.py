@@ -19,6 +19,7 @@ from prag_core.answer.requests import (
     settled_answer,
 )
 from prag_core.corpus import Document, text_sha256
+from prag_core.model.pool import DocumentPool
 from prag_core.prompts import ANSWER_PREFIX
 from prag_core.retrieval.bm25 import BM25Index
 
@@ -134,6 +135,23 @@ def test_batched_answers_equal_batch_size_one(pipe, mode):
     if mode != "vanilla":
         assert len({tuple(a.docs) for a in batched}) == len(QUESTIONS)  # every row has its own documents
     assert predictions(batched) == predictions([pipe.answer([q], mode)[0] for q in QUESTIONS])
+
+
+@pytest.mark.parametrize("mode", ["prag", "combine"])
+def test_pool_answers_equal_the_per_row_path(pipe, mode):
+    """With a document pool (fixed slots, static KV cache) every row answers as on the per-row path; documents
+    stay loaded for the next batch, and no row holds a slot after its batch."""
+    per_row = pipe.answer(QUESTIONS, mode)
+    pipe.pool = DocumentPool(pipe.model, rank=2, alpha=16.0, slots=8, max_rows=len(QUESTIONS))
+    try:
+        pooled = pipe.answer(QUESTIONS, mode)
+        loaded = dict(pipe.pool.slot_of)
+        assert predictions(pipe.answer(QUESTIONS, mode)) == predictions(pooled) and pipe.pool.slot_of == loaded
+    finally:
+        pool, pipe.pool = pipe.pool, None
+    assert predictions(pooled) == predictions(per_row) and [a.docs for a in pooled] == [a.docs for a in per_row]
+    assert len(loaded) == len({d for a in per_row for d in a.docs}) and pool.users == [0] * 8
+    assert not pool.row_weights.any()
 
 
 def test_document_missing_from_the_store_is_named(pipe):

@@ -30,7 +30,7 @@ when its Request.cancel is set.
 """
 
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from transformers import StoppingCriteriaList
@@ -51,8 +51,10 @@ from prag_core.answer.requests import (
     check_request,
     cut_answer,
 )
+from prag_core.corpus import json_digest
 from prag_core.model.inject import inject, merged_documents, use_documents
 from prag_core.model.load import context_length, load_model
+from prag_core.model.pool import DocumentPool
 from prag_core.pairs.combine import combine
 from prag_core.pairs.doc_params import DocParams, model_fingerprint
 from prag_core.prompts import ANSWER_PREFIX, left_pad, qa_messages, render
@@ -92,6 +94,7 @@ class Pipeline:
         temperature=TEMPERATURE,
         warmup=None,
         training=None,
+        pool=None,
     ):
         check_request(combination=combination, temperature=temperature)
         if tokenizer.pad_token_id is None:
@@ -101,6 +104,7 @@ class Pipeline:
         self.index = index
         self.store = store
         self.documents_text = documents_text
+        self.pool = pool  # a model.pool.DocumentPool on this model, or None
         self.top_k = top_k
         self.max_new_tokens = max_new_tokens
         self.combination, self.temperature = combination, temperature
@@ -128,6 +132,7 @@ class Pipeline:
             config.temperature,
             warmup,
             training,
+            _pool(model, training, config),
         )
 
     def retrieve(self, question, k=None):
@@ -246,10 +251,24 @@ class Pipeline:
             return nullcontext()
         if update == "merge":
             return merged_documents(self.model, params[0], weights=weights[0])
+        if self.pool is not None and len(rows) <= self.pool.row_weights.shape[0]:
+            return self._pooled(params, weights)
         # One set for the batch when there is one row (the kernel's plain path), else one set per row.
         if len(params) == 1:
             return use_documents(self.model, params[0], weights=weights[0])
         return use_documents(self.model, params, weights=weights)
+
+    @contextmanager
+    def _pooled(self, params, weights):
+        """Row i's documents loaded into the pool (each once, kept for later questions) and assigned to row i."""
+        try:
+            for row, (docs, row_weights) in enumerate(zip(params, weights)):
+                self.pool.assign(row, [self.pool.load(_pool_key(d), d) for d in docs], row_weights)
+            with self.pool.activate():
+                yield
+        finally:
+            for row in range(len(params)):
+                self.pool.release(row)
 
     @torch.inference_mode()
     def _generate(self, rows):
@@ -267,11 +286,32 @@ class Pipeline:
             stopping_criteria=StoppingCriteriaList([stops]),
             pad_token_id=pad,
             eos_token_id=self.tokenizer.eos_token_id,
+            **({"cache_implementation": "static"} if self.pool is not None else {}),
         )
         return [
             (self.tokenizer.decode(out[i, width : width + n], skip_special_tokens=True), n, finish)
             for i, (n, finish) in enumerate(zip(stops.tokens, stops.finish))
         ]
+
+
+def _pool(model, training, config):
+    """The DocumentPool config asks for (pool_slots > 0), sized for the work directory's rank and alpha."""
+    if not config.pool_slots:
+        return None
+    if config.pool_slots < 0 or config.pool_rows < 1:
+        raise PipelineError(f"pool_slots: expected 0 (no pool) or more, got {config.pool_slots}", field="pool_slots")
+    if training is None:
+        raise PipelineError("pool_slots: the work directory records no training settings (rank, alpha); rebuild it")
+    return DocumentPool(inject(model), training["rank"], training["alpha"], config.pool_slots, config.pool_rows)
+
+
+def _pool_key(doc):
+    """What identifies a document's pairs in the pool: a stored document by id, text and training, the warm-up
+    pair by its key; a pair made for one question (dyprag's average) by itself."""
+    meta = doc.meta
+    if "doc_sha256" in meta:
+        return meta.get("doc_id"), meta["doc_sha256"], json_digest(meta.get("training"))
+    return meta.get("warmup_key") or id(doc)
 
 
 def _open_workdir(workdir, device, retriever=None):

@@ -33,7 +33,9 @@ TEMPERATURE = 1.0
 @dataclass(frozen=True)
 class AnswerConfig:
     """How a work directory answers (`prag ask`, `eval`, `serve`): each request's defaults, and where.
-    retriever None: the work directory's; device None: cuda when available."""
+    retriever None: the work directory's; device None: cuda when available. pool_slots > 0: fused batches of
+    up to pool_rows rows take their documents from a model.pool.DocumentPool of that many slots, decoding over a
+    static KV cache (fixed shapes: on CUDA, Hugging Face's generate compiles the step into CUDA graphs)."""
 
     top_k: int = TOP_K
     combination: str = COMBINATION
@@ -41,6 +43,8 @@ class AnswerConfig:
     retriever: str | None = None
     max_new_tokens: int = 32
     device: str | None = None
+    pool_slots: int = 0
+    pool_rows: int = 16
 
 
 _ANSWER_END = re.compile(r"[.!?](?=\s|$)|\n")
