@@ -1,10 +1,12 @@
 """The parameter store: both layouts round trip, done/tags, killed writes and kill -9, corruption, verify/repair,
 a lost catalog, a reader during writes, and the refusal of a pre-release store."""
 
+import contextlib
 import gc
 import hashlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -23,6 +25,7 @@ from prag_core.cli import main
 from prag_core.corpus import Document, text_sha256
 from prag_core.model.inject import inject
 from prag_core.pairs.doc_params import DocParamsError, model_fingerprint
+from prag_core.storage import payloads
 from prag_core.storage.payloads import shard_bytes
 from prag_core.storage.store import CATALOG, Store, StoreError, training_tag
 from prag_core.storage.verify import run_verify, verify
@@ -472,3 +475,120 @@ def test_layout_and_dtype_stay_what_the_store_was_made_with(tmp_path, fp, params
         db.execute("DELETE FROM meta WHERE key = 'dtype'")
     with pytest.raises(StoreError, match=r"catalog.sqlite: unreadable catalog \(meta lacks dtype\)"):
         Store(tmp_path / "sharded", fp)
+
+
+_OPENS = []  # while _opened() records: a list to add every path opened to
+sys.addaudithook(lambda event, args: _OPENS and event == "open" and _OPENS[-1].append(args[0]))
+
+
+@contextlib.contextmanager
+def _opened(monkeypatch):
+    """Every path opened inside the block: by Python (its "open" audit event: open, io.open, os.open) and by
+    safetensors' safe_open (a shard, memory-mapped)."""
+    paths, safe_open = [], payloads.safe_open
+    monkeypatch.setattr(payloads, "safe_open", lambda path, **kw: paths.append(path) or safe_open(path, **kw))
+    _OPENS.append(paths)
+    try:
+        yield paths
+    finally:
+        _OPENS.remove(paths)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_symlinked_shards_folder_is_refused_and_nothing_outside_is_touched(tmp_path, fp, params, capsys, layout):
+    """shards/ replaced by a symbolic link to a folder elsewhere holding payload-like and temp files (sharded: the
+    store's shards, moved there): a writer's close() (which writes the last shard and deletes unlisted payloads
+    and temp files), opening the store and `prag store verify [--repair]` are refused in one line, and every file
+    there stays as it was."""
+    work, elsewhere = tmp_path / "W", tmp_path / "elsewhere"
+    folder = work / "store"
+    writer = _build(folder, fp, params, n=3, shard_size=LAYOUTS[layout], close=False)  # sharded: doc/2 buffered
+    if layout == "sharded":
+        (folder / "shards").rename(elsewhere)
+    else:
+        elsewhere.mkdir()
+    for name in ("keep.safetensors", "0000000009.safetensors", ".0000000009.safetensors.ab12.tmp", "x.tmp"):
+        (elsewhere / name).write_bytes(os.urandom(1000))
+    (folder / "shards").symlink_to(elsewhere, target_is_directory=True)
+    before = _snapshot(elsewhere)
+    line = (
+        f"{folder / 'shards'}: a symbolic link (to {elsewhere}); a store never follows links out of its folder: "
+        f"put the real folder there"
+    )
+    with pytest.raises(StoreError) as refused:
+        writer.close()
+    assert str(refused.value) == line
+    for opening in ({}, {"fingerprint": fp}, {"fingerprint": fp, "training": TRAINING, "shard_size": 2}):
+        with pytest.raises(StoreError) as refused:
+            Store(folder, **opening)
+        assert str(refused.value) == line
+    capsys.readouterr()
+    for repair in ([], ["--repair"]):
+        assert main(["store", "verify", "--workdir", str(work), *repair]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.splitlines() == [f"prag: error: {line}"]
+    assert _snapshot(elsewhere) == before
+
+
+@pytest.mark.parametrize("where", ["../../outside.safetensors", "an absolute path", "a symbolic link"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_row_or_payload_outside_the_store_is_refused_and_never_opened(
+    tmp_path, fp, params, capsys, monkeypatch, layout, where
+):
+    """doc/1's catalog row names a file outside the store (a path up and out of it, an absolute path), or its
+    payload (sharded: the shard of doc/0 and doc/1) is a symbolic link to one. The outside file is a copy of the
+    payload, so that reading it would succeed: loading the document, done() and verify open nothing outside
+    and say so in one line naming the row; `verify --repair` drops the row, the next build encodes it again,
+    and a catalog rebuilt from the payload files does not list the link. The outside file is never changed.
+    The store is reached through a symbolic link to its work directory, which is allowed."""
+    work, outside = tmp_path / "W", tmp_path / "outside.safetensors"
+    _build(work / "store", fp, params, n=3, shard_size=LAYOUTS[layout])  # sharded: doc/0, doc/1 | doc/2
+    (tmp_path / "via").symlink_to(work, target_is_directory=True)
+    folder, file = tmp_path / "via" / "store", Store(work / "store")._row("doc/1").file
+    payload = work / "store" / file
+    outside.write_bytes(payload.read_bytes())
+    copy = outside.read_bytes()
+    if where == "a symbolic link":
+        payload.unlink()
+        payload.symlink_to(outside)
+        listed, why = file, f"reached through a symbolic link (to {os.path.realpath(outside)})"
+    else:
+        listed = where if where.startswith("..") else str(outside)
+        why = "a path out of the store ('..')" if where.startswith("..") else "an absolute path, outside the store"
+        with sqlite3.connect(work / "store" / CATALOG) as db:
+            db.execute("UPDATE documents SET file = ? WHERE id = 'doc/1'", (listed,))
+    bad = ["doc/0", "doc/1"] if where == "a symbolic link" and layout == "sharded" else ["doc/1"]
+    refusal = f"is {why}; not read (a store reads only its own files)"
+    with _opened(monkeypatch) as opened:
+        store = Store(folder, fp)
+        for doc_id in bad:
+            with pytest.raises(StoreError) as refused:
+                store[doc_id]
+            assert str(refused.value) == f"{folder / CATALOG}: document {doc_id!r}: its file {listed!r} {refusal}"
+        assert _equal(store["doc/2"], params[2])
+        with pytest.warns(UserWarning, match=re.escape(f"{why}; re-encoding document 'doc/1'")):
+            assert not Store(folder, fp, TRAINING).done(_doc(1))
+        ids = ", ".join(map(repr, bad))
+        assert verify(store, progress=False) == (
+            [f"{folder / CATALOG}: file {listed!r} {refusal} (documents {ids})"],
+            set(bad),
+        )
+        capsys.readouterr()
+        assert main(["store", "verify", "--workdir", str(tmp_path / "via"), "--repair"]) == 1
+        assert f"dropped {len(bad)} document(s)" in capsys.readouterr().out
+        writer = Store(folder, fp, TRAINING, shard_size=LAYOUTS[layout])
+        assert sorted(writer) == sorted({"doc/0", "doc/2"} - set(bad))
+        for doc_id in bad:
+            i = int(doc_id[-1])
+            writer.put(_doc(i), params[i])
+        writer.close()
+        assert all(_equal(Store(folder, fp)[f"doc/{i}"], params[i]) for i in range(3))
+        for f in (work / "store").glob(CATALOG + "*"):
+            f.unlink()
+        assert main(["store", "verify", "--workdir", str(tmp_path / "via"), "--repair"]) == 0
+        assert {row.id for row in Store(folder).rows()} == {"doc/0", "doc/1", "doc/2"}
+        assert all(not (folder / row.file).is_symlink() for row in Store(folder).rows())
+    assert outside.read_bytes() == copy
+    opened = [os.path.realpath(p) for p in opened if not isinstance(p, int)]
+    assert any(p.startswith(os.path.realpath(work / "store")) and p.endswith(".safetensors") for p in opened)
+    assert os.path.realpath(outside) not in opened

@@ -5,12 +5,14 @@ memory-mapped safe_open.
 
 A read checks the bytes against their sha256 (the catalog's, and for a slot its shard header's), then every
 field and tensor as DocParams.load checks; a damaged payload is a DocParamsError naming the file (and slot).
-Which payload files a store holds, and where, is store.py's.
+Which payload files a store holds, and where, is store.py's (folder.py: only inside its folder, never
+through a symbolic link; a document file is opened with O_NOFOLLOW).
 """
 
 import hashlib
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -35,7 +37,8 @@ def _digest(flat):
 def _read_file(path, fingerprint=None, device="cpu", dtype=None, digest=None):
     """(DocParams, bytes) of a document file, its bytes checked against `digest` when given."""
     try:
-        data = path.read_bytes()
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as f:  # a link: ELOOP
+            data = f.read()
     except OSError as err:
         raise DocParamsError(f"{path}: unreadable ({err.strerror})") from None
     if digest is not None and _sha256(data) != digest:

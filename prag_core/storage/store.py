@@ -31,6 +31,9 @@ store verify` and on load, done() only sees that the shard is there. tags() coun
 training tag in one query ({tag: n}; `store.tag` is the opening config's, training_tag(config) any
 config's): more than one tag is a store mixed from two training configs.
 
+The store never leaves its folder (folder.py): a symbolic link in it is refused or left alone, never
+followed, and a catalog row naming a file elsewhere is a StoreError, not a read (done(): re-encoded).
+
 A lost or unreadable catalog is a StoreError; `prag store verify --repair` (verify.py) lists every
 payload file in a new one. A folder a pre-release prag wrote (manifest.json, index.safetensors or
 journal.jsonl, and no catalog) is refused with one line saying to rebuild it, and left untouched.
@@ -49,12 +52,18 @@ from pathlib import Path
 import torch
 
 from prag_core.corpus import json_digest, write_bytes_atomic
-from prag_core.errors import PragError
 from prag_core.pairs.doc_params import FINGERPRINT_FIELDS, DocParamsError
+from prag_core.storage.folder import (
+    CATALOG,
+    StoreError,
+    check_links,
+    located,
+    outside,
+    payload_files,
+    refuse_pre_release,
+)
 from prag_core.storage.payloads import _read_file, _seq, _sha256, _Shard, file_name, shard_bytes
 
-CATALOG = "catalog.sqlite"
-PRE_RELEASE = ("manifest.json", "index.safetensors", "journal.jsonl")  # what pre-release stores held instead
 STORAGE_DTYPES = ("float32", "bfloat16", "float16")
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -66,11 +75,6 @@ CREATE TABLE payloads (file TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
 """
 Row = namedtuple("Row", "id sha256 tag file slot bytes_sha256")
 COLUMNS = ", ".join(Row._fields)
-
-
-class StoreError(PragError):
-    """A store that cannot be used as asked (another model's, dtype or layout; an unreadable catalog; a
-    pre-release store); one line."""
 
 
 def training_tag(training):
@@ -110,6 +114,8 @@ class Store(Mapping):
         shard_size=None,
     ):
         self.folder, self.path = Path(folder), Path(folder) / CATALOG
+        self.root = os.path.realpath(folder)  # every file read, written or deleted is under it (folder.py)
+        check_links(self.folder)
         self.training, self.device = training, device
         self.tag = None if training is None else training_tag(training)
         self._local = threading.local()  # a connection per thread
@@ -131,7 +137,7 @@ class Store(Mapping):
         self.dtype = torch.promote_types(getattr(torch, self.storage_dtype), compute_dtype) if compute_dtype else None
         self._buffer = []  # (doc, DocParams) put, not yet in a shard
         self._present = None  # shard files on disk, listed once for done()
-        self._shard = functools.lru_cache(maxsize=64)(lambda file: _Shard(self.folder / file))
+        self._shard = functools.lru_cache(maxsize=64)(lambda file: _Shard(located(self.folder, self.root, file)))
         self._load = functools.lru_cache(maxsize=256)(self._read)
         if training is not None and self.shard_size:
             self._set("shard_size", self.shard_size)
@@ -139,8 +145,8 @@ class Store(Mapping):
 
     def _create(self, fingerprint, storage_dtype, shard_size):
         """A new, empty catalog; else a StoreError."""
-        _refuse_pre_release(self.folder)
-        if _payload_files(self.folder):
+        refuse_pre_release(self.folder)
+        if payload_files(self.folder):
             raise StoreError(
                 f"{self.path}: missing, but payload files are there; `prag store verify --repair` "
                 f"lists them in a new catalog"
@@ -210,13 +216,13 @@ class Store(Mapping):
         row = self._row(doc.id)
         if row is None or row.sha256 != doc.sha256 or self.tag not in (None, row.tag):
             return False
-        path = self.folder / row.file
-        if row.slot is None:
+        path, problem = self.folder / str(row.file), outside(self.root, row.file)  # outside: not read
+        if problem is None and row.slot is None:
             try:
                 problem = None if _sha256(path.read_bytes()) == row.bytes_sha256 else "bytes do not match: corrupted"
             except OSError:
                 problem = "missing"
-        else:
+        elif problem is None:
             if self._present is None:
                 shards = self.folder / "shards"
                 self._present = {f"shards/{n}" for n in os.listdir(shards)} if shards.is_dir() else set()
@@ -247,18 +253,20 @@ class Store(Mapping):
 
     def close(self):
         """The end of a build: write the last, partial shard; delete the payloads no document uses."""
+        check_links(self.folder)
         if self._buffer:
             self._write_shard(self._buffer)
             self._buffer.clear()
         used = {file for (file,) in self._query("SELECT DISTINCT file FROM documents")}
         with self._db() as db:
             db.execute("DELETE FROM payloads WHERE file NOT IN (SELECT file FROM documents)")
-        for path in _payload_files(self.folder, temporary=True):
+        for path in payload_files(self.folder, temporary=True):
             if path.relative_to(self.folder).as_posix() not in used:
                 path.unlink(missing_ok=True)
         self._present = None
 
     def _write_shard(self, batch):
+        check_links(self.folder)
         seq = self._meta()["next_shard"]
         name = f"shards/{seq:010d}.safetensors"
         data, digests = shard_bytes([params for _, params in batch], self.folder / name)
@@ -285,9 +293,8 @@ class Store(Mapping):
 
     def _adopt(self):
         """Commit the shards a killed build wrote but did not commit (sequence numbers from next_shard on)."""
-        shards = self.folder / "shards"
-        for path in sorted(shards.glob("[0-9]*.safetensors")) if shards.is_dir() else ():
-            if _seq(path) >= self._meta()["next_shard"]:
+        for path in payload_files(self.folder):  # never a symbolic link
+            if path.parent != self.folder and path.name[0].isdigit() and _seq(path) >= self._meta()["next_shard"]:
                 try:
                     rows = _shard_rows(self.folder, _Shard(path))
                 except DocParamsError as err:
@@ -310,13 +317,14 @@ class Store(Mapping):
     def _read(self, file, slot, digest):
         if slot is not None:
             return self._shard(file).read(slot, self.fingerprint, self.device, self.dtype, digest)
-        return _read_file(self.folder / file, self.fingerprint, self.device, self.dtype, digest)[0]
+        return _read_file(located(self.folder, self.root, file), self.fingerprint, self.device, self.dtype, digest)[0]
 
     def __getitem__(self, doc_id):
         row = self._row(doc_id)
         while True:
             if row is None:
                 raise KeyError(doc_id)
+            located(self.folder, self.root, row.file, row.id)  # a StoreError if it is not the store's
             try:
                 return self._load(row.file, row.slot, row.bytes_sha256)
             except DocParamsError:
@@ -335,15 +343,6 @@ class Store(Mapping):
         return self._query("SELECT count(*) FROM documents")[0][0]
 
 
-def _payload_files(folder, temporary=False):
-    """The payload files in `folder` (with `temporary`, also the temp files of killed writes)."""
-    shards = folder / "shards"
-    files = [*folder.glob("*-*.safetensors"), *(shards.glob("*.safetensors") if shards.is_dir() else ())]
-    if temporary:
-        files += [*folder.glob(".*.safetensors.*.tmp"), *(shards.glob(".*.tmp") if shards.is_dir() else ())]
-    return sorted(files)
-
-
 def _shard_rows(folder, shard):
     """The catalog rows of a shard's documents, from its header."""
     file = shard.path.relative_to(folder).as_posix()
@@ -358,19 +357,6 @@ def _shard_rows(folder, shard):
         )
         for s in range(len(shard.documents))
     ]
-
-
-def _refuse_pre_release(folder):
-    """A StoreError if `folder` holds a store a pre-release prag wrote: one of its files, and no catalog.
-    Nothing in it is read or changed."""
-    if (folder / CATALOG).exists():
-        return
-    for name in PRE_RELEASE:
-        if (folder / name).is_file():
-            raise StoreError(
-                f"{folder}: a store from a pre-release prag ({name}); rebuild it: delete {folder} "
-                f"and run `prag build` again"
-            )
 
 
 def _write_catalog(path, meta, rows, sizes):

@@ -1,7 +1,8 @@
 """Checking and repairing a store: `prag store verify [--repair]`.
 
 verify() reads every byte the catalog lists and reports each problem in one line (a missing or damaged
-payload, a slot holding another document than its row says, documents of several training configs);
+payload, a slot holding another document than its row says, a row naming a file outside the store, which
+is not opened (folder.py), documents of several training configs);
 run_verify() prints them and, with --repair, drops the documents concerned (the next `prag build`
 encodes them again). rebuild_catalog() lists every readable payload file of a folder in a new catalog,
 where the catalog is lost or unreadable. The catalog's format and a build's writes are store.py's.
@@ -13,18 +14,9 @@ from itertools import groupby
 from tqdm.auto import tqdm
 
 from prag_core.pairs.doc_params import DocParamsError
+from prag_core.storage.folder import CATALOG, StoreError, check_links, located, payload_files, refuse_pre_release
 from prag_core.storage.payloads import _read_file, _seq, _sha256, _Shard
-from prag_core.storage.store import (
-    CATALOG,
-    Store,
-    StoreError,
-    _check_fingerprint,
-    _payload_files,
-    _refuse_pre_release,
-    _shard_rows,
-    _write_catalog,
-    training_tag,
-)
+from prag_core.storage.store import Store, _check_fingerprint, _shard_rows, _write_catalog, training_tag
 
 
 def _scan(folder):
@@ -32,7 +24,7 @@ def _scan(folder):
     payload in `folder` trained for the first one's model; a document in several shards is taken from the
     last. The others are left out with a warning (their documents are encoded again)."""
     rows, sizes, first, largest, fingerprint = {}, {}, None, 0, None
-    for path in _payload_files(folder):
+    for path in payload_files(folder):  # never a symbolic link
         try:
             if path.parent == folder:
                 params, data = _read_file(path)
@@ -69,7 +61,8 @@ def rebuild_catalog(folder):
     or unreadable one). Documents dropped since their shard was written come back (the next build drops
     them again). A pre-release store is refused (a StoreError), untouched. Returns the number of documents
     listed."""
-    _refuse_pre_release(folder)
+    refuse_pre_release(folder)
+    check_links(folder)
     rows, sizes, first, largest = _scan(folder)
     if first is None:
         raise StoreError(f"{folder}: no readable payload files to list in a new catalog")
@@ -100,8 +93,13 @@ def verify(store, progress=True):
     for file, rows in tqdm(
         groupby(store.rows(), key=lambda row: row.file), desc="verify", unit="file", disable=not progress
     ):
-        rows, path = list(rows), store.folder / file
+        rows = list(rows)
         ids = ", ".join(repr(row.id) for row in rows)
+        try:
+            path = located(store.folder, store.root, file)
+        except StoreError as err:  # not opened
+            fail(f"{err} (documents {ids})", rows)
+            continue
         if not path.is_file():
             fail(f"{path}: missing (documents {ids})", rows)
             continue
@@ -135,11 +133,12 @@ def run_verify(folder, repair=False, progress=True):
     """`prag store verify`: print every problem, then a summary. With `repair`, drop the documents concerned
     so the next `prag build` encodes them again, and list the payload files in a new catalog where it is
     lost or unreadable (`folder`: a work directory's store folder). Returns the exit status (1: problems found)."""
+    check_links(folder)  # not a lost catalog: not repaired
     try:
         store = Store(folder)
         problems, bad = verify(store, progress)
     except StoreError:
-        if not (repair and _payload_files(folder)):
+        if not (repair and payload_files(folder)):
             raise
         print(f"{folder}: listed {rebuild_catalog(folder)} document(s) of the payload files in a new {CATALOG}")
         store = Store(folder)
