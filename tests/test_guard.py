@@ -13,6 +13,7 @@ import sys
 import pytest
 from tiny import tiny_llama, tiny_tokenizer
 
+from prag_core.answer.pipeline import Pipeline
 from prag_core.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -113,6 +114,50 @@ def test_build_refuses_its_own_corpus_copy_as_input(root, work, tmp_path, capsys
         assert _build(root, corpus, work) == 2
         assert f"--corpus {corpus}: a file of the work directory {work}, which the build rewrites" in _error(capsys)
     assert _contents(work) == before
+
+
+def _eval(root, workdir, out, *extra):
+    return main(
+        ["eval", "--workdir", str(workdir), "--questions", str(root / "qa.jsonl"), "--modes", "vanilla", *extra]
+        + ["--out", str(out)]
+    )
+
+
+def test_eval_out_never_overwrites_an_input_a_work_directory_a_link_or_a_device(
+    root, work, tmp_path, capsys, monkeypatch
+):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model loaded before --out was checked")
+
+    monkeypatch.setattr(Pipeline, "open", no_model)
+    target = tmp_path / "kept.json"
+    target.write_text("mine")
+    (tmp_path / "link.json").symlink_to(target)
+    os.mkfifo(tmp_path / "fifo")
+    before, qa = _contents(work), (root / "qa.jsonl").read_bytes()
+    cases = [
+        (work / "config.json", f"inside the work directory {work}"),
+        (work / "store" / "catalog.sqlite", f"inside the work directory {work}"),
+        (root / "qa.jsonl", "the same file as --questions"),
+        (tmp_path / "link.json", "a symbolic link (writing would replace the link, not its target)"),
+        (tmp_path / "fifo", "not a regular file (a device, pipe or socket)"),
+    ]
+    for out, message in cases:
+        assert _eval(root, work, out) == 2, out
+        assert f"prag: error: --out {out}: {message}" in _error(capsys)
+    assert _eval(root, root / "W", work / "results.json") == 2  # inside another work directory than --workdir's
+    assert f"inside the work directory {work}" in _error(capsys)
+    assert _contents(work) == before and (root / "qa.jsonl").read_bytes() == qa
+    assert (tmp_path / "link.json").is_symlink() and target.read_text() == "mine"
+    assert not (tmp_path / "fifo").is_file()
+
+
+def test_eval_with_no_mode_is_an_error(root, tmp_path, capsys):
+    out = tmp_path / "none.json"
+    argv = ["eval", "--workdir", str(root / "W"), "--questions", str(root / "qa.jsonl"), "--out", str(out)]
+    assert main([*argv, "--modes", ","]) == 2  # today: exit 0, empty results
+    assert "--modes: no mode given; choose from vanilla, rag, prag, combine" in _error(capsys)
+    assert not out.exists()
 
 
 def test_export_peft_out_never_inside_a_work_directory_nor_over_a_link(root, work, tmp_path, capsys):
