@@ -14,7 +14,10 @@ import pytest
 from tiny import tiny_llama, tiny_tokenizer
 
 from prag_core.answer.pipeline import Pipeline
+from prag_core.answer.requests import AnswerConfig, Request, UnknownDocument
 from prag_core.cli import main
+from prag_core.corpus import text_sha256
+from prag_core.storage.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DOCS = [
@@ -216,3 +219,24 @@ def test_one_writer_at_a_time_and_a_killed_one_leaves_no_lock(root, work, capsys
     capsys.readouterr()
     assert _build(root, root / "corpus.jsonl", work) == 0
     assert "0 encoded now, 4 already in the store" in capsys.readouterr().out
+
+
+def test_a_document_dropped_or_replaced_while_a_pipeline_is_open(root, work, tmp_path):
+    """Open a pipeline, rebuild its work directory without `dog` and with `bell` changed: a question that
+    retrieves dog is answered without it in every mode (today: "not in the parameter store"), bell's pairs are
+    read again, and asking for dog by id is an unknown document."""
+    pipe = Pipeline.open(work, AnswerConfig(top_k=4, device="cpu"))
+    question = "What is the name of Kai's dog Rex?"
+    assert pipe.retrieve(question)[0][0] == "dog"
+    bell = dict(DOCS[1], text="The bell rings at 10. Ana rings it twice.")
+    smaller = _jsonl(tmp_path / "smaller.jsonl", [DOCS[0], bell, DOCS[2]])
+    assert _build(root, smaller, work) == 0
+    assert "dog" not in Store(work / "store")
+    for mode in ("prag", "combine", "rag"):
+        [answer] = pipe.answer([question], mode)
+        assert "dog" not in answer.docs and set(answer.docs) <= {"kite", "bell", "figs"}, mode
+    assert pipe.store["bell"].meta["doc_sha256"] == text_sha256(bell["text"])
+    with pytest.raises(UnknownDocument, match="documents: unknown document id 'dog'"):
+        pipe.prepare(Request(question, "prag", documents=["dog", "kite"]))
+    row = pipe.prepare(Request(question, "prag", documents=["kite"]))
+    assert row.docs == ["kite"] and len(row.params) == 1
