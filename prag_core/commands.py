@@ -133,7 +133,11 @@ def cmd_store_verify(args):
     from prag_core.storage.verify import run_verify
     from prag_core.storage.workdir import Workdir
 
-    return run_verify(Workdir(args.workdir).store_folder, repair=args.repair)
+    workdir = Workdir(args.workdir)
+    with workdir.lock() as lock:
+        if args.repair and workdir.root.is_dir():
+            lock.acquire()  # --repair writes: not while a build does (another writer is refused, by pid)
+        return run_verify(workdir.store_folder, repair=args.repair)
 
 
 def _answer_config(args, rows):

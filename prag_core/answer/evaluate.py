@@ -16,7 +16,8 @@ lists its supporting `docs`, the share of them among the retrieved documents
 over the questions that have one (null if none). retrieval: the same recall of the pipeline's retriever
 alone at depths 1, 3 and 5, whatever top_k (`prag eval --retriever` compares retrievers).
 
-`prag eval` checks that --out can be written before the model loads, and rewrites
+`prag eval` checks that --out can be written before the model loads (and is no input, nothing inside a work
+directory, no link or device: storage.workdir.check_output), and rewrites
 it as answers come (every SAVE_EVERY_S seconds, and on Ctrl-C or an error), with
 "complete": false until every question is answered, so a stopped run keeps its answers.
 """
@@ -28,9 +29,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from prag_core.answer.requests import MODES, AnswerConfig
+from prag_core.answer.requests import MODES, AnswerConfig, PipelineError
 from prag_core.corpus import source_of, write_text_atomic
 from prag_core.metrics import scores, ungrounded
+from prag_core.storage.workdir import check_output
 
 METRICS = ("em", "f1", "acc", "latency_s", "ungrounded")
 SAVE_EVERY_S = 10.0
@@ -126,8 +128,12 @@ def run(workdir, questions_path, answering=AnswerConfig(), modes=MODES, update="
     from prag_core.answer.requests import check_request
     from prag_core.corpus import read_questions
 
+    if not modes:
+        raise PipelineError(f"--modes: no mode given; choose from {', '.join(MODES)}", field="mode")
     for mode in modes:
         check_request(mode=mode, update=update, combination=answering.combination, temperature=answering.temperature)
+    if out is not None:  # never over the questions, inside a work directory, or through a link or device
+        check_output(out, "--out", [("--questions", questions_path)])
     questions = read_questions(questions_path)  # before the model loads: a bad line fails fast
 
     def save(rows, complete, retrieval=None):
@@ -143,8 +149,6 @@ def run(workdir, questions_path, answering=AnswerConfig(), modes=MODES, update="
 
     if out is not None:
         out = Path(out)
-        if out.is_dir():
-            raise IsADirectoryError(21, "a directory, not a results file", str(out))
         out.parent.mkdir(parents=True, exist_ok=True)
         save([], False)  # fails now, not after the run, if --out cannot be written
     pipeline = Pipeline.open(workdir, answering)

@@ -27,8 +27,14 @@ alone; `run(rows)` then answers any mix of rows in one generate call (rows witho
 pairs take no kernel columns, which adds exact zeros), each stopping on its own,
 optionally streaming its answer as it settles (Request.on_text) and stopping early
 when its Request.cancel is set.
+
+A work directory rebuilt while its pipeline is open (a `prag build` beside `prag serve`): a document that has
+left W's corpus.jsonl since is neither retrieved nor applied (the Answer lists fewer documents), and one
+re-encoded is read again from the store (store.Store looks a replaced payload up again). Only a document that
+is still in the corpus but not in the store is an error (a build to finish).
 """
 
+import os
 import time
 from contextlib import contextmanager, nullcontext
 
@@ -52,6 +58,7 @@ from prag_core.answer.requests import (
     cut_answer,
 )
 from prag_core.corpus import json_digest
+from prag_core.errors import PragError
 from prag_core.model.inject import inject, merged_documents, use_documents
 from prag_core.model.load import context_length, load_model
 from prag_core.model.pool import DocumentPool
@@ -94,6 +101,7 @@ class Pipeline:
         temperature=TEMPERATURE,
         warmup=None,
         training=None,
+        workdir=None,
         pool=None,
     ):
         check_request(combination=combination, temperature=temperature)
@@ -110,6 +118,8 @@ class Pipeline:
         self.combination, self.temperature = combination, temperature
         self.warmup = warmup
         self.training = training
+        self.workdir = workdir  # storage.workdir.Workdir, to see documents leave it; None: a fixed knowledge base
+        self._corpus_seen = (None, None)  # (corpus.jsonl's stat key, its ids)
 
     @classmethod
     def open(cls, workdir, config=AnswerConfig()):
@@ -120,6 +130,7 @@ class Pipeline:
         model, tokenizer, index, store, texts, warmup, training = _open_workdir(
             workdir, config.device, config.retriever
         )
+        workdir = Workdir(workdir)
         return cls(
             model,
             tokenizer,
@@ -132,13 +143,41 @@ class Pipeline:
             config.temperature,
             warmup,
             training,
+            workdir,
             _pool(model, training, config),
         )
 
     def retrieve(self, question, k=None):
-        """(ids, scores) of the top k documents for `question` (default top_k), best first."""
+        """(ids, scores) of the top k documents for `question` (default top_k), best first, less any that has
+        left the work directory's corpus since the pipeline opened."""
         hits = self.index.search(question, k=self.top_k if k is None else k)
+        current = self._current_ids()
+        if current is not None:
+            hits = [(doc_id, score) for doc_id, score in hits if doc_id in current]
         return [doc_id for doc_id, _ in hits], [float(score) for _, score in hits]
+
+    def _current_ids(self):
+        """The ids of the work directory's corpus.jsonl as it is now (read again only when the file changed), or
+        None: no work directory, or its corpus unreadable."""
+        if self.workdir is None:
+            return None
+        try:
+            st = os.stat(self.workdir.corpus)
+        except OSError:
+            return None
+        key, ids = self._corpus_seen
+        if key != (st.st_ino, st.st_mtime_ns, st.st_size):
+            try:
+                ids = frozenset(d.id for d in self.workdir.read_corpus())
+            except (PragError, OSError):
+                return None
+            self._corpus_seen = ((st.st_ino, st.st_mtime_ns, st.st_size), ids)
+        return ids
+
+    def _gone(self, doc_id):
+        """Whether `doc_id` has left the work directory's corpus since the pipeline opened (a rebuild)."""
+        current = self._current_ids()
+        return current is not None and doc_id not in current
 
     def answer(self, questions, mode="prag", update="fused"):
         """One Answer per question. fused answers the whole list in one generate call (the caller picks
@@ -165,15 +204,21 @@ class Pipeline:
             ids, scores = self.retrieve(request.question, k)
         elif mode != "vanilla":
             ids = list(request.documents)
-            unknown = [d for d in ids if d not in self.documents_text]
+            unknown = [d for d in ids if d not in self.documents_text or self._gone(d)]
             if unknown:
                 raise UnknownDocument(f"documents: unknown document id {unknown[0]!r}", field="documents")
             scores = [None] * len(ids)  # not ranked: the scheme weighs them as equals
+        found = []
+        if mode in PAIR_MODES:  # a document that left the corpus since retrieval is answered without
+            found = [(d, s, p) for d, s in zip(ids, scores) if (p := self._params(d)) is not None]
+            ids, scores = [d for d, _, _ in found], [s for _, s, _ in found]
         with_passages = mode in ("rag", "combine")
         prompt = prompt_ids(self.tokenizer, request.question, [self._text(d) for d in ids] if with_passages else None)
         max_new = self.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
         self._check_fits(request.question, prompt, with_passages, max_new)
-        params, weights = self._combined(ids, [s or 0.0 for s in scores]) if mode in PAIR_MODES else ([], [])
+        params, weights = ([], [])
+        if mode in PAIR_MODES:
+            params, weights = self._combined([p for _, _, p in found], [s or 0.0 for s in scores])
         return Row(request, ids, scores, params, weights, prompt, max_new)
 
     def run(self, rows, update="fused"):
@@ -221,12 +266,16 @@ class Pipeline:
         return self.documents_text[doc_id]
 
     def _params(self, doc_id):
-        if doc_id not in self.store:
+        """The document's pairs; None when it has left the work directory's corpus (a rebuild dropped it)."""
+        try:
+            params = self.store[doc_id]
+        except KeyError:
+            if self._gone(doc_id):
+                return None
             raise PipelineError(
                 f"document {doc_id!r} was retrieved but is not in the parameter store; "
                 f"run `prag build` again to encode it"
-            )
-        params = self.store[doc_id]
+            ) from None
         if self.training is not None and params.meta.get("training") != self.training:
             raise PipelineError(
                 f"document {doc_id!r} was trained with other settings than the work directory's "
@@ -235,11 +284,11 @@ class Pipeline:
             )
         return params
 
-    def _combined(self, ids, scores):
-        """(documents, weights) to activate for one question: its documents combined by the scheme, and the
-        warm-up pair, when there is one, once with weight 1 whatever the scheme."""
+    def _combined(self, params, scores):
+        """(documents, weights) to activate for one question: its documents' pairs combined by the scheme, and
+        the warm-up pair, when there is one, once with weight 1 whatever the scheme."""
         temperature = self.temperature * self.index.score_scale  # in the retriever's score units
-        docs, weights = combine([self._params(d) for d in ids], scores, self.combination, temperature)
+        docs, weights = combine(params, scores, self.combination, temperature)
         if self.warmup is not None:
             return [self.warmup, *docs], [1.0, *weights]
         return docs, weights

@@ -180,25 +180,33 @@ def build(corpus, workdir, config=TrainConfig(), options=BuildConfig()):
 
     Raises CorpusError (bad corpus), ModelLoadError, RetrievalError (an embedder that does not load),
     StoreError (a store built for another model) or BuildError (bad settings) before the store changes."""
-    plan = plan_build(corpus, workdir, config, options)
-    start = time.perf_counter()
-    if options.ray is not None:
-        from prag_core.offline.distributed import encode_on_ray
+    workdir = Workdir(workdir)
+    with workdir.lock() as lock:  # held until the store is closed: one writer at a time
+        plan = plan_build(corpus, workdir, config, options, lock)
+        start = time.perf_counter()
+        if options.ray is not None:
+            from prag_core.offline.distributed import encode_on_ray
 
-        fallbacks = encode_on_ray(plan)
-    else:
-        fallbacks = encode_here(plan)
-    plan.store.close()
+            fallbacks = encode_on_ray(plan)
+        else:
+            fallbacks = encode_here(plan)
+        plan.store.close()
     return BuildSummary(plan.total, len(plan.pending), fallbacks, time.perf_counter() - start, plan.store.size_bytes())
 
 
-def plan_build(corpus, workdir, config, options):
-    """Check the settings, load the model, write config.json, corpus.jsonl and the indexes, get the warm-up
-    pair, and list the documents the store lacks (dropping those no longer in the corpus)."""
+def plan_build(corpus, workdir, config, options, lock):
+    """Check the settings and W (new, empty or a work directory; no input among its files), take W's `lock`
+    (a Workdir.lock(): at once if W exists, else before the first write), load the model, write the marker,
+    config.json, corpus.jsonl and the indexes, get the warm-up pair, and list the documents the store lacks
+    (dropping those no longer in the corpus)."""
     if config.construction not in CONSTRUCTIONS:
         raise BuildError(f"construction: unknown {config.construction!r}; choose from {', '.join(CONSTRUCTIONS)}")
     corpus, workdir = Path(corpus), Workdir(workdir)
     workdir.check_buildable()
+    workdir.check_input(corpus, "--corpus")
+    workdir.check_input(options.warmup, "--warmup")
+    if workdir.root.is_dir():
+        workdir.claim(lock)  # another writer is refused before the model loads
     docs = read_corpus(corpus)
     if options.passage_words is not None:
         try:
@@ -226,6 +234,7 @@ def plan_build(corpus, workdir, config, options):
         generator = LMGenerator(*writer)
     augmenting = cache_settings(generator, options.n_rewrites, options.n_qa)
     config = dataclasses.replace(config, augmentation=json_digest(augmenting))
+    workdir.claim(lock)  # W created, locked and marked before its first file is written
     warm = None
     if warmup_docs is not None:
         warm = warmup_pair(
