@@ -130,15 +130,6 @@ def max_passage_tokens(model, tokenizer):
     return max(16, (context_length(model, tokenizer) - 256) * 2 // 5)
 
 
-def _line_of(path, doc_id):
-    """The corpus line holding `doc_id` (for warnings)."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip() and json.loads(line).get("id") == doc_id:
-                return lineno
-    return "?"
-
-
 def fit_documents(docs, tokenizer, limit, corpus_path):
     """The documents with every text cut to `limit` tokens; a warning names each cut document's line."""
     fitted = []
@@ -146,7 +137,7 @@ def fit_documents(docs, tokenizer, limit, corpus_path):
         ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"]
         if len(ids) > limit:
             warnings.warn(
-                f"{corpus_path}:{_line_of(corpus_path, doc.id)}: document {doc.id!r} has {len(ids)} "
+                f"{corpus_path}:{doc.line or '?'}: document {doc.id!r} has {len(ids)} "
                 f"tokens, more than the {limit} that fit the model's context; truncated to {limit}",
                 stacklevel=2,
             )
@@ -308,7 +299,7 @@ def encode_here(plan):
                 plan.store.close()  # what was trained before stays
                 doc = group[err.doc][0]
                 raise BuildError(
-                    f"{plan.corpus}:{_line_of(plan.corpus, doc.id)}: document {doc.id!r} diverged "
+                    f"{plan.corpus}:{doc.line or '?'}: document {doc.id!r} diverged "
                     f"({err}); nothing stored for it; lower --lr (now {plan.config.lr:g})"
                 ) from None
             for (doc, _), p in zip(group, params):

@@ -1,0 +1,97 @@
+"""Input a user can get wrong, through `prag` itself: every JSON/JSONL file through one reader (a byte-order mark
+read, a lone surrogate or a line nested 100,000 deep refused in one line naming file and line), a question that
+is not text, a document of punctuation only, devices prag cannot run on, a damaged config.json or catalog, and
+argparse's refusals in one line. Each ends in one `prag ...: error:` line and exit status 2, never a traceback."""
+
+import json
+
+import pytest
+from tiny import save_tiny_llama
+
+from prag_core.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+BOM = "\ufeff"
+DOCS = [
+    {"id": "kite", "text": "Tom has a red kite. It flies over Leeds."},
+    {"id": "bell", "text": "The bell rings at 9. Ana rings it."},
+]
+QA = [{"id": "q1", "question": "What color is Tom's kite?", "answers": ["red"]}]
+SURROGATE = '"Tom \\ud800 kite"'  # valid JSON, but no character: a lone surrogate escape
+DEEP = "[" * 100_000 + "]" * 100_000
+FAST = ["--epochs", "1", "--augmenter", "fallback", "--warmup", "none", "--retriever", "bm25", "--device", "cpu"]
+
+
+def jsonl(path, rows, bom=False):
+    path.write_text((BOM if bom else "") + "".join(r if isinstance(r, str) else json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def one_line_error(capsys, code, *fragments):
+    """stderr's error line (its last, after progress bars), after checking the exit status is 2, there is no
+    traceback, one error line, and every fragment shows in it."""
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err and err.count("error") == 1, err
+    assert last.startswith("prag: error: "), err
+    for fragment in fragments:
+        assert fragment in last, last
+    return last
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """(root, work directory): root/model (a tiny model) and root/W built from DOCS."""
+    root = tmp_path_factory.mktemp("input")
+    save_tiny_llama(root / "model")
+    corpus = jsonl(root / "corpus.jsonl", DOCS)
+    assert (
+        main(["build", "--corpus", str(corpus), "--workdir", str(root / "W"), "--model", str(root / "model"), *FAST])
+        == 0
+    )
+    return root, root / "W"
+
+
+def test_bom_files_are_read_and_a_relative_model_folder_is_a_path(work, capsys, tmp_path, monkeypatch):
+    """A corpus and a question file that start with a byte-order mark; `--model model` (no ./) run from the
+    folder that holds it, offline (a hub id would fail at once): the folder, recorded by its absolute path."""
+    monkeypatch.chdir(work[0])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    corpus = jsonl(tmp_path / "corpus.jsonl", DOCS, bom=True)
+    code = main(["build", "--corpus", str(corpus), "--workdir", str(tmp_path / "W"), "--model", "model", *FAST])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "W" / "config.json").read_text())["model"] == str((work[0] / "model").resolve())
+    qa = jsonl(tmp_path / "qa.jsonl", QA, bom=True)
+    argv = ["eval", "--workdir", str(tmp_path / "W"), "--questions", str(qa), "--modes", "vanilla", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "r.json")]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "r.json").read_text())["modes"]["vanilla"]["n"] == 1
+
+
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ('{"id": "x", "text": ' + SURROGATE + "}\n", "corpus.jsonl:2: field 'text' holds a lone surrogate"),
+        ('{"id": ' + SURROGATE + ', "text": "Tom."}\n', "corpus.jsonl:2: field 'id' holds a lone surrogate"),
+        ('{"id": "x", "text": "Tom.", "extra": {"a": [' + SURROGATE + "]}}\n", "field 'extra.a[0]' holds a lone"),
+        pytest.param(DEEP + "\n", "corpus.jsonl:2: JSON nested too deeply", id="deep"),
+    ],
+)
+def test_a_bad_corpus_line_is_one_line_before_the_model_loads(work, capsys, tmp_path, line, fragment):
+    corpus = jsonl(tmp_path / "corpus.jsonl", [DOCS[0], line])
+    code = main(["build", "--corpus", str(corpus), "--workdir", str(tmp_path / "W"), "--model", str(work[0] / "model")])
+    one_line_error(capsys, code, fragment)
+    assert not (tmp_path / "W").exists()
+
+
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ('{"id": "q", "question": ' + SURROGATE + ', "answers": ["red"]}\n', "qa.jsonl:2: field 'question' holds"),
+        ('{"id": "q", "question": "Who?", "answers": [' + SURROGATE + "]}\n", "qa.jsonl:2: field 'answers[0]' holds"),
+        pytest.param(DEEP + "\n", "qa.jsonl:2: JSON nested too deeply", id="deep"),
+    ],
+)
+def test_a_bad_question_line_is_one_line(capsys, tmp_path, line, fragment):
+    qa = jsonl(tmp_path / "qa.jsonl", [QA[0], line])
+    code = main(["eval", "--workdir", str(tmp_path), "--questions", str(qa), "--out", str(tmp_path / "r.json")])
+    one_line_error(capsys, code, fragment)
