@@ -95,3 +95,11 @@ def test_a_bad_question_line_is_one_line(capsys, tmp_path, line, fragment):
     qa = jsonl(tmp_path / "qa.jsonl", [QA[0], line])
     code = main(["eval", "--workdir", str(tmp_path), "--questions", str(qa), "--out", str(tmp_path / "r.json")])
     one_line_error(capsys, code, fragment)
+
+
+def test_a_document_of_punctuation_only_is_refused_before_anything_is_trained(work, capsys, tmp_path):
+    corpus = jsonl(tmp_path / "corpus.jsonl", [DOCS[0], {"id": "dots", "text": "... !!! ??? ---"}, DOCS[1]])
+    workdir = tmp_path / "W"
+    code = main(["build", "--corpus", str(corpus), "--workdir", str(workdir), "--model", str(work[0] / "model"), *FAST])
+    one_line_error(capsys, code, "corpus.jsonl:2: document 'dots' has no word", "remove it or give it text")
+    assert not workdir.exists()  # refused before the model loads: nothing written

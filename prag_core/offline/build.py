@@ -34,7 +34,7 @@ from prag_core.corpus import json_digest, read_corpus, text_sha256
 from prag_core.errors import BuildError
 from prag_core.model.inject import ffn_module_paths, inject
 from prag_core.model.load import context_length, load_model
-from prag_core.offline.augment import LMGenerator, augment_documents, cache_settings
+from prag_core.offline.augment import LMGenerator, augment_documents, cache_settings, check_words
 from prag_core.offline.encode import encode
 from prag_core.offline.passages import split_passages
 from prag_core.offline.samples import CONSTRUCTIONS
@@ -196,6 +196,7 @@ def plan_build(corpus, workdir, config, options):
             docs = split_passages(docs, options.passage_words)
         except ValueError as err:
             raise BuildError(f"{corpus}: {err}") from None
+    check_words(docs, corpus)  # before the model loads: a document of punctuation only has nothing to train on
     warmup_docs = read_corpus(options.warmup) if options.warmup is not None else None
     # with Ray, the driver's model only checks settings, fingerprints and tokenizes: the CPU is enough
     device = "cpu" if options.ray is not None else options.device
