@@ -4,6 +4,9 @@ is not text, a document of punctuation only, devices prag cannot run on, a damag
 argparse's refusals in one line. Each ends in one `prag ...: error:` line and exit status 2, never a traceback."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from tiny import save_tiny_llama
@@ -103,3 +106,15 @@ def test_a_document_of_punctuation_only_is_refused_before_anything_is_trained(wo
     code = main(["build", "--corpus", str(corpus), "--workdir", str(workdir), "--model", str(work[0] / "model"), *FAST])
     one_line_error(capsys, code, "corpus.jsonl:2: document 'dots' has no word", "remove it or give it text")
     assert not workdir.exists()  # refused before the model loads: nothing written
+
+
+def test_a_question_that_is_not_text_is_one_line(work, capsys):
+    code = main(["ask", "--workdir", str(work[1]), "--device", "cpu", "What color is Tom's \ud800 kite?"])
+    one_line_error(capsys, code, "question: holds a lone surrogate", "\\ud800")
+    # the same from a shell: a byte that is not UTF-8 in the argument (Python makes it a lone surrogate)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    argv = [sys.executable, "-m", "prag_core.cli", "ask", "--workdir", os.fsencode(work[1]), b"Tom's \xff kite?"]
+    proc = subprocess.run(argv, env=env, capture_output=True, timeout=300)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines() == [err.strip()] and "question: holds a lone surrogate" in err, err

@@ -223,6 +223,7 @@ def user(text):
         ({"messages": user("Who?"), "temperature": 0.7}, 400, "temperature"),
         ({"messages": user("Who?"), "max_tokens": 0}, 400, "max_tokens"),
         ({"messages": user("why " * 300)}, 413, "messages"),
+        ('{"messages": [{"role": "user", "content": "Who \\ud800?"}]}', 400, "messages"),  # a lone surrogate: no text
         ({"messages": user("Who?"), "max_tokens": 500}, 413, "messages"),  # no room left for that many answer tokens
     ],
 )
