@@ -168,6 +168,8 @@ def _add_eval(sub):
 
 
 def _add_serve(sub):
+    from prag_core.answer.requests import MAX_BODY_BYTES
+
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP API over a work directory (prag[serve])")
     p.add_argument("--workdir", required=True, help="work directory written by `prag build`")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
@@ -189,6 +191,21 @@ def _add_serve(sub):
         "--api-key",
         default=os.environ.get("PRAG_API_KEY"),
         help="require `Authorization: Bearer KEY` on /v1/ routes (default $PRAG_API_KEY, else none)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=_positive_int,
+        default=MAX_BODY_BYTES,
+        metavar="N",
+        help=f"a request whose body is larger gets 413 before it is read (default {MAX_BODY_BYTES}, 1 MiB)",
+    )
+    p.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=(),
+        metavar="NAME",
+        help="the model name(s) clients may send, as vLLM's flag: the first is listed by /v1/models and answered "
+        "as (default: the model folder's name); requests naming the model folder are answered too",
     )
     _add_retrieval_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -100,7 +100,15 @@ def cmd_serve(args):
         args.workdir,
         _answer_config(args),
         ServeConfig(
-            args.host, args.port, args.max_batch, args.batch_window_ms, args.max_queue, args.api_key, args.threads
+            args.host,
+            args.port,
+            args.max_batch,
+            args.batch_window_ms,
+            args.max_queue,
+            args.api_key,
+            args.threads,
+            args.max_body_bytes,
+            tuple(args.served_model_name),
         ),
     )
 

@@ -167,7 +167,7 @@ class Pipeline:
         with_passages = mode in ("rag", "combine")
         prompt = prompt_ids(self.tokenizer, request.question, [self._text(d) for d in ids] if with_passages else None)
         max_new = self.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
-        self._check_fits(request.question, prompt, with_passages, max_new)
+        self._check_fits(request, prompt, with_passages, max_new)
         params, weights = self._combined(ids, [s or 0.0 for s in scores]) if mode in PAIR_MODES else ([], [])
         return Row(request, ids, scores, params, weights, prompt, max_new)
 
@@ -196,17 +196,27 @@ class Pipeline:
             for r, (text, tokens, finish) in zip(rows, outputs)
         ]
 
-    def _check_fits(self, question, prompt, with_passages, max_new_tokens):
-        """PromptTooLong when the prompt leaves no room for max_new_tokens of answer in the model's context."""
+    def _check_fits(self, request, prompt, with_passages, max_new_tokens):
+        """PromptTooLong when the prompt leaves no room for max_new_tokens of answer in the model's context: the
+        request's max_new_tokens is at fault when the prompt alone fits, else the question."""
         context = context_length(self.model, self.tokenizer)
-        if len(prompt) + max_new_tokens > context:
+        if len(prompt) + max_new_tokens <= context:
+            return
+        passages = " with the passages" if with_passages else ""
+        if request.max_new_tokens is not None and len(prompt) < context:
             raise PromptTooLong(
-                f"question {question[:40]!r}{'…' if len(question) > 40 else ''}: its prompt is {len(prompt)} "
-                f"tokens{' with the passages' if with_passages else ''}; with {max_new_tokens} for the "
-                f"answer that is more than the model's context of {context}; shorten the question"
-                + (" or lower --top-k" if with_passages else ""),
-                field="question",
+                f"max_tokens: {max_new_tokens} answer tokens do not fit: the prompt is {len(prompt)} tokens{passages} "
+                f"and the model's context {context}; ask for at most {context - len(prompt)}",
+                field="max_new_tokens",
             )
+        question = request.question
+        raise PromptTooLong(
+            f"question {question[:40]!r}{'…' if len(question) > 40 else ''}: its prompt is {len(prompt)} "
+            f"tokens{passages}; with {max_new_tokens} for the "
+            f"answer that is more than the model's context of {context}; shorten the question"
+            + (" or lower --top-k" if with_passages else ""),
+            field="question",
+        )
 
     def _text(self, doc_id):
         if doc_id not in self.documents_text:

@@ -28,6 +28,7 @@ UPDATES = ("fused", "merge")
 TOP_K = 3
 COMBINATION = "score"
 TEMPERATURE = 1.0
+MAX_BODY_BYTES = 2**20  # `prag serve --max-body-bytes`: a chat request is a few KiB, 1 MiB is far more than fits
 
 
 @dataclass(frozen=True)
