@@ -118,3 +118,13 @@ def test_a_question_that_is_not_text_is_one_line(work, capsys):
     err = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode == 2 and "Traceback" not in err, err
     assert err.strip().splitlines() == [err.strip()] and "question: holds a lone surrogate" in err, err
+
+
+@pytest.mark.parametrize("device", ["meta", "mps"])
+def test_a_device_prag_cannot_run_on_is_one_line(work, capsys, tmp_path, device):
+    code = main(["ask", "--workdir", str(work[1]), "--device", device, "What color is Tom's kite?"])
+    one_line_error(capsys, code, f"--device {device}: not a device prag can run on here; use cpu or cuda")
+    corpus = jsonl(tmp_path / "corpus.jsonl", DOCS)
+    argv = ["build", "--corpus", str(corpus), "--workdir", str(tmp_path / "W"), "--model", str(work[0] / "model")]
+    code = main([*argv, *FAST[:-2], "--device", device])
+    one_line_error(capsys, code, f"--device {device}: not a device prag can run on here")

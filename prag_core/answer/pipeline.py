@@ -52,7 +52,7 @@ from prag_core.answer.requests import (
     cut_answer,
 )
 from prag_core.model.inject import inject, merged_documents, use_documents
-from prag_core.model.load import context_length, load_model
+from prag_core.model.load import check_device, context_length, load_model
 from prag_core.pairs.combine import combine
 from prag_core.pairs.doc_params import DocParams, model_fingerprint
 from prag_core.prompts import ANSWER_PREFIX, left_pad, qa_messages, render
@@ -287,12 +287,12 @@ class Pipeline:
 def _open_workdir(workdir, device, retriever=None):
     """(model, tokenizer, index, store, passages, warm-up pair or None, training tag or None) of a built work
     directory, or a one-line PragError."""
+    device = str(check_device(device or ("cuda" if torch.cuda.is_available() else "cpu")))  # before any loads
     workdir = Workdir(workdir)
     workdir.check_built()
     config = workdir.read_config()
     corpus = workdir.read_corpus()
     model_path = workdir.model_path(config)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     index = workdir.open_retriever(
         retriever or config.get("retriever", "bm25"),  # bm25: built before retrievers
         corpus_sha256(corpus),
