@@ -5,6 +5,8 @@ argparse's refusals in one line. Each ends in one `prag ...: error:` line and ex
 
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 
@@ -53,6 +55,12 @@ def work(tmp_path_factory):
         == 0
     )
     return root, root / "W"
+
+
+@pytest.fixture
+def damaged(work, tmp_path):
+    """A private copy of the built work directory, free to damage."""
+    return shutil.copytree(work[1], tmp_path / "W")
 
 
 def test_bom_files_are_read_and_a_relative_model_folder_is_a_path(work, capsys, tmp_path, monkeypatch):
@@ -128,3 +136,39 @@ def test_a_device_prag_cannot_run_on_is_one_line(work, capsys, tmp_path, device)
     argv = ["build", "--corpus", str(corpus), "--workdir", str(tmp_path / "W"), "--model", str(work[0] / "model")]
     code = main([*argv, *FAST[:-2], "--device", device])
     one_line_error(capsys, code, f"--device {device}: not a device prag can run on here")
+
+
+REWRITE = "run `prag build` again to rewrite it"
+
+
+@pytest.mark.parametrize(
+    "config, fragments",
+    [
+        ("[1, 2]", ["config.json: expected a JSON object, got list", REWRITE]),
+        ('{"model": 123}', ["config.json: field 'model' must be a str or null, got int 123", REWRITE]),
+        ('{"training": "x"}', ["config.json: field 'training' must be a dict or null, got str", REWRITE]),
+        ('{"model": "\\udc80"}', ["config.json: field 'model' holds a lone surrogate"]),
+        ('{"model": ', ["config.json: malformed JSON (Expecting value, column 11)"]),
+    ],
+)
+def test_a_damaged_config_json_names_the_file_and_field(damaged, capsys, config, fragments):
+    (damaged / "config.json").write_text(config)
+    code = main(["ask", "--workdir", str(damaged), "--device", "cpu", "What color is Tom's kite?"])
+    one_line_error(capsys, code, *fragments)
+
+
+@pytest.mark.parametrize(
+    "key, value, fragment",
+    [
+        ("dtype", "123", "meta dtype is 123"),
+        ("shard_size", '"x"', 'meta shard_size is "x"'),
+        ("next_shard", "-1", "meta next_shard is -1"),
+        ("fingerprint", "[1]", "meta fingerprint is [1]"),
+    ],
+)
+def test_a_damaged_catalog_meta_value_is_one_line(damaged, capsys, key, value, fragment):
+    with sqlite3.connect(damaged / "store" / "catalog.sqlite") as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+    db.close()
+    code = main(["ask", "--workdir", str(damaged), "--device", "cpu", "What color is Tom's kite?"])
+    one_line_error(capsys, code, "catalog.sqlite: unreadable catalog", fragment, "prag store verify --repair")
