@@ -172,3 +172,25 @@ def test_a_damaged_catalog_meta_value_is_one_line(damaged, capsys, key, value, f
     db.close()
     code = main(["ask", "--workdir", str(damaged), "--device", "cpu", "What color is Tom's kite?"])
     one_line_error(capsys, code, "catalog.sqlite: unreadable catalog", fragment, "prag store verify --repair")
+
+
+@pytest.mark.parametrize(
+    "argv, first",
+    [
+        (["build"], "prag build: error: the following arguments are required: --corpus, --workdir"),
+        (["ask", "--workdir", "W", "--bogus", "Who?"], "prag ask: error: unrecognized arguments: --bogus"),
+        (["ask", "--workdir", "W", "--top-k", "0", "Who?"], "prag ask: error: argument --top-k: expected a positive"),
+        (["serve", "--workdir", "W", "--port", "99999"], "prag serve: error: argument --port: expected a TCP port"),
+        (["serve", "--workdir", "W", "--port", "0"], "prag serve: error: argument --port: expected a TCP port"),
+        (["store"], "prag store: error: the following arguments are required: ACTION"),
+        (["store", "verify", "--workdir", "W", "--nope"], "prag store verify: error: unrecognized arguments: --nope"),
+        (["nothing"], "prag: error: argument COMMAND: invalid choice: 'nothing'"),
+    ],
+)
+def test_argparse_refusals_are_one_line_and_a_hint(capsys, argv, first):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    prog = first.split(": error:")[0]
+    assert exit_info.value.code == 2
+    assert len(lines) == 2 and lines[0].startswith(first) and lines[1] == f"see `{prog} --help`", lines
