@@ -168,10 +168,12 @@ def _add_eval(sub):
 
 
 def _add_serve(sub):
+    from prag_core.answer.requests import MAX_BODY_BYTES
+
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP API over a work directory (prag[serve])")
     p.add_argument("--workdir", required=True, help=BUILT_WORKDIR_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port, 1-65535 (default 8000)")
     p.add_argument("--max-batch", type=_positive_int, default=16, help="requests per generate call (default 16)")
     p.add_argument(
         "--batch-window-ms",
@@ -189,6 +191,21 @@ def _add_serve(sub):
         "--api-key",
         default=os.environ.get("PRAG_API_KEY"),
         help="require `Authorization: Bearer KEY` on /v1/ routes (default $PRAG_API_KEY, else none)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=_positive_int,
+        default=MAX_BODY_BYTES,
+        metavar="N",
+        help=f"a request whose body is larger gets 413 before it is read (default {MAX_BODY_BYTES}, 1 MiB)",
+    )
+    p.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=(),
+        metavar="NAME",
+        help="the model name(s) clients may send, as vLLM's flag: the first is listed by /v1/models and answered "
+        "as (default: the model folder's name); requests naming the model folder are answered too",
     )
     _add_answer_options(p)
     p.add_argument(
@@ -284,16 +301,41 @@ def _positive_float(text):
     return value
 
 
+def _port(text):
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port, 1-65535, got {text!r}")
+    return int(text)
+
+
 def _positive_int(text):
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with a one-line refusal: `prag <cmd>: error: ...` and where to look, not the usage
+    block (exit status 2, as argparse's)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extra = super().parse_known_args(args, namespace)
+        if "_parser" not in vars(namespace):  # the innermost (sub)command's parser parses first
+            namespace._parser = self
+        return namespace, extra
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extra = self.parse_known_args(args, namespace)
+        parser = vars(namespace).pop("_parser", self)
+        if extra:  # a subcommand's unknown arguments reach the top parser: blame the subcommand
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return namespace
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\nsee `{self.prog} --help`\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="prag", description="Parametric RAG: documents as LoRA pairs, applied by one fused kernel."
-    )
+    parser = _Parser(prog="prag", description="Parametric RAG: documents as LoRA pairs, applied by one fused kernel.")
     parser.add_argument("--version", action="version", version=f"prag {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_build(sub)

@@ -108,7 +108,15 @@ def cmd_serve(args):
         args.workdir,
         _answer_config(args, args.max_batch),
         ServeConfig(
-            args.host, args.port, args.max_batch, args.batch_window_ms, args.max_queue, args.api_key, args.threads
+            args.host,
+            args.port,
+            args.max_batch,
+            args.batch_window_ms,
+            args.max_queue,
+            args.api_key,
+            args.threads,
+            args.max_body_bytes,
+            tuple(args.served_model_name),
         ),
     )
 

@@ -8,12 +8,19 @@ qa.jsonl:      {"id": str, "question": str, "answers": [str, ...], "docs"?: [str
 Every problem is reported as one `CorpusError` line that names the file, the
 line and the field, so the CLI can print it without a traceback. Blank lines
 are skipped.
+
+Every JSON or JSONL file prag reads from a path it is given goes through read_json or read_jsonl: UTF-8 (a
+leading byte-order mark is skipped), JSON, nested at most as deep as Python's recursion allows, and text only
+(a lone surrogate escape such as "\\ud800", valid JSON but no character, is refused), each refusal one line.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +42,7 @@ class Document:
     text: str
     title: str | None
     sha256: str  # of `text`, so a changed text is re-encoded
+    line: int | None = dataclasses.field(default=None, compare=False)  # its line in the file read, for messages
 
 
 @dataclass(frozen=True)
@@ -49,34 +57,100 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _records(path):
-    """Yield (line number, JSON object) for every non-blank line, then check ids are unique."""
-    path = Path(path)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text) -> bool:
+    """Whether `text` holds a lone surrogate (what a JSON escape "\\ud800" or a non-UTF-8 byte in a command-line
+    argument becomes): no character, so it cannot be encoded, tokenized or written back."""
+    return _SURROGATE.search(text) is not None
+
+
+def _surrogate_field(value):
+    """The field ('text', 'answers[1]', 'a.b') of the first string or key in a JSON value that holds a lone
+    surrogate, "" for the value itself, or None when there is none. Iterative: the value may be deeply nested."""
+    todo = deque([("", value)])
+    while todo:
+        path, v = todo.popleft()
+        if isinstance(v, str) and lone_surrogate(v):
+            return path
+        if isinstance(v, dict):
+            for key, item in v.items():
+                here = f"{path}.{key}" if path else key
+                if lone_surrogate(key):
+                    return f"{path} (a key)" if path else "(a key)"
+                todo.append((here, item))
+        elif isinstance(v, list):
+            todo.extend((f"{path}[{i}]", item) for i, item in enumerate(v))
+    return None
+
+
+def _parse(text, where, error):
+    """The JSON value of `text`, or one `error` line starting with `where`."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        at = f"line {err.lineno}, column {err.colno}" if "\n" in text.rstrip("\n") else f"column {err.colno}"
+        raise error(f"{where}: malformed JSON ({err.msg}, {at})") from None
+    except RecursionError:
+        raise error(f"{where}: JSON nested too deeply to read") from None
+    field = _surrogate_field(value)
+    if field is not None:
+        what = f"field {field!r}" if field else "the value"
+        raise error(
+            f"{where}: {what} holds a lone surrogate escape (\\ud800-\\udfff, half of no pair: not text); "
+            f"fix or remove it"
+        )
+    return value
+
+
+def _decode(raw, where, error, first):
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{where}: not valid UTF-8") from None
+    return text.removeprefix("\ufeff") if first else text  # a byte-order mark some editors write
+
+
+def _check_file(path, error, kind):
     if path.is_dir():
-        raise CorpusError(f"{path}: a directory, not a .jsonl file")
+        raise error(f"{path}: a directory, not a {kind} file")
     if not path.is_file():
-        raise CorpusError(f"{path}: no such file")
-    first_line = {}
+        raise error(f"{path}: no such file")
+
+
+def read_jsonl(path, error=CorpusError):
+    """Yield (line number, JSON value) for every non-blank line of a JSONL file; each problem is one `error`
+    line naming the file and line."""
+    path = Path(path)
+    _check_file(path, error, ".jsonl")
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise CorpusError(f"{path}:{lineno}: not valid UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CorpusError(f"{path}:{lineno}: malformed JSON ({err.msg}, column {err.colno})") from None
-            if not isinstance(obj, dict):
-                raise CorpusError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             where = f"{path}:{lineno}"
-            doc_id = _string(obj, "id", where)
-            if doc_id in first_line:
-                raise CorpusError(f"{where}: duplicate id {doc_id!r} (first on line {first_line[doc_id]})")
-            first_line[doc_id] = lineno
-            yield where, obj
+            line = _decode(raw, where, error, lineno == 1)
+            if line.strip():
+                yield lineno, _parse(line, where, error)
+
+
+def read_json(path, error=CorpusError):
+    """The JSON value of a .json file; each problem is one `error` line naming the file."""
+    path = Path(path)
+    _check_file(path, error, ".json")
+    return _parse(_decode(path.read_bytes(), str(path), error, True), str(path), error)
+
+
+def _records(path):
+    """Yield (where, line number, JSON object) for every non-blank line, then check ids are unique."""
+    path, first_line = Path(path), {}
+    for lineno, obj in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(obj, dict):
+            raise CorpusError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        doc_id = _string(obj, "id", where)
+        if doc_id in first_line:
+            raise CorpusError(f"{where}: duplicate id {doc_id!r} (first on line {first_line[doc_id]})")
+        first_line[doc_id] = lineno
+        yield where, lineno, obj
     if not first_line:
         raise CorpusError(f"{path}: no records (the file is empty)")
 
@@ -98,20 +172,17 @@ def _string(obj, field, where, required=True):
 def read_corpus(path) -> list[Document]:
     """The documents of a corpus.jsonl file, in file order."""
     docs = []
-    for where, obj in _records(path):
+    for where, lineno, obj in _records(path):
         text = _string(obj, "text", where)
-        docs.append(
-            Document(
-                id=obj["id"], text=text, title=_string(obj, "title", where, required=False), sha256=text_sha256(text)
-            )
-        )
+        title = _string(obj, "title", where, required=False)
+        docs.append(Document(id=obj["id"], text=text, title=title, sha256=text_sha256(text), line=lineno))
     return docs
 
 
 def read_questions(path) -> list[Question]:
     """The questions of a qa.jsonl file, in file order."""
     questions = []
-    for where, obj in _records(path):
+    for where, _, obj in _records(path):
         question = _string(obj, "question", where)
         answers = obj.get("answers")
         if not isinstance(answers, list):

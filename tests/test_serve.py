@@ -12,8 +12,10 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
+from http.client import HTTPConnection
 
 import openai
 import pytest
@@ -23,6 +25,7 @@ from test_pipeline import QUESTIONS, TEXTS, make_pipe
 
 from prag_core.answer.requests import MODES, Request
 from prag_core.answer.serve import create_app
+from prag_core.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = "tiny"
@@ -223,7 +226,8 @@ def user(text):
         ({"messages": user("Who?"), "temperature": 0.7}, 400, "temperature"),
         ({"messages": user("Who?"), "max_tokens": 0}, 400, "max_tokens"),
         ({"messages": user("why " * 300)}, 413, "messages"),
-        ({"messages": user("Who?"), "max_tokens": 500}, 413, "messages"),  # no room left for that many answer tokens
+        ({"messages": user("Who?"), "max_tokens": 500}, 413, "max_tokens"),  # no room left for that many answer tokens
+        ('{"messages": [{"role": "user", "content": "Who \\ud800?"}]}', 400, "messages"),  # a lone surrogate: no text
     ],
 )
 def test_bad_requests_get_openai_errors(server, body, status, param):
@@ -231,6 +235,60 @@ def test_bad_requests_get_openai_errors(server, body, status, param):
     assert code == status, reply
     assert set(reply["error"]) == {"message", "type", "param", "code"} and reply["error"]["param"] == param
     assert reply["error"]["type"] == "invalid_request_error"
+
+
+def test_a_body_over_the_limit_gets_413_at_once(server, pipe):
+    """Refused on its Content-Length before a byte of it arrives, or as soon as a streamed (chunked) body passes
+    the limit, with OpenAI's error JSON; the server answers the next request as usual."""
+
+    def post(url, body=None, headers=None):
+        """(status, JSON, seconds) of a POST of `body` (bytes, or an iterator: sent chunked)."""
+        conn = HTTPConnection(urllib.parse.urlsplit(url).netloc, timeout=20)
+        start = time.monotonic()
+        try:
+            conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json", **(headers or {})})
+            r = conn.getresponse()
+            return r.status, json.loads(r.read()), time.monotonic() - start
+        finally:
+            conn.close()
+
+    status, reply, seconds = post(server[0], headers={"Content-Length": "20000000"})  # 20 MB announced, not sent
+    assert (status, reply["error"]["code"], seconds < 10) == (413, "request_too_large", True), reply
+    assert "limit of 1048576 bytes (prag serve --max-body-bytes)" in reply["error"]["message"]
+    with running(create_app(pipe, MODEL, max_body_bytes=3000)) as url:
+        body = json.dumps({"messages": user("why " * 800)}).encode()
+        status, reply, _ = post(url, iter([body[i : i + 500] for i in range(0, len(body), 500)]))
+        assert (status, reply["error"]["code"]) == (413, "request_too_large"), reply
+        assert "limit of 3000 bytes" in reply["error"]["message"]
+        assert chat(client(url), QUESTIONS[0])[0] == pipe.answer([QUESTIONS[0]], "prag")[0].prediction
+
+
+def test_prag_serve_model_names_and_body_limit(built, monkeypatch):  # noqa: F811
+    """`prag serve` (uvicorn.run caught): /v1/models gives the model folder's name, not its path; with
+    --served-model-name the first name is listed and answered as, and requests naming any of them, the folder or
+    its path are answered; --max-body-bytes sets the limit."""
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: apps.append((app, options)))
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # serve's SIGINT/SIGTERM handlers: not in the tests
+    argv = ["serve", "--workdir", str(built[0]), "--device", "cpu", "--port", "8123"]
+    assert main(argv) == 0
+    assert main([*argv, "--served-model-name", "gpt-4o-mini", "mine", "--max-body-bytes", "3000"]) == 0
+    (plain, options), (named, _) = apps
+    assert options["port"] == 8123
+    folder = str(built[0].parent / "model")
+    with running(plain) as url:
+        status, _, reply = http(f"{url}/v1/models")
+        assert [m["id"] for m in reply["data"]] == ["model"] and folder not in json.dumps(reply)
+    with running(named) as url:
+        assert [m["id"] for m in http(f"{url}/v1/models")[2]["data"]] == ["gpt-4o-mini"]
+        c = client(url)
+        for name in ("gpt-4o-mini", "mine", "model", folder):
+            r = c.chat.completions.create(model=name, messages=user("What color is Tom's kite?"), max_tokens=2)
+            assert r.model == "gpt-4o-mini"
+        code, _, reply = http(f"{url}/v1/chat/completions", {"model": "gpt-9", "messages": user("Who?")})
+        assert (code, reply["error"]["param"]) == (404, "model") and "'gpt-4o-mini'" in reply["error"]["message"]
+        code, _, reply = http(f"{url}/v1/chat/completions", {"messages": user("why " * 800)})
+        assert (code, reply["error"]["code"]) == (413, "request_too_large")
 
 
 def test_other_routes_answer_errors_as_json(server):

@@ -57,11 +57,10 @@ from prag_core.answer.requests import (
     check_request,
     cut_answer,
 )
-from prag_core.corpus import json_digest
 from prag_core.errors import PragError
 from prag_core.model.inject import inject, merged_documents, use_documents
-from prag_core.model.load import context_length, load_model
-from prag_core.model.pool import DocumentPool
+from prag_core.model.load import check_device, context_length, load_model
+from prag_core.model.pool import DocumentPool, pool_key
 from prag_core.pairs.combine import combine
 from prag_core.pairs.doc_params import DocParams, model_fingerprint
 from prag_core.prompts import ANSWER_PREFIX, left_pad, qa_messages, render
@@ -215,7 +214,7 @@ class Pipeline:
         with_passages = mode in ("rag", "combine")
         prompt = prompt_ids(self.tokenizer, request.question, [self._text(d) for d in ids] if with_passages else None)
         max_new = self.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
-        self._check_fits(request.question, prompt, with_passages, max_new)
+        self._check_fits(request, prompt, with_passages, max_new)
         params, weights = ([], [])
         if mode in PAIR_MODES:
             params, weights = self._combined([p for _, _, p in found], [s or 0.0 for s in scores])
@@ -246,17 +245,27 @@ class Pipeline:
             for r, (text, tokens, finish) in zip(rows, outputs)
         ]
 
-    def _check_fits(self, question, prompt, with_passages, max_new_tokens):
-        """PromptTooLong when the prompt leaves no room for max_new_tokens of answer in the model's context."""
+    def _check_fits(self, request, prompt, with_passages, max_new_tokens):
+        """PromptTooLong when the prompt leaves no room for max_new_tokens of answer in the model's context: the
+        request's max_new_tokens is at fault when the prompt alone fits, else the question."""
         context = context_length(self.model, self.tokenizer)
-        if len(prompt) + max_new_tokens > context:
+        if len(prompt) + max_new_tokens <= context:
+            return
+        passages = " with the passages" if with_passages else ""
+        if request.max_new_tokens is not None and len(prompt) < context:
             raise PromptTooLong(
-                f"question {question[:40]!r}{'…' if len(question) > 40 else ''}: its prompt is {len(prompt)} "
-                f"tokens{' with the passages' if with_passages else ''}; with {max_new_tokens} for the "
-                f"answer that is more than the model's context of {context}; shorten the question"
-                + (" or lower --top-k" if with_passages else ""),
-                field="question",
+                f"max_tokens: {max_new_tokens} answer tokens do not fit: the prompt is {len(prompt)} tokens{passages} "
+                f"and the model's context {context}; ask for at most {context - len(prompt)}",
+                field="max_new_tokens",
             )
+        question = request.question
+        raise PromptTooLong(
+            f"question {question[:40]!r}{'…' if len(question) > 40 else ''}: its prompt is {len(prompt)} "
+            f"tokens{passages}; with {max_new_tokens} for the "
+            f"answer that is more than the model's context of {context}; shorten the question"
+            + (" or lower --top-k" if with_passages else ""),
+            field="question",
+        )
 
     def _text(self, doc_id):
         if doc_id not in self.documents_text:
@@ -312,7 +321,7 @@ class Pipeline:
         """Row i's documents loaded into the pool (each once, kept for later questions) and assigned to row i."""
         try:
             for row, (docs, row_weights) in enumerate(zip(params, weights)):
-                self.pool.assign(row, [self.pool.load(_pool_key(d), d) for d in docs], row_weights)
+                self.pool.assign(row, [self.pool.load(pool_key(d), d) for d in docs], row_weights)
             with self.pool.activate():
                 yield
         finally:
@@ -354,24 +363,15 @@ def _pool(model, training, config):
     return DocumentPool(inject(model), training["rank"], training["alpha"], config.pool_slots, config.pool_rows)
 
 
-def _pool_key(doc):
-    """What identifies a document's pairs in the pool: a stored document by id, text and training, the warm-up
-    pair by its key; a pair made for one question (dyprag's average) by itself."""
-    meta = doc.meta
-    if "doc_sha256" in meta:
-        return meta.get("doc_id"), meta["doc_sha256"], json_digest(meta.get("training"))
-    return meta.get("warmup_key") or id(doc)
-
-
 def _open_workdir(workdir, device, retriever=None):
     """(model, tokenizer, index, store, passages, warm-up pair or None, training tag or None) of a built work
     directory, or a one-line PragError."""
+    device = str(check_device(device or ("cuda" if torch.cuda.is_available() else "cpu")))  # before any loads
     workdir = Workdir(workdir)
     workdir.check_built()
     config = workdir.read_config()
     corpus = workdir.read_corpus()
     model_path = workdir.model_path(config)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     index = workdir.open_retriever(
         retriever or config.get("retriever", "bm25"),  # bm25: built before retrievers
         corpus_sha256(corpus),

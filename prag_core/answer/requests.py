@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria
 
+from prag_core.corpus import lone_surrogate
 from prag_core.errors import PragError
 from prag_core.pairs.combine import check_scheme
 
@@ -28,6 +29,7 @@ UPDATES = ("fused", "merge")
 TOP_K = 3
 COMBINATION = "score"
 TEMPERATURE = 1.0
+MAX_BODY_BYTES = 2**20  # `prag serve --max-body-bytes`: a chat request is a few KiB, 1 MiB is far more than fits
 
 
 @dataclass(frozen=True)
@@ -130,10 +132,17 @@ def settled_answer(text):
 
 
 def check_request(question=None, mode=None, update=None, combination=None, temperature=1.0):
-    """PipelineError for an empty question, an unknown mode, update method or combination scheme, or a bad
-    temperature (those given)."""
+    """PipelineError for an empty question or one that is not text (a lone surrogate: a JSON escape "\\ud800", or
+    a byte of a command-line argument that is not UTF-8), an unknown mode, update method or combination scheme,
+    or a bad temperature (those given)."""
     if question is not None and (not isinstance(question, str) or not question.strip()):
         raise PipelineError(f"question: empty ({question!r})", field="question")
+    if question is not None and lone_surrogate(question):
+        raise PipelineError(
+            f"question: holds a lone surrogate ({ascii(question[:40])}), not text: a \\ud800-\\udfff escape "
+            f"that is half of no pair, or bytes that are not UTF-8",
+            field="question",
+        )
     if mode is not None and mode not in MODES:
         raise PipelineError(f"mode: unknown {mode!r}; choose from {', '.join(MODES)}", field="mode")
     if update is not None and update not in UPDATES:

@@ -2,7 +2,7 @@
 
 create_app is the HTTP layer (FastAPI) over the scheduler (answer/batcher.py): OpenAI's chat-completion schema
 in and out, server-sent events for `stream: true`, OpenAI's error JSON ({"error": {message, type, param, code}})
-for every error, the optional API key.
+for every error, the optional API key, the request body limit (413 before a byte of a larger body is parsed).
 """
 
 import hmac
@@ -12,6 +12,7 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException
 from prag_core.answer.batcher import REQUEST_ERRORS, Batcher, Busy
 from prag_core.answer.pipeline import Pipeline
 from prag_core.answer.requests import (
+    MAX_BODY_BYTES,
     MODES,
     UPDATES,
     AnswerConfig,
@@ -103,7 +105,7 @@ def _request_error(err):
     if isinstance(err, UnknownDocument):
         return error(404, str(err), param, "document_not_found")
     if isinstance(err, PromptTooLong):
-        return error(413, str(err), param, "context_length_exceeded")
+        return error(413, str(err), "max_tokens" if field == "max_new_tokens" else param, "context_length_exceeded")
     if isinstance(err, RetrievalError):
         return error(400, f"messages: {err}", "messages")
     if isinstance(err, PipelineError) and field is None:  # the knowledge base itself is broken
@@ -126,13 +128,63 @@ class _ApiKey:
         await self.app(scope, receive, send)
 
 
+class _BodyLimit:
+    """ASGI middleware: a request whose body is over `limit` bytes gets 413 before any of it is parsed: at once
+    when its Content-Length says so, else as soon as the bytes streamed in pass the limit. The body (at most
+    `limit` bytes) is read here and handed on whole."""
+
+    def __init__(self, app, limit):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            return await self._refuse(scope, receive, send)
+        body, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body.append(message.get("body", b""))
+            size, more = size + len(body[-1]), message.get("more_body", False)
+            if size > self.limit:
+                return await self._refuse(scope, receive, send)
+        whole = {"type": "http.request", "body": b"".join(body), "more_body": False}
+
+        async def replay():
+            nonlocal whole
+            if whole is None:
+                return await receive()  # after the body: http.disconnect, which streaming responses wait for
+            message, whole = whole, None
+            return message
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send):
+        message = f"request body: more than the server's limit of {self.limit} bytes (prag serve --max-body-bytes)"
+        await error(413, message, code="request_too_large", headers={"Connection": "close"})(scope, receive, send)
+
+
 def _sse(obj):
     return f"data: {json.dumps(obj)}\n\n"
 
 
-def create_app(pipeline, model_id, max_batch=16, window_s=0.01, max_queue=64, api_key=None):
-    """The FastAPI app serving `pipeline` as model `model_id`; its Batcher runs while the app does."""
+def create_app(
+    pipeline,
+    model_id,
+    max_batch=16,
+    window_s=0.01,
+    max_queue=64,
+    api_key=None,
+    max_body_bytes=MAX_BODY_BYTES,
+    aliases=(),
+):
+    """The FastAPI app serving `pipeline` as model `model_id` (also answering requests that name it by one of
+    `aliases`); its Batcher runs while the app does."""
     batcher = Batcher(pipeline, max_batch, window_s, max_queue)
+    names = {model_id, *aliases}
 
     async def lifespan(app):
         batcher.start()
@@ -141,7 +193,8 @@ def create_app(pipeline, model_id, max_batch=16, window_s=0.01, max_queue=64, ap
 
     app = FastAPI(title="prag", lifespan=lifespan)
     app.state.batcher = batcher
-    if api_key:
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    if api_key:  # added last: outermost, so a request without the key is refused before its body is read
         app.add_middleware(_ApiKey, key=api_key)
 
     @app.exception_handler(RequestValidationError)
@@ -181,7 +234,7 @@ def create_app(pipeline, model_id, max_batch=16, window_s=0.01, max_queue=64, ap
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest):
-        if body.model is not None and body.model != model_id:
+        if body.model is not None and body.model not in names:
             return error(
                 404,
                 f"model: {body.model!r} is not served here; GET /v1/models lists {model_id!r}",
@@ -280,15 +333,23 @@ async def _chunks(job, head, prag, usage):
         job.request.cancel.set()  # a no-op once the row is done
 
 
-def served_name(workdir):
-    """The name the server gives its model: the work directory's model as `prag build` got it."""
-    return Workdir(workdir).read_config().get("model") or EMBEDDED
+def served_names(workdir, names=()):
+    """(the name the server lists and answers as, the other names requests may give): the first of `names`
+    (`--served-model-name`), else the work directory's model as `prag build` got it, a folder by its name only
+    (not its path, which says where the server's files are); requests naming that model in any of those ways are
+    answered too."""
+    model = Workdir(workdir).read_config().get("model") or EMBEDDED
+    own = Path(model).name if Path(model).is_absolute() else model
+    names = tuple(names) or (own,)
+    return names[0], tuple(dict.fromkeys((*names[1:], own, model)))
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     """How `prag serve` listens and batches. window_ms: how long a batch waits for more requests after its first;
-    max_queue: requests admitted at once (more get 503); threads: torch CPU threads (None: torch's)."""
+    max_queue: requests admitted at once (more get 503); threads: torch CPU threads (None: torch's);
+    max_body_bytes: a larger request body gets 413 before it is read; served_model_names: the names clients may
+    give as `model` (the first is listed and answered as; empty: the model folder's name)."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -297,6 +358,8 @@ class ServeConfig:
     max_queue: int = 64
     api_key: str | None = None
     threads: int | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    served_model_names: tuple = ()
 
 
 def serve(workdir, answering=AnswerConfig(), config=ServeConfig()):
@@ -307,8 +370,16 @@ def serve(workdir, answering=AnswerConfig(), config=ServeConfig()):
     if config.threads:
         torch.set_num_threads(config.threads)
     pipeline = Pipeline.open(workdir, answering)
+    name, aliases = served_names(workdir, config.served_model_names)
     app = create_app(
-        pipeline, served_name(workdir), config.max_batch, config.window_ms / 1000, config.max_queue, config.api_key
+        pipeline,
+        name,
+        config.max_batch,
+        config.window_ms / 1000,
+        config.max_queue,
+        config.api_key,
+        config.max_body_bytes,
+        aliases,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the previous handler;

@@ -106,13 +106,16 @@ def resolve_model_path(name_or_path=None) -> str:
 
 
 def check_device(device):
-    """`device` as a torch.device, or ModelLoadError for a name torch does not know or a device it lacks."""
+    """`device` as a torch.device, or ModelLoadError for a name torch does not know, a device it lacks, or one
+    prag does not run on (prag runs on cpu and cuda; meta holds no data, mps and others are untested)."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ModelLoadError(
             f"--device {device!r}: not a device torch knows ({str(err).splitlines()[0]}); use cpu or cuda"
         ) from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ModelLoadError(f"--device {device}: not a device prag can run on here; use cpu or cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(
             f"--device {device}: this torch has no usable CUDA device "

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 
 import torch
 
+from prag_core.corpus import json_digest
 from prag_core.model.inject import _ACTIVE, InjectedLinear, _ffn_modules, weight_out_in
 
 MAX_COLUMNS = 64  # prag_kernels.fused_lora_triton.MAX_RANK: the stacked columns one Triton launch takes
@@ -139,3 +140,12 @@ class DocumentPool:
 @contextmanager
 def _no_stream():
     yield
+
+
+def pool_key(doc):
+    """What identifies a document's pairs in the pool: a stored document by id, text and training, the warm-up
+    pair by its key; a pair made for one question (dyprag's average) by itself."""
+    meta = doc.meta
+    if "doc_sha256" in meta:
+        return meta.get("doc_id"), meta["doc_sha256"], json_digest(meta.get("training"))
+    return meta.get("warmup_key") or id(doc)

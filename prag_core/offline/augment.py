@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prag_core.corpus import append_line, write_jsonl_atomic
+from prag_core.errors import BuildError
 from prag_core.metrics import acc, normalize_answer
 from prag_core.prompts import PROMPT_VERSION, left_pad, qa_messages, qa_pairs_messages, render, rewrite_messages
 
@@ -211,6 +212,18 @@ def fallback_qa(text, n, seen=()):
             blanked = re.sub(rf"(?<!\w){re.escape(span)}(?!\w)", "___", sentence, count=1).rstrip(".!?")
             pairs.append((f'Which word or number fills the blank in "{blanked}"?', span))
     return pairs
+
+
+def check_words(docs, path):
+    """BuildError naming the corpus line of the first document (corpus.Document) without a word (a letter or a
+    digit), only punctuation or symbols: no question can be asked about it, so there is nothing to train its pair
+    on (and no term to retrieve it by). Checked before the model loads."""
+    for doc in docs:
+        if not re.search(r"\w", doc.text):
+            raise BuildError(
+                f"{path}:{doc.line or '?'}: document {doc.id!r} has no word, only punctuation or symbols "
+                f"({doc.text[:20]!r}): nothing to train on; remove it or give it text"
+            )
 
 
 def augment_many(texts, generator, n_rewrites=1, n_qa=3, retries=2):

@@ -34,7 +34,7 @@ from prag_core.corpus import json_digest, read_corpus, text_sha256
 from prag_core.errors import BuildError
 from prag_core.model.inject import ffn_module_paths, inject
 from prag_core.model.load import context_length, load_model
-from prag_core.offline.augment import LMGenerator, augment_documents, cache_settings
+from prag_core.offline.augment import LMGenerator, augment_documents, cache_settings, check_words
 from prag_core.offline.encode import encode
 from prag_core.offline.passages import split_passages
 from prag_core.offline.samples import CONSTRUCTIONS
@@ -130,15 +130,6 @@ def max_passage_tokens(model, tokenizer):
     return max(16, (context_length(model, tokenizer) - 256) * 2 // 5)
 
 
-def _line_of(path, doc_id):
-    """The corpus line holding `doc_id` (for warnings)."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip() and json.loads(line).get("id") == doc_id:
-                return lineno
-    return "?"
-
-
 def fit_documents(docs, tokenizer, limit, corpus_path):
     """The documents with every text cut to `limit` tokens; a warning names each cut document's line."""
     fitted = []
@@ -146,7 +137,7 @@ def fit_documents(docs, tokenizer, limit, corpus_path):
         ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"]
         if len(ids) > limit:
             warnings.warn(
-                f"{corpus_path}:{_line_of(corpus_path, doc.id)}: document {doc.id!r} has {len(ids)} "
+                f"{corpus_path}:{doc.line or '?'}: document {doc.id!r} has {len(ids)} "
                 f"tokens, more than the {limit} that fit the model's context; truncated to {limit}",
                 stacklevel=2,
             )
@@ -213,6 +204,7 @@ def plan_build(corpus, workdir, config, options, lock):
             docs = split_passages(docs, options.passage_words)
         except ValueError as err:
             raise BuildError(f"{corpus}: {err}") from None
+    check_words(docs, corpus)  # before the model loads: a document of punctuation only has nothing to train on
     warmup_docs = read_corpus(options.warmup) if options.warmup is not None else None
     # with Ray, the driver's model only checks settings, fingerprints and tokenizes: the CPU is enough
     device = "cpu" if options.ray is not None else options.device
@@ -317,7 +309,7 @@ def encode_here(plan):
                 plan.store.close()  # what was trained before stays
                 doc = group[err.doc][0]
                 raise BuildError(
-                    f"{plan.corpus}:{_line_of(plan.corpus, doc.id)}: document {doc.id!r} diverged "
+                    f"{plan.corpus}:{doc.line or '?'}: document {doc.id!r} diverged "
                     f"({err}); nothing stored for it; lower --lr (now {plan.config.lr:g})"
                 ) from None
             for (doc, _), p in zip(group, params):

@@ -35,7 +35,10 @@ def split_passages(docs, words):
         out += (
             [doc]
             if len(chunks) == 1
-            else [Document(f"{doc.id}#{i}", chunk, doc.title, text_sha256(chunk)) for i, chunk in enumerate(chunks, 1)]
+            else [
+                Document(f"{doc.id}#{i}", chunk, doc.title, text_sha256(chunk), doc.line)
+                for i, chunk in enumerate(chunks, 1)
+            ]
         )
     seen = set()
     for passage in out:

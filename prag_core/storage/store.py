@@ -65,6 +65,12 @@ from prag_core.storage.folder import (
 from prag_core.storage.payloads import _read_file, _seq, _sha256, _Shard, file_name, shard_bytes
 
 STORAGE_DTYPES = ("float32", "bfloat16", "float16")
+_META = {  # the catalog's meta values, each with what it must be (else the catalog is damaged)
+    "fingerprint": lambda v: isinstance(v, dict),
+    "dtype": lambda v: v in STORAGE_DTYPES,
+    "shard_size": lambda v: v is None or (type(v) is int and v > 0),
+    "next_shard": lambda v: type(v) is int and v >= 0,
+}
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE documents (id TEXT PRIMARY KEY, sha256 TEXT NOT NULL, tag TEXT NOT NULL, file TEXT NOT NULL,
@@ -188,11 +194,12 @@ class Store(Mapping):
         rows = self._query("SELECT key, value FROM meta")
         try:
             meta = {key: json.loads(value) for key, value in rows}
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             raise self._unreadable(err) from None
-        missing = {"fingerprint", "dtype", "shard_size", "next_shard"} - set(meta)
-        if missing:
-            raise self._unreadable(f"meta lacks {', '.join(sorted(missing))}")
+        bad = sorted(set(_META) - set(meta)) or [k for k, ok in _META.items() if not ok(meta[k])]
+        if bad:
+            why = f"{bad[0]} is {json.dumps(meta[bad[0]])[:40]}" if bad[0] in meta else f"lacks {', '.join(bad)}"
+            raise self._unreadable(f"meta {why}")
         return meta
 
     def _set(self, key, value):

@@ -31,7 +31,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from prag_core.corpus import read_corpus, write_jsonl_atomic, write_text_atomic
+from prag_core.corpus import read_corpus, read_json, write_jsonl_atomic, write_text_atomic
 from prag_core.errors import PragError
 from prag_core.pairs.peft_export import CONFIG_NAME, WEIGHTS_NAME, export_peft
 from prag_core.retrieval.bm25 import BM25Index, RetrievalError
@@ -190,11 +190,17 @@ class Workdir:
             raise WorkdirError(f"{self.root}: not a prag work directory (no config.json); run `prag build` into it")
 
     def read_config(self):
-        """W/config.json as a dict; a one-line WorkdirError when it is unreadable."""
-        try:
-            return json.loads(self.config.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise WorkdirError(f"{self.config}: unreadable ({err})") from None
+        """W/config.json as a dict; a one-line WorkdirError naming the file, and the field, when it is unreadable
+        or a field prag reads has the wrong type."""
+        config = read_json(self.config, WorkdirError)
+        fix = "run `prag build` again to rewrite it"
+        if not isinstance(config, dict):
+            raise WorkdirError(f"{self.config}: expected a JSON object, got {type(config).__name__}; {fix}")
+        for key, kind in {"model": str, "retriever": str, "embedder": str, "warmup": str, "training": dict}.items():
+            if config.get(key) is not None and not isinstance(config[key], kind):
+                got = f"{type(config[key]).__name__} {json.dumps(config[key])[:40]}"
+                raise WorkdirError(f"{self.config}: field {key!r} must be a {kind.__name__} or null, got {got}; {fix}")
+        return config
 
     def write_config(self, settings):
         write_text_atomic(self.config, json.dumps(settings, indent=1) + "\n")
