@@ -142,8 +142,7 @@ def _add_build(sub):
 
 
 def _add_ask(sub):
-    p = sub.add_parser("ask", help="answer one question from a work directory")
-    p.add_argument("--workdir", required=True, help=BUILT_WORKDIR_HELP)
+    p = _workdir_command(sub, "ask", help="answer one question from a work directory")
     p.add_argument("--mode", default="prag", help="vanilla, rag, prag (default) or combine")
     p.add_argument("--update", default="fused", help="fused (default, the kernel) or merge (the baseline)")
     _add_answer_options(p)
@@ -152,26 +151,22 @@ def _add_ask(sub):
 
 
 def _add_eval(sub):
-    p = sub.add_parser("eval", help="answer a qa.jsonl file in several modes; EM/F1/acc/latency table, results.json")
-    p.add_argument("--workdir", required=True, help=BUILT_WORKDIR_HELP)
+    p = _workdir_command(
+        sub, "eval", help="answer a qa.jsonl file in several modes; EM/F1/acc/latency table, results.json"
+    )
     p.add_argument("--questions", required=True, help="qa.jsonl: {id, question, answers} per line")
     p.add_argument("--modes", default="vanilla,rag,prag,combine", help="comma-separated (default: all four)")
     p.add_argument("--update", default="fused", help="fused (default) or merge")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="questions per generate call (fused)")
     _add_answer_options(p)
-    p.add_argument(
-        "--out",
-        required=True,
-        help="results.json to write (rewritten as answers come, so a stopped run keeps what was answered)",
-    )
+    p.add_argument("--out", required=True, help="results.json to write (rewritten per answer: a stop keeps them)")
     p.set_defaults(func=commands.cmd_eval)
 
 
 def _add_serve(sub):
     from prag_core.answer.requests import MAX_BODY_BYTES
 
-    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP API over a work directory (prag[serve])")
-    p.add_argument("--workdir", required=True, help=BUILT_WORKDIR_HELP)
+    p = _workdir_command(sub, "serve", help="an OpenAI-compatible HTTP API over a work directory (prag[serve])")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port, 1-65535 (default 8000)")
     p.add_argument("--max-batch", type=_positive_int, default=16, help="requests per generate call (default 16)")
@@ -226,8 +221,7 @@ def _add_demo(sub):
 
 
 def _add_export_peft(sub):
-    p = sub.add_parser("export-peft", help="write documents' pairs as a standard PEFT LoRA adapter folder")
-    p.add_argument("--workdir", required=True, help=BUILT_WORKDIR_HELP)
+    p = _workdir_command(sub, "export-peft", help="write documents' pairs as a standard PEFT LoRA adapter folder")
     p.add_argument("--docs", required=True, help="ID[,ID...]: one document, or several concatenated along rank")
     p.add_argument("--out", required=True, help="adapter folder to write")
     p.add_argument("--force", action="store_true", help="overwrite an adapter already in --out")
@@ -237,10 +231,11 @@ def _add_export_peft(sub):
 def _add_store(sub):
     p = sub.add_parser("store", help="the parameter store of a work directory")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    v = actions.add_parser(
-        "verify", help="check every document of the catalog against its bytes; print every problem; exit 1 if any"
+    v = _workdir_command(
+        actions,
+        "verify",
+        help="check every document of the catalog against its bytes; print every problem; exit 1 if any",
     )
-    v.add_argument("--workdir", required=True, help=BUILT_WORKDIR_HELP)
     v.add_argument(
         "--repair",
         action="store_true",
@@ -248,6 +243,13 @@ def _add_store(sub):
         "files in a new catalog if it is lost or unreadable",
     )
     v.set_defaults(func=commands.cmd_store_verify)
+
+
+def _workdir_command(sub, name, help):
+    """A subcommand that reads a built work directory (--workdir, required)."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--workdir", required=True, help=BUILT_WORKDIR_HELP)
+    return p
 
 
 def _add_answer_options(p):

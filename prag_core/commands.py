@@ -26,37 +26,15 @@ def cmd_build(args):
         raise PragError("--workers applies to --ray builds")
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None
     try:
-        config = TrainConfig(
-            rank=args.rank,
-            alpha=args.alpha,
-            lr=args.lr,
-            epochs=args.epochs,
-            targets=targets,
-            dtype=args.dtype,
-            seed=args.seed,
-            construction=args.construction,
-            init=args.init,
-            objective=args.objective,
-        )
+        config = _config(TrainConfig, args, targets=targets, warmup=None)  # build sets the warm-up pair's sha
     except ValueError as err:
         raise PragError(str(err)) from None
-    options = BuildConfig(
-        model=args.model,
-        batch_docs=args.batch_docs,
-        augmenter=args.augmenter,
-        augment_model=args.augment_model,
-        n_rewrites=args.n_rewrites,
-        n_qa=args.n_qa,
+    options = _config(
+        BuildConfig,
+        args,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         storage_dtype=STORE_DTYPES.get(args.store_dtype),
-        shard_size=args.shard_size,
-        ray=args.ray,
-        workers=args.workers,
         warmup=_warmup_path(args.warmup),
-        retrain=args.retrain,
-        retriever=args.retriever,
-        embedder=args.embedder,
-        passage_words=args.passage_words,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -107,17 +85,7 @@ def cmd_serve(args):
     serve(
         args.workdir,
         _answer_config(args, args.max_batch),
-        ServeConfig(
-            args.host,
-            args.port,
-            args.max_batch,
-            args.batch_window_ms,
-            args.max_queue,
-            args.api_key,
-            args.threads,
-            args.max_body_bytes,
-            tuple(args.served_model_name),
-        ),
+        _config(ServeConfig, args, window_ms=args.batch_window_ms, served_model_names=tuple(args.served_model_name)),
     )
 
 
@@ -148,16 +116,17 @@ def cmd_store_verify(args):
         return run_verify(workdir.store_folder, repair=args.repair)
 
 
+def _config(cls, args, **given):
+    """The dataclass `cls` from the parsed flags whose names are its fields' (argparse's dest), `given` (the
+    fields whose flag is spelled or typed differently) taking precedence; fields without a flag keep defaults."""
+    import dataclasses
+
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**flags, **given})
+
+
 def _answer_config(args, rows):
     """The AnswerConfig of cli._add_answer_options' flags, for batches of up to `rows` questions."""
     from prag_core.answer.requests import AnswerConfig
 
-    return AnswerConfig(
-        top_k=args.top_k,
-        combination=args.combination,
-        temperature=args.temperature,
-        retriever=args.retriever,
-        device=args.device,
-        pool_slots=args.pool_slots,
-        pool_rows=rows,
-    )
+    return _config(AnswerConfig, args, pool_rows=rows)

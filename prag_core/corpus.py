@@ -220,6 +220,22 @@ def write_bytes_atomic(path, data: bytes) -> None:
         raise
 
 
+def read_safetensors(path, error, what: str, framework: str = "pt", names=None) -> tuple[dict, dict]:
+    """(metadata, tensors) of the safetensors file at `path` (only `names`, when given). A missing or damaged
+    file raises `error` (a PragError class) with one line naming the file and `what` it should be."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such {what} file")
+    try:
+        with safe_open(str(path), framework=framework) as f:
+            keys = [k for k in f.keys() if names is None or k in names]
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in keys}
+    except Exception as err:  # safetensors raises several types for a damaged file
+        raise error(f"{path}: unreadable {what} ({type(err).__name__}: {err})") from None
+
+
 def append_line(path, line: str) -> None:
     """Append one line (ending in a newline) with a single write, then fsync: a crash can tear only the
     file's last line, which readers detect (no trailing newline) and drop."""

@@ -430,3 +430,23 @@ def test_eval_with_a_document_pool_gives_the_same_results(capsys, built, tmp_pat
     assert results[0] == results[1] and len(results[0]) == 2 * len(QA)
     code, _, err = run_cli(capsys, "ask", "--workdir", str(built[0]), "--pool-slots", "-1", "Who?")
     assert_one_line_error(code, err, "slots")
+
+
+def test_every_flag_reaches_its_config_field():
+    """commands._config fills a config from the flags named as its fields; the differently named ones are given."""
+    from prag_core.answer.serve import ServeConfig
+    from prag_core.cli import build_parser
+    from prag_core.commands import _answer_config, _config
+    from prag_core.offline.train import TrainConfig
+
+    args = build_parser().parse_args(
+        ["serve", "--workdir", "W", "--batch-window-ms", "5", "--max-queue", "7", "--threads", "1", "--top-k", "2"]
+        + ["--served-model-name", "a", "b", "--pool-slots", "4", "--combination", "mean"]
+    )
+    serve = _config(ServeConfig, args, window_ms=args.batch_window_ms, served_model_names=("a", "b"))
+    assert (serve.window_ms, serve.max_queue, serve.threads, serve.served_model_names) == (5.0, 7, 1, ("a", "b"))
+    answer = _answer_config(args, 16)
+    assert (answer.top_k, answer.pool_slots, answer.pool_rows, answer.combination) == (2, 4, 16, "mean")
+    args = build_parser().parse_args(["build", "--corpus", "c", "--workdir", "W", "--rank", "4", "--epochs", "1"])
+    train = _config(TrainConfig, args, targets=None, warmup=None)
+    assert (train.rank, train.epochs, train.warmup) == (4, 1, None)

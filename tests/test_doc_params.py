@@ -156,11 +156,11 @@ def test_load_rejects_another_model(saved):
 
 
 def test_unreadable_files(tmp_path, model):
-    with pytest.raises(DocParamsError, match="nope.safetensors: no such file"):
+    with pytest.raises(DocParamsError, match="nope.safetensors: no such document pair file"):
         DocParams.load(tmp_path / "nope.safetensors")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
-    with pytest.raises(DocParamsError, match="junk.safetensors: not a readable safetensors file"):
+    with pytest.raises(DocParamsError, match="junk.safetensors: unreadable document pair"):
         DocParams.load(junk)
     bad = random_doc_params(model, 1)[0]
     next(iter(bad.pairs.values()))[0][0, 0] = float("inf")

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from prag_core.corpus import write_bytes_atomic
+from prag_core.corpus import read_safetensors, write_bytes_atomic
 from prag_core.errors import PragError
 from prag_core.model.inject import architecture, ffn_module_paths, ffn_paths, weight_out_in
 
@@ -167,14 +166,7 @@ class DocParams:
         """Read and check a file; with `fingerprint` (model_fingerprint of the model it will serve) also
         check that it was trained for that model. Raises DocParamsError naming the file and field."""
         path = Path(path)
-        if not path.is_file():
-            raise DocParamsError(f"{path}: no such file")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as err:
-            raise DocParamsError(f"{path}: not a readable safetensors file ({err})") from err
+        metadata, tensors = read_safetensors(path, DocParamsError, "document pair")
         return cls.decode(path, metadata, tensors, fingerprint, device, dtype)
 
     @classmethod

@@ -31,10 +31,9 @@ from pathlib import Path
 
 import numpy as np
 from rank_bm25 import BM25Okapi
-from safetensors import safe_open
 from safetensors.numpy import save as safetensors_bytes
 
-from prag_core.corpus import write_bytes_atomic
+from prag_core.corpus import read_safetensors, write_bytes_atomic
 from prag_core.errors import PragError
 
 FORMAT = "prag-bm25"
@@ -176,14 +175,7 @@ class BM25Index:
     def load(cls, path) -> "BM25Index":
         """Read an index written by save(); errors name the file and the field."""
         path = Path(path)
-        if not path.is_file():
-            raise RetrievalError(f"{path}: no such BM25 index file")
-        try:
-            with safe_open(str(path), framework="np") as f:
-                meta = f.metadata() or {}
-                arrays = {name: f.get_tensor(name) for name in f.keys() if name in _TENSORS}
-        except Exception as err:  # safetensors raises several types for a damaged file
-            raise RetrievalError(f"{path}: unreadable BM25 index ({type(err).__name__}: {err})") from None
+        meta, arrays = read_safetensors(path, RetrievalError, "BM25 index", framework="np", names=_TENSORS)
         if meta.get("format") != FORMAT:
             raise RetrievalError(f"{path}: not a prag BM25 index (field 'format' is not {FORMAT!r})")
         for field, expected in (("version", VERSION), ("tokenizer", TOKENIZER)):

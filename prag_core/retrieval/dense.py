@@ -20,10 +20,9 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from prag_core.corpus import text_sha256, write_bytes_atomic
+from prag_core.corpus import read_safetensors, text_sha256, write_bytes_atomic
 from prag_core.model.load import cached_folder, first_line, package_file
 from prag_core.retrieval.bm25 import RetrievalError, corpus_sha256, indexed_text
 
@@ -137,14 +136,8 @@ class DenseIndex:
         """Read an index written by save(); with `embedder` (an id), refuse one made by another embedder. Errors
         name the file and the field. Set .model (the embedder) before searching."""
         path = Path(path)
-        if not path.is_file():
-            raise RetrievalError(f"{path}: no such dense index file")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                emb = f.get_tensor("embeddings") if "embeddings" in f.keys() else None
-        except Exception as err:  # safetensors raises several types for a damaged file
-            raise RetrievalError(f"{path}: unreadable dense index ({type(err).__name__}: {err})") from None
+        meta, tensors = read_safetensors(path, RetrievalError, "dense index", names=("embeddings",))
+        emb = tensors.get("embeddings")
         if meta.get("format") != FORMAT:
             raise RetrievalError(f"{path}: not a prag dense index (field 'format' is not {FORMAT!r})")
         if meta.get("version") != VERSION:
