@@ -283,23 +283,7 @@ def graph_us(fn, calls=20, target_s=0.004, samples=5):
     with torch.cuda.graph(graph):
         for _ in range(calls):
             fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    graph.replay()
-    torch.cuda.synchronize()
-    reps = max(1, min(50, int(target_s / max(time.perf_counter() - t0, 1e-6))))
-    out = []
-    for _ in range(samples):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        for _ in range(reps):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        out.append(begin.elapsed_time(end) * 1e3 / (reps * calls))
-    del graph
-    return statistics.median(out)
+    return events_us(graph.replay, target_s, samples) / calls
 
 
 def measure(kind, fn, calls=20):
@@ -689,6 +673,10 @@ def compiled_info(x, w, la, lb, out, cfg):
 
 
 def config_row(section, name, k, n, m, layout, cfg, x, w, lay, ref, extra=None):
+    """One config's row of `section`: kernels, relative error, graph µs (marked over budget when out of time)."""
+    if over_budget():
+        REPORT[section].append(dict(shape=name, m=m, layout=layout, config=cfg, status=OVER_BUDGET))
+        return
     la, lb = lay[layout]
     out = torch.empty(m, n, device=DEVICE, dtype=x.dtype)
     row = dict(shape=name, k=k, n=n, m=m, layout=layout, config=dict(cfg), **(extra or {}))
@@ -728,11 +716,6 @@ def run_prefill_experiments(names):
             for i, (bm, bn, bk, warps, stages) in enumerate(PREFILL_EXPERIMENTS):
                 cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
                 for layout in ("kT", "(D,in,r)", "inject") if i < PREFILL_ALL_LAYOUTS else ("kT",):
-                    if over_budget():
-                        REPORT["prefill_configs"].append(
-                            dict(shape=name, m=m, layout=layout, config=cfg, status=OVER_BUDGET)
-                        )
-                        continue
                     log(f"prefill config {name} {layout} {cfg}")
                     config_row(
                         "prefill_configs",
@@ -773,11 +756,6 @@ def run_decode_experiments(names, ms=(1, 16)):
                     for split in splits:
                         cfg = dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages, SPLIT_K=split)
                         for layout in ("kT", "(D,in,r)", "inject") if i < DECODE_ALL_LAYOUTS else ("kT",):
-                            if over_budget():
-                                REPORT["decode_configs"].append(
-                                    dict(shape=name, m=m, layout=layout, config=cfg, status=OVER_BUDGET)
-                                )
-                                continue
                             config_row(
                                 "decode_configs",
                                 name,
