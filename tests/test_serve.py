@@ -5,6 +5,7 @@ mid-stream, and SIGTERM with requests in flight (a `prag serve` subprocess on a 
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -71,10 +72,10 @@ def client(url, key="none"):
 
 
 @contextmanager
-def gated(pipe, monkeypatch):
-    """Hold every generate call of `pipe` until the yielded Event is set (so requests pile up into batches)."""
-    gate, run = threading.Event(), pipe.run
-    monkeypatch.setattr(pipe, "run", lambda rows, update="fused": gate.wait(30) and run(rows, update))
+def gated(batcher, monkeypatch):
+    """Hold every prefill of `batcher` until the yielded Event is set (so requests pile up in its queue)."""
+    gate, join = threading.Event(), batcher.running.join
+    monkeypatch.setattr(batcher.running, "join", lambda rows: gate.wait(30) and join(rows))
     try:
         yield gate
     finally:
@@ -185,7 +186,7 @@ def test_32_concurrent_clients_are_batched_and_answered_as_alone(server, pipe, m
             errors[i] = err.status_code
 
     caplog.set_level(logging.INFO, logger="prag.serve")
-    with gated(pipe, monkeypatch) as gate:
+    with gated(batcher, monkeypatch) as gate:
         threads = [threading.Thread(target=ask, args=(i, s)) for i, s in enumerate(specs + bad)]
         for t in threads:
             t.start()
@@ -200,8 +201,12 @@ def test_32_concurrent_clients_are_batched_and_answered_as_alone(server, pipe, m
         assert results[i][:2] == (expected.prediction, expected.finish), (i, specs[i])
         assert [d["id"] for d in results[i][2]["documents"]] == expected.docs
     assert len({(s["question"], s["mode"], str(s.get("documents")), s.get("top_k")) for s in specs}) == 32
-    sizes = [int(r.getMessage().split()[2]) for r in caplog.records if r.getMessage().startswith("batch of")]
-    assert sum(sizes) == 32 and max(sizes) == 16, sizes  # batched, up to --max-batch rows per generate call
+    # "joined N rows: M running": prefilled in groups, up to --max-batch rows decoding together, and (continuous
+    # batching) rows that joined a batch already running, as earlier rows finished
+    joins = [re.match(r"joined (\d+) rows: (\d+) running", r.getMessage()) for r in caplog.records]
+    joins = [(int(m[1]), int(m[2])) for m in joins if m]
+    assert sum(n for n, _ in joins) == 32 and max(m for _, m in joins) == 16, joins
+    assert any(m > n for n, m in joins), joins
 
 
 def user(text):
@@ -320,7 +325,7 @@ def test_api_key_and_a_full_queue(pipe, monkeypatch):
         assert http(f"{url}/v1/models")[0] == 401 and http(f"{url}/health")[0] == 200
         c = client(url, key="sekret")
         answers = []
-        with gated(pipe, monkeypatch) as gate:
+        with gated(app.state.batcher, monkeypatch) as gate:
             threads = [threading.Thread(target=lambda q=q: answers.append(chat(c, q)[0])) for q in QUESTIONS[:2]]
             for t in threads:
                 t.start()
@@ -346,7 +351,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row_only(monkeypatch, ca
     with running(app) as url:
         c = client(url)
         mate = {}
-        with gated(endless, monkeypatch) as gate:
+        with gated(app.state.batcher, monkeypatch) as gate:
             stream = c.chat.completions.create(model=MODEL, messages=user(QUESTIONS[0]), max_tokens=380, stream=True)
             thread = threading.Thread(target=lambda: mate.update(answer=chat(c, QUESTIONS[1], max_tokens=20)))
             thread.start()
@@ -359,9 +364,9 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row_only(monkeypatch, ca
             thread.join()
             wait_for(lambda: app.state.batcher.admitted == 0)
     assert mate["answer"][:2] == (alone(endless, QUESTIONS[1], max_tokens=20).prediction, "length")
-    batch = [r.getMessage() for r in caplog.records if r.getMessage().startswith("batch of 2 rows")]
-    steps = int(batch[0].split()[5])
-    assert "1 cancelled" in batch[0] and steps < 380, batch
+    done = [re.match(r"row done \((\w+)\): (\d+) tokens", r.getMessage()) for r in caplog.records]
+    done = sorted((m[1], int(m[2])) for m in done if m)
+    assert [f for f, _ in done] == ["cancelled", "length"] and done[0][1] < 380, done
 
 
 def test_sigterm_finishes_requests_in_flight_and_exits_0(built):  # noqa: F811
@@ -416,7 +421,7 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(built):  # noqa: F811
     finally:
         proc.kill()
     log = proc.stdout.read()
-    assert "batch of 2 rows" in log and "Traceback" not in log, log
+    assert "joined 2 rows: 2 running" in log and "Traceback" not in log, log
 
 
 def _up(url):

@@ -18,6 +18,7 @@ Writes the table to stdout and the raw numbers to --out (default bench/results/s
 
 import argparse
 import json
+import re
 import socket
 import statistics
 import subprocess
@@ -68,10 +69,12 @@ def server(workdir, threads, *options):
     )
     sizes = []
 
-    def read():
+    def read():  # rows decoding together after each join ("joined N rows: M running"); a merged row runs alone
         for line in proc.stdout:
-            if " batch of " in line:
-                sizes.append(int(line.split(" batch of ")[1].split()[0]))
+            if match := re.search(r"joined \d+ rows: (\d+) running", line):
+                sizes.append(int(match[1]))
+            elif "merged row done" in line:
+                sizes.append(1)
 
     threading.Thread(target=read, daemon=True).start()
     url = f"http://127.0.0.1:{port}"

@@ -1,13 +1,15 @@
-"""The scheduler of `prag serve` (answer/serve.py is its HTTP layer).
+"""The scheduler of `prag serve` (answer/serve.py is its HTTP layer): continuous batching.
 
-Batcher: one thread owns the model. It takes the oldest request, prepares it (Pipeline.prepare: a bad request
-fails alone, before it joins a batch), adds every fused request that arrives within the batch window, up to
-max_batch, and answers them in one Pipeline.run call, each row with its own mode and documents (the kernel's
-per-row path). `update: merge` requests with pairs run alone, one after the other: merging changes the weights
-every row sees. At most max_queue requests are admitted at once (queued or being answered); more get Busy (503).
+Batcher: one thread owns the model and a RunningBatch (answer/continuous.py). Between two decode steps it takes
+the requests waiting, up to max_batch rows in all, prepares each (Pipeline.prepare: a bad request fails alone)
+and joins them to the batch after their prefill; a row that finishes leaves at once and is answered, so its
+place is free for the next request at the next step. Each row has its own mode and documents (the kernel's
+per-row path) and its answer is the one it gets alone. When the batch is empty, the first request waits up to
+the batch window for others to prefill with it. `update: merge` requests with pairs run alone, one after the
+other (merging changes the weights every row sees): the requests behind one wait until the batch has drained
+and it has run. At most max_queue requests are admitted at once (queued or being answered); more get Busy (503).
 
-A batch is fixed once it starts (no rows join a running generate call); a streamed row whose client
-disconnects is cancelled and stops at the next step, its batch-mates go on.
+A streamed row whose client disconnects is cancelled and leaves at the next step; its batch-mates go on.
 """
 
 import asyncio
@@ -18,6 +20,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from prag_core.answer.continuous import RunningBatch
 from prag_core.answer.requests import PAIR_MODES, PipelineError, Request
 from prag_core.pairs.doc_params import DocParamsError
 from prag_core.retrieval.bm25 import RetrievalError
@@ -57,7 +60,8 @@ class Batcher:
         self.admitted = 0  # requests queued or being answered
         self._lock = threading.Lock()
         self._queue = queue.Queue()  # Jobs, then None to stop
-        self._held = deque()  # taken from the queue while a fused batch formed, for later: merge Jobs, the stop
+        self._held = deque()  # taken from the queue but not joined yet: a merge Job or the stop, and what follows
+        self.running = RunningBatch(pipeline)
         self._thread = threading.Thread(target=self._loop, name="prag-batcher", daemon=True)
 
     def start(self):
@@ -82,67 +86,90 @@ class Batcher:
         return job
 
     def _loop(self):
-        while (batch := self._next_batch()) is not None:
-            if batch:
-                self._answer(batch)
-
-    def _next_batch(self):
-        """(job, row) pairs to answer together ([] if every job taken failed to prepare), or None when closing:
-        the oldest job (held merge jobs first), alone if it merges, else with every fused job that arrives
-        within the window, up to max_batch; merge jobs met meanwhile wait for the batches after it."""
-        first = self._held.popleft() if self._held else self._queue.get()
-        if first is None:
-            return None
-        batch = self._prepared(first)
-        if first.merges:
-            return batch
-        deadline = time.monotonic() + self.window_s
-        while len(batch) < self.max_batch:
+        jobs = {}  # id(Row) -> its Job, for the rows in the running batch
+        while (taken := self._take()) is not None:
+            if taken and taken[0].merges:
+                self._merge(taken[0])
+                continue
+            prepared = [p for job in taken if (p := self._prepared(job)) is not None]
+            jobs.update((id(row), job) for job, row in prepared)
             try:
-                job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if job is None or job.merges:
-                self._held.append(job)
-                if job is None:  # closing: nothing comes after the stop
-                    break
+                if prepared:
+                    joined = self.running.join([row for _, row in prepared])
+                    self._answered(jobs, joined, f"joined {len(prepared)} rows")
+                self._answered(jobs, self.running.step())
+            except Exception as err:  # not the requests' fault (they were prepared): every row gets a 500
+                log.exception("decode step of %d rows failed", len(self.running))
+                self.running.clear()
+                for job in jobs.values():
+                    self._finish(job, "error", err)
+                jobs.clear()
+
+    def _take(self):
+        """The jobs to join the running batch now ([] for none), [a merge job] to run alone, or None when closing
+        (once nothing runs). With rows running it waits for nothing; with none, for the first job, then up to
+        the batch window for more. A merge job, or the stop, waits until the batch has drained."""
+        taken = []
+        deadline = None
+        while len(self.running) + len(taken) < self.max_batch and self.running.can_join():
+            busy = len(self.running) > 0 or taken
+            if self._held:
+                job = self._held.popleft()
             else:
-                batch += self._prepared(job)
-        return batch
+                try:
+                    wait = None if not busy else 0 if deadline is None else max(0.0, deadline - time.monotonic())
+                    job = self._queue.get(timeout=wait) if wait != 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if job is None or job.merges:
+                if busy:
+                    self._held.appendleft(job)
+                    break
+                return None if job is None else [job]
+            taken.append(job)
+            if len(self.running) == 0 and deadline is None:
+                deadline = time.monotonic() + self.window_s
+        return taken
 
     def _prepared(self, job):
-        """[(job, row)] if the job prepares, else [] (it is answered with its error now)."""
+        """(job, row) if the job prepares, else None (it is answered with its error now)."""
         try:
             row = self.pipeline.prepare(job.request)
         except Exception as err:  # the request's own error (a 4xx), or a bug (a 500, logged); it fails alone
             if not isinstance(err, REQUEST_ERRORS):
                 log.exception("preparing a request failed")
             self._finish(job, "error", err)
-            return []
+            return None
         job.emit("ready", row)
-        return [(job, row)]
+        return job, row
 
-    def _answer(self, batch):
-        update = "merge" if batch[0][0].merges else "fused"
-        start = time.perf_counter()
-        try:
-            answers = self.pipeline.run([row for _, row in batch], update)
-        except Exception as err:  # not the requests' fault (they were prepared): every row gets a 500
-            log.exception("batch of %d rows failed", len(batch))
-            for job, _ in batch:
-                self._finish(job, "error", err)
+    def _answered(self, jobs, finished, event=None):
+        """Answer the Jobs of rows that `finished` ([(Row, Answer)]); log `event` and each finish."""
+        if event:
+            log.info("%s: %d running", event, len(self.running) + len(finished))
+        for row, answer in finished:
+            log.info(
+                "row done (%s): %d tokens, %.2f s, %d running",
+                answer.finish,
+                answer.tokens,
+                answer.latency_s,
+                len(self.running),
+            )
+            self._finish(jobs.pop(id(row)), "done", answer)
+
+    def _merge(self, job):
+        """A merge job, alone (the batch is empty: merging changes the weights every row sees)."""
+        prepared = self._prepared(job)
+        if prepared is None:
             return
-        cancelled = sum(a.finish == "cancelled" for a in answers)
-        log.info(
-            "batch of %d rows (%s): %d steps, %d cancelled, %.2f s",
-            len(batch),
-            update,
-            max(a.tokens for a in answers),
-            cancelled,
-            time.perf_counter() - start,
-        )
-        for (job, _), answer in zip(batch, answers):
-            self._finish(job, "done", answer)
+        try:
+            answer = self.pipeline.run([prepared[1]], "merge")[0]
+        except Exception as err:  # not the request's fault: a 500
+            log.exception("a merged row failed")
+            self._finish(job, "error", err)
+            return
+        log.info("merged row done (%s): %d tokens, %.2f s", answer.finish, answer.tokens, answer.latency_s)
+        self._finish(job, "done", answer)
 
     def _finish(self, job, kind, value):
         with self._lock:

@@ -46,7 +46,6 @@ from prag_core.answer.requests import (
     PAIR_MODES,
     TEMPERATURE,
     TOP_K,
-    Answer,
     AnswerConfig,
     PipelineError,
     PromptTooLong,
@@ -55,7 +54,6 @@ from prag_core.answer.requests import (
     UnknownDocument,
     _RowStops,
     check_request,
-    cut_answer,
 )
 from prag_core.errors import PragError
 from prag_core.model.inject import inject, merged_documents, use_documents
@@ -230,20 +228,7 @@ class Pipeline:
         with self._update(rows, update):
             outputs = self._generate(rows)
         per_row = (time.perf_counter() - start) / len(rows)
-        return [
-            Answer(
-                r.request.question,
-                r.request.mode,
-                cut_answer(text),
-                r.docs,
-                per_row,
-                r.scores,
-                len(r.prompt),
-                tokens,
-                finish,
-            )
-            for r, (text, tokens, finish) in zip(rows, outputs)
-        ]
+        return [r.answer(text, tokens, finish, per_row) for r, (text, tokens, finish) in zip(rows, outputs)]
 
     def _check_fits(self, request, prompt, with_passages, max_new_tokens):
         """PromptTooLong when the prompt leaves no room for max_new_tokens of answer in the model's context: the

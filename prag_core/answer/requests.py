@@ -98,6 +98,13 @@ class Row:
     prompt: list  # token ids
     max_new_tokens: int
 
+    def answer(self, text, tokens, finish, latency_s):
+        """The Answer of this row, given its generated text (cut here), tokens and finish."""
+        r = self.request
+        return Answer(
+            r.question, r.mode, cut_answer(text), self.docs, latency_s, self.scores, len(self.prompt), tokens, finish
+        )
+
 
 @dataclass
 class Answer:
@@ -154,31 +161,45 @@ def check_request(question=None, mode=None, update=None, combination=None, tempe
             raise PipelineError(str(err)) from None
 
 
+class RowProgress:
+    """One row's answer as it is generated: done once its continuation is a complete answer or ends with
+    end-of-turn (finish "stop"), holds its max_new_tokens ("length"), or its cancel event is set ("cancelled").
+    Hands the newly settled answer text to the request's on_text, and records the tokens generated."""
+
+    def __init__(self, tokenizer, row):
+        self.tokenizer, self.row = tokenizer, row
+        self.tokens, self.finish, self.sent = 0, None, ""
+
+    def update(self, new):
+        """Take the row's generated ids so far (`new`, a sequence); its finish, None while it goes on."""
+        if self.finish is not None:
+            return self.finish
+        request = self.row.request
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        self.tokens = len(new)
+        if request.cancel is not None and request.cancel.is_set():
+            self.finish = "cancelled"
+        elif answer_complete(text) or new[-1] == self.tokenizer.eos_token_id:
+            self.finish = "stop"
+        elif len(new) >= self.row.max_new_tokens:
+            self.finish = "length"
+        if request.on_text is not None and self.finish != "cancelled":
+            answer = cut_answer(text) if self.finish else settled_answer(text)
+            if len(answer) > len(self.sent):
+                request.on_text(answer[len(self.sent) :])
+                self.sent = answer
+        return self.finish
+
+
 class _RowStops(StoppingCriteria):
-    """Per row: done once its continuation is a complete answer or ends with end-of-turn (finish "stop"), holds
-    its max_new_tokens ("length"), or its cancel event is set ("cancelled"). Hands each row's newly settled
-    answer text to its on_text, and records per row the tokens generated and the finish."""
+    """RowProgress for each row of a generate call over left-padded prompts `prompt_width` tokens wide."""
 
     def __init__(self, tokenizer, prompt_width, rows):
-        self.tokenizer, self.prompt_width, self.rows = tokenizer, prompt_width, rows
-        self.tokens, self.finish, self.sent = [0] * len(rows), [None] * len(rows), [""] * len(rows)
+        self.prompt_width, self.rows = prompt_width, [RowProgress(tokenizer, row) for row in rows]
+
+    tokens = property(lambda self: [r.tokens for r in self.rows])
+    finish = property(lambda self: [r.finish for r in self.rows])
 
     def __call__(self, input_ids, scores, **kwargs):
-        for i, row in enumerate(self.rows):
-            if self.finish[i] is not None:
-                continue
-            new = input_ids[i, self.prompt_width :]
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            self.tokens[i] = len(new)
-            if row.request.cancel is not None and row.request.cancel.is_set():
-                self.finish[i] = "cancelled"
-            elif answer_complete(text) or new[-1] == self.tokenizer.eos_token_id:
-                self.finish[i] = "stop"
-            elif len(new) >= row.max_new_tokens:
-                self.finish[i] = "length"
-            if row.request.on_text is not None and self.finish[i] != "cancelled":
-                answer = cut_answer(text) if self.finish[i] else settled_answer(text)
-                if len(answer) > len(self.sent[i]):
-                    row.request.on_text(answer[len(self.sent[i]) :])
-                    self.sent[i] = answer
-        return torch.tensor([f is not None for f in self.finish], dtype=torch.bool, device=input_ids.device)
+        done = [row.update(input_ids[i, self.prompt_width :]) is not None for i, row in enumerate(self.rows)]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
