@@ -63,10 +63,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The GPU report (bench/gpu/kernel_report.py): on a CUDA machine with torch and triton already there (no install:
-# a lent GPU has no network), markdown and JSON under bench/results/; without a GPU, add GPU_ARGS=--cpu (a dry run)
+# The GPU report (bench/gpu/kernel_report.py, then decode_report.py: ~8 min on an H100/H200): on a CUDA machine with
+# torch and triton already there (no install: a lent GPU has no network), markdown and JSON under bench/results/;
+# without a GPU, add GPU_ARGS=--cpu (a dry run)
 bench-gpu:
 	PYTHONPATH=kernels:. python3 bench/gpu/kernel_report.py --out bench/results/gpu-report.json $(GPU_ARGS)
+	PYTHONPATH=kernels:. python3 bench/gpu/decode_report.py --out bench/results/gpu-decode.json $(GPU_ARGS)
 
 # e.g. make bench BENCH_ARGS="--threads 1 --suites kernel,update"  (see bench/suites/run_all.py --help)
 bench: $(STAMP)

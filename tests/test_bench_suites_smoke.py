@@ -1,6 +1,7 @@
 """bench/suites/: the four suites run end to end in smoke mode, and the report states targets from the numbers."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,22 @@ def test_gpu_report_dry_run(tmp_path):
     assert len(checks) > 50 and all(c["ok"] for c in checks)
     assert {"decode, one launch", "prefill, large bucket"} <= {c["case"] for c in checks}
     assert "0 failed checks, 0 errors" in done.stdout + done.stderr and "skipped (no CUDA)" in out.read_text()
+
+
+def test_decode_report_dry_run(tmp_path):
+    """make bench-gpu's second command on the CPU: a tiny injected model decodes base, fused (document pool) and
+    merged, batched training runs, CUDA-graph rows are left out and PEFT's rows say why they are missing."""
+    out = tmp_path / "decode.json"
+    report = BENCH.parent / "gpu" / "decode_report.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH.parents[1] / "kernels"), str(BENCH.parents[1])])}
+    done = subprocess.run(
+        [sys.executable, str(report), "--cpu", "--out", str(out)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    ok = {(r["variant"], r["batch"]) for r in report["decode"] if r["status"] == "ok"}
+    assert {(v, b) for v in ("base", "fused", "merge") for b in (1, 4)} <= ok and not report["errors"]
+    assert all(r["status"] == "ok" and r["docs_per_s"] > 0 for r in report["train"]) and len(report["train"]) == 2
+    peft = [r for r in report["decode"] if r["variant"] == "peft"]
+    assert peft and all(r["status"] in ("ok", "skipped (no peft here)") for r in peft)
+    assert "| tiny Llama | 4 | fused |" in done.stdout

@@ -1,0 +1,316 @@
+"""Decode tokens/s of an injected model and documents/s of batched training: the GPU report's model-level rows
+(bench/gpu/kernel_report.py has the kernel-level ones; `make bench-gpu` runs both).
+
+    PYTHONPATH=kernels:. python bench/gpu/decode_report.py --out OUT/decode.json      H100/H200: ~2-3 min
+    PYTHONPATH=kernels:. python bench/gpu/decode_report.py --cpu                      dry run, tiny model, < 60 s
+
+Models: random weights with the real configs of SmolLM2-135M and Llama-3.2-1B (bf16; --cpu: a 2-layer Llama,
+fp32). Decode: greedy generate of NEW tokens after a PROMPT-token prompt (every row runs to the end), batch 1, 4
+and 16, 3 documents per row (rank 2, α 16), tokens/s = batch · NEW / wall:
+    base            the injected model with no document
+    fused           the document pool (model/pool.py), each row its own 3 documents, static KV cache
+    peft            PEFT's mixed-adapter batch: one LoRA adapter per row holding its 3 documents (rank 6, the
+                    same sum), `adapter_names` per row: the peer a user would pick today
+    merge           W += ΔW of one row's documents, generate, restore: one document set for the whole batch
+each eager and, for base and fused, with CUDA graphs (Hugging Face's generate compiles the decode step with
+torch.compile mode "reduce-overhead" over the static cache when it is not disabled; the first call, which
+compiles, is not timed). Training: train_documents on B documents together (B = 1, 8, 32), one epoch of 4
+sequences of 64 tokens each, documents/s.
+
+Writes a markdown table to stdout and --md (default: --out with .md), raw rows to --out (JSON, rewritten after
+every row, so a run cut short keeps what it measured). --budget S: no new row starts after S seconds.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+PARSER = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+PARSER.add_argument("--cpu", action="store_true", help="dry run: a tiny model, eager only, no CUDA rows")
+PARSER.add_argument("--out", type=Path, help="raw JSON here (default: none)")
+PARSER.add_argument("--md", type=Path, help="markdown here too (default: --out with suffix .md)")
+PARSER.add_argument("--budget", type=float, default=None, help="seconds (default 200 on a GPU, 60 with --cpu)")
+OPTIONS = PARSER.parse_args()
+if OPTIONS.cpu:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from prag_core.model.inject import inject, merged_documents  # noqa: E402
+from prag_core.model.pool import DocumentPool  # noqa: E402
+from prag_core.offline.train import TrainConfig, train_documents  # noqa: E402
+from prag_core.pairs.doc_params import DocParams  # noqa: E402
+
+CPU = OPTIONS.cpu
+DEVICE = "cpu" if CPU else "cuda"
+DTYPE = torch.float32 if CPU else torch.bfloat16
+BUDGET = OPTIONS.budget or (60.0 if CPU else 200.0)
+START = time.perf_counter()
+RANK, ALPHA, DOCS = 2, 16.0, 3
+PROMPT, NEW = (8, 4) if CPU else (64, 32)
+BATCHES = (1, 4) if CPU else (1, 4, 16)
+TRAIN_BATCHES = (1, 2) if CPU else (1, 8, 32)
+CONFIGS = {  # the real configs' sizes (random weights: speed does not depend on them)
+    "SmolLM2-135M": dict(
+        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0,
+    ),
+    "Llama-3.2-1B": dict(
+        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0,
+    ),
+}  # fmt: skip
+if CPU:
+    CONFIGS = {
+        "tiny Llama": dict(
+            hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=64,
+        )
+    }  # fmt: skip
+REPORT = {"meta": {}, "decode": [], "train": [], "errors": []}
+PAD = argparse.Namespace(pad_token_id=0)  # all train_documents reads of a tokenizer for next-token training
+
+
+def over_budget():
+    return time.perf_counter() - START > BUDGET
+
+
+def dump():
+    REPORT["meta"]["elapsed_s"] = round(time.perf_counter() - START, 1)
+    if OPTIONS.out:
+        OPTIONS.out.parent.mkdir(parents=True, exist_ok=True)
+        OPTIONS.out.write_text(json.dumps(REPORT, indent=1))
+
+
+def model_of(name):
+    torch.manual_seed(0)
+    config = LlamaConfig(**CONFIGS[name], max_position_embeddings=4096)
+    with torch.device(DEVICE):
+        model = LlamaForCausalLM(config).to(DTYPE).eval()
+    model.generation_config = GenerationConfig(pad_token_id=0, eos_token_id=None, bos_token_id=None)
+    return inject(model)
+
+
+def documents(model, n, seed):
+    """n DocParams with random A and B (DocParams.init gives A = 0) on the model's device and dtype."""
+    gen = torch.Generator(DEVICE).manual_seed(seed)
+    docs = []
+    for _ in range(n):
+        doc = DocParams.init(model, RANK, ALPHA)
+        doc.pairs = {
+            path: tuple(torch.randn(t.shape, generator=gen, device=DEVICE, dtype=DTYPE) * 0.02 for t in pair)
+            for path, pair in doc.pairs.items()
+        }
+        docs.append(doc)
+    return docs
+
+
+def rows_documents(model, batch):
+    """DOCS documents per row, drawn in turn from a library of as many as the pool holds (64 // RANK): at
+    batch 16 rows share some, as popular documents are."""
+    library = documents(model, min(DOCS * batch, 64 // RANK), seed=batch)
+    return [[library[(DOCS * i + j) % len(library)] for j in range(DOCS)] for i in range(batch)]
+
+
+def sync():
+    if not CPU:
+        torch.cuda.synchronize()
+
+
+def timed_generate(model, ids, graphs, **kwargs):
+    """Seconds of one greedy generate of NEW tokens (after an untimed one: compiles, allocator, pool loads)."""
+    config = dict(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, cache_implementation="static")
+    config["disable_compile"] = not graphs
+    with torch.inference_mode():
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **config, **kwargs)
+        sync()
+        start = time.perf_counter()
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **config, **kwargs)
+        sync()
+    return time.perf_counter() - start
+
+
+def peft_model(model, per_row):
+    """(PEFT model, adapter names): one adapter per row holding its documents side by side (rank DOCS·RANK)."""
+    from peft import LoraConfig, get_peft_model
+
+    from prag_core.model.inject import eject
+
+    eject(model)
+    targets = sorted({path.rsplit(".", 1)[1] for path in per_row[0][0].pairs})
+    names = []
+    for i, docs in enumerate(per_row):
+        name = f"row{i}"
+        config = LoraConfig(r=DOCS * RANK, lora_alpha=ALPHA * DOCS * RANK, target_modules=targets)
+        if i == 0:
+            model = get_peft_model(model, config, adapter_name=name)
+        else:
+            model.add_adapter(name, config)
+        # PEFT computes (x Aᵖᵀ) Bᵖᵀ · lora_alpha / r: Aᵖ = our Bᵀ (r, in), Bᵖ = our A (out, r); lora_alpha = α·r
+        with torch.no_grad():
+            for path in docs[0].pairs:
+                layer = model.base_model.model.get_submodule(path)
+                layer.lora_A[name].weight.copy_(torch.cat([d.pairs[path][1] for d in docs], 1).T)
+                layer.lora_B[name].weight.copy_(torch.cat([d.pairs[path][0] for d in docs], 1))
+        names.append(name)
+    return model, names
+
+
+def decode_rows(name):
+    model = model_of(name)
+    for batch in BATCHES:
+        ids = torch.randint(1, model.config.vocab_size, (batch, PROMPT), device=DEVICE)
+        per_row = rows_documents(model, batch)
+        pool = DocumentPool(model, RANK, ALPHA, max_rows=batch)
+        for i, docs in enumerate(per_row):
+            pool.assign(i, [pool.load(id(d), d) for d in docs])
+
+        def base(graphs, ids=ids):
+            return timed_generate(model, ids, graphs)
+
+        def fused(graphs, pool=pool, ids=ids):
+            with pool.activate():
+                return timed_generate(model, ids, graphs)
+
+        def merge(graphs, docs=per_row[0], ids=ids):
+            with merged_documents(model, docs):
+                return timed_generate(model, ids, graphs)
+
+        variants = [("base", False, base), ("fused", False, fused), ("merge", False, merge)]
+        if not CPU:
+            variants += [("base", True, base), ("fused", True, fused)]
+        for variant, graphs, run in variants:
+            row(name, batch, variant, graphs, lambda run=run, graphs=graphs: run(graphs))
+        with torch.inference_mode(), pool.activate():
+            expected = model(input_ids=ids).logits.float()
+        model = peft_row(name, batch, model, ids, per_row, expected)
+
+
+def peft_row(name, batch, model, ids, per_row, expected):
+    """PEFT's mixed-adapter batch on the same rows; its logits are checked against the fused ones. Returns the
+    injected model again."""
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        REPORT["decode"].append(dict(model=name, batch=batch, variant="peft", status="skipped (no peft here)"))
+        return model
+    mixed, names = peft_model(model, per_row)
+    mixed.eval()
+
+    def run():
+        with torch.inference_mode():
+            got = mixed(input_ids=ids, adapter_names=names).logits.float()
+        err = float((got - expected).norm() / expected.norm())
+        if err > (1e-4 if CPU else 2e-2):
+            raise AssertionError(f"PEFT's logits differ from the fused ones: relative error {err:.2e}")
+        return timed_generate(mixed, ids, False, adapter_names=names)
+
+    row(name, batch, "peft", False, run)
+    return inject(mixed.unload())
+
+
+def row(name, batch, variant, graphs, run):
+    entry = dict(model=name, batch=batch, variant=variant, graphs=graphs)
+    if over_budget():
+        entry["status"] = "skipped (time budget)"
+    else:
+        try:
+            seconds = run()
+            entry.update(status="ok", seconds=round(seconds, 4), tokens_per_s=round(batch * NEW / seconds, 1))
+        except Exception as e:  # noqa: BLE001  a variant that fails is a row with its error, not a crash
+            entry["status"] = f"error: {type(e).__name__}: {str(e)[:200]}"
+            REPORT["errors"].append(dict(what=entry, trace=traceback.format_exc()[-2000:]))
+    print(f"decode {entry}", file=sys.stderr, flush=True)
+    REPORT["decode"].append(entry)
+    dump()
+
+
+def train_rows(name):
+    model = model_of(name)
+    for batch in TRAIN_BATCHES:
+        entry = dict(model=name, documents=batch)
+        if over_budget():
+            REPORT["train"].append({**entry, "status": "skipped (time budget)"})
+            continue
+        samples = [[torch.randint(1, 60, (64 if not CPU else 8,)).tolist() for _ in range(4)] for _ in range(batch)]
+        config = TrainConfig(rank=RANK, alpha=ALPHA, epochs=1, dtype="float32" if CPU else "bfloat16")
+        try:
+            train_documents(model, PAD, samples[:1], config, progress=False)  # warm-up: kernels, allocator
+            sync()
+            start = time.perf_counter()
+            train_documents(model, PAD, samples, config, progress=False)
+            sync()
+            seconds = time.perf_counter() - start
+            entry.update(status="ok", seconds=round(seconds, 3), docs_per_s=round(batch / seconds, 2))
+        except Exception as e:  # noqa: BLE001
+            entry["status"] = f"error: {type(e).__name__}: {str(e)[:200]}"
+            REPORT["errors"].append(dict(what=entry, trace=traceback.format_exc()[-2000:]))
+        print(f"train {entry}", file=sys.stderr, flush=True)
+        REPORT["train"].append(entry)
+        dump()
+
+
+def markdown():
+    meta = REPORT["meta"]
+    lines = [
+        f"# Decode and training on {meta['device']}",
+        "",
+        f"torch {meta['torch']}, transformers {meta['transformers']}, {meta['dtype']}; {PROMPT}-token prompts, "
+        f"{NEW} new tokens, {DOCS} documents per row (rank {RANK}); {meta['elapsed_s']} s.",
+        "",
+        "| model | batch | variant | eager tokens/s | CUDA graphs tokens/s | vs base (eager) |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = {(r["model"], r.get("batch"), r["variant"], r.get("graphs")): r for r in REPORT["decode"]}
+    for (model, batch, variant, graphs), r in rows.items():
+        if graphs:
+            continue
+        cell = lambda x: f"{x['tokens_per_s']:.0f}" if x and x.get("status") == "ok" else (x or {}).get("status", "–")  # noqa: E731
+        base = rows.get((model, batch, "base", False))
+        ratio = (
+            f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}×"
+            if r.get("status") == "ok" and base and base.get("status") == "ok"
+            else "–"
+        )
+        lines.append(
+            f"| {model} | {batch or '–'} | {variant} | {cell(r)} | {cell(rows.get((model, batch, variant, True)))} "
+            f"| {ratio} |"
+        )
+    lines += ["", "| model | documents trained together | documents/s |", "|---|---|---|"]
+    for r in REPORT["train"]:
+        lines.append(f"| {r['model']} | {r['documents']} | {r.get('docs_per_s', r['status'])} |")
+    if REPORT["errors"]:
+        lines += ["", f"{len(REPORT['errors'])} errors (traces in the JSON)."]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    if not CPU and not torch.cuda.is_available():
+        sys.exit("decode_report.py: no CUDA GPU here; run with --cpu for the dry run")
+    import transformers
+
+    REPORT["meta"] = dict(
+        device=torch.cuda.get_device_name() if not CPU else "CPU (dry run)",
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        dtype=str(DTYPE).removeprefix("torch."),
+    )
+    for name in CONFIGS:
+        decode_rows(name)
+    train_rows(next(iter(CONFIGS)))
+    text = markdown()
+    print(text)
+    md = OPTIONS.md or (OPTIONS.out.with_suffix(".md") if OPTIONS.out else None)
+    if md:
+        md.write_text(text)
+    dump()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
