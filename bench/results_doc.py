@@ -323,11 +323,21 @@ def serve_section(name):
     statuses = ", ".join(f"{code}: {n}" for code, n in sorted(soak["statuses"].items()))
     return (
         f"## `{name}`\n\n"
-        + source(name, f"not recorded ({data['threads']} thread(s) per `prag serve`)", "not recorded")
+        + source(
+            name,
+            f"{data.get('machine', 'not recorded')} ({data['threads']} thread(s) per `prag serve`)",
+            data.get("date", "not recorded"),
+        )
         + f"\nTwo `prag serve` processes (fused and merge) answering clients in rounds ({data['rounds']} rounds, "
         f"{data['per_client']} requests per client per round): requests per second, latency p50 / p99, "
         "throughput over merge's at the same load, the share of answers equal to merge's, and the mean rows "
-        "per batched generate call.\n\n"
+        f"decoding together ({data.get('batching', 'fixed')} batching: "
+        + (
+            "rows join and leave between decode steps; the rows running after each join"
+            if data.get("batching") == "continuous"
+            else "the rows of each generate call"
+        )
+        + ").\n\n"
         + table(
             ["clients", "variant", "requests/s", "p50 s", "p99 s", "vs merge", "same as merge", "rows per batch"], lines
         )

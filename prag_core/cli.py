@@ -145,6 +145,7 @@ def _add_ask(sub):
     p = _workdir_command(sub, "ask", help="answer one question from a work directory")
     p.add_argument("--mode", default="prag", help="vanilla, rag, prag (default) or combine")
     p.add_argument("--update", default="fused", help="fused (default, the kernel) or merge (the baseline)")
+    p.add_argument("--explain", action="store_true", help="show each hop: its documents, scores, weights and answer")
     _add_answer_options(p)
     p.add_argument("question")
     p.set_defaults(func=commands.cmd_ask)
@@ -254,7 +255,7 @@ def _workdir_command(sub, name, help):
 
 def _add_answer_options(p):
     """The flags of pipeline.AnswerConfig (commands._answer_config reads them back)."""
-    from prag_core.answer.requests import COMBINATION, TEMPERATURE, TOP_K
+    from prag_core.answer.requests import COMBINATION, MAX_HOPS, TEMPERATURE, TOP_K
     from prag_core.pairs.combine import SCHEMES
     from prag_core.retrieval.retrievers import RETRIEVERS
 
@@ -281,6 +282,14 @@ def _add_answer_options(p):
         default=TEMPERATURE,
         help=f"softmax temperature of --combination score, in units of the retriever's score scale "
         f"(BM25: its scores; default {TEMPERATURE:g})",
+    )
+    p.add_argument(
+        "--max-hops",
+        type=_positive_int,
+        default=MAX_HOPS,
+        help="Retrieve-Update-Generate rounds per question: the next round retrieves with the question and the "
+        "answers so far, and a question stops when its retrieval brings no new document or its answer does not "
+        f"change (default {MAX_HOPS})",
     )
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument(

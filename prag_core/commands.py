@@ -59,6 +59,13 @@ def cmd_ask(args):
     answer = pipeline.answer([args.question], args.mode, args.update)[0]
     print(answer.prediction)
     print(f"documents: {', '.join(answer.docs) or '(none)'}")
+    if args.explain:
+        for i, hop in enumerate(answer.hops, 1):
+            weights = hop.weights or [None] * len(hop.docs)
+            print(f"hop {i}: {hop.answer!r}")
+            for doc, score, weight in zip(hop.docs, hop.scores, weights):
+                score = f"score {score:.3f}" if score is not None else "named"
+                print(f"  {doc}  {score}" + (f", weight {weight:.3f}" if weight is not None else ""))
     print(f"time: {answer.latency_s:.2f}s")
 
 

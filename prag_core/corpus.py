@@ -2,8 +2,9 @@
 file writes.
 
 corpus.jsonl:  {"id": str, "text": str, "title"?: str}            other keys ignored
-qa.jsonl:      {"id": str, "question": str, "answers": [str, ...], "docs"?: [str, ...]}  other keys ignored
-               (docs: the ids of the documents that support the answer, for retrieval recall)
+qa.jsonl:      {"id": str, "question": str, "answers": [str, ...], "docs"?: [str, ...], "type"?: str}
+               other keys ignored (docs: the ids of the documents that support the answer, for retrieval
+               recall; type: single, multihop, comparison or another label, for F1 per type)
 
 Every problem is reported as one `CorpusError` line that names the file, the
 line and the field, so the CLI can print it without a traceback. Blank lines
@@ -51,6 +52,7 @@ class Question:
     question: str
     answers: list[str]
     docs: tuple = ()  # supporting document ids, when the file lists them
+    type: str | None = None  # e.g. single, multihop, comparison: eval reports F1 per type
 
 
 def text_sha256(text: str) -> str:
@@ -196,7 +198,10 @@ def read_questions(path) -> list[Question]:
         docs = obj.get("docs", [])
         if not isinstance(docs, list) or not all(isinstance(d, str) and d.strip() for d in docs):
             raise CorpusError(f"{where}: field 'docs' must be a list of document ids, got {docs!r}")
-        questions.append(Question(id=obj["id"], question=question, answers=list(answers), docs=tuple(docs)))
+        kind = obj.get("type")
+        if kind is not None and not (isinstance(kind, str) and kind.strip()):
+            raise CorpusError(f"{where}: field 'type' must be a non-empty string, got {kind!r}")
+        questions.append(Question(obj["id"], question, list(answers), tuple(docs), kind))
     return questions
 
 

@@ -181,13 +181,14 @@ def test_eval_writes_results_json_and_prints_the_table(capsys, built, tmp_path):
     results = json.loads(out_file.read_text())
     assert list(results["modes"]) == list(MODES)
     for mode, summary in results["modes"].items():
-        assert set(summary) == {"em", "f1", "acc", "latency_s", "ungrounded", "recall", "n"}
+        assert set(summary) == {"em", "f1", "acc", "latency_s", "ungrounded", "recall", "n", "hops"}
         assert summary["n"] == len(QA)
         rows = [r for r in results["questions"] if r["mode"] == mode]
         assert summary["f1"] == pytest.approx(sum(r["f1"] for r in rows) / len(QA))
     assert len(results["questions"]) == len(MODES) * len(QA)
     first = results["questions"][len(QA) * MODES.index("prag")]
-    assert set(first) == {"id", "mode", "prediction", "em", "f1", "acc", "docs", "latency_s", "ungrounded", "recall"}
+    fields = {"id", "mode", "prediction", "em", "f1", "acc", "docs", "latency_s", "ungrounded", "recall", "hops"}
+    assert set(first) == fields | {"type"} and first["hops"] == 1
     assert first["id"] == "q1" and first["docs"][0] == "kite" and len(first["docs"]) == 3
     table = out.splitlines()
     header = table.index(next(line for line in table if line.split()[:4] == ["mode", "EM", "F1", "acc"]))

@@ -42,14 +42,15 @@ def test_scores_per_question_and_per_mode():
     assert set(results) == {"complete", "modes", "questions"} and results["complete"] is True
     for mode, expected in EXPECTED.items():
         summary = results["modes"][mode]
-        assert set(summary) == {"em", "f1", "acc", "latency_s", "ungrounded", "recall", "n"}
+        assert set(summary) == {"em", "f1", "acc", "latency_s", "ungrounded", "recall", "n", "hops"}
         assert summary["n"] == 3 and summary["latency_s"] == pytest.approx(1.0)
         for key, value in expected.items():
             assert summary[key] == pytest.approx(value), (mode, key)
     rows = results["questions"]
     assert [(r["id"], r["mode"]) for r in rows] == [(q.id, m) for m in ("vanilla", "prag") for q in QUESTIONS]
     assert all(
-        set(r) == {"id", "mode", "prediction", "em", "f1", "acc", "docs", "latency_s", "ungrounded", "recall"}
+        set(r)
+        == {"id", "mode", "prediction", "em", "f1", "acc", "docs", "latency_s", "ungrounded", "recall", "hops", "type"}
         for r in rows
     )
     assert rows[3] == {
@@ -63,6 +64,8 @@ def test_scores_per_question_and_per_mode():
         "latency_s": 0.5,
         "ungrounded": 0.0,
         "recall": 0.5,
+        "hops": 1,
+        "type": None,
     }
     # recall@k: q1 retrieved 1 of its 2 supporting documents, q2 its one, q3 lists none; vanilla retrieves nothing
     assert [r["recall"] for r in rows] == [None, None, None, 0.5, 1.0, None]
@@ -88,3 +91,21 @@ def test_results_file_round_trips_and_the_table_lists_every_mode(tmp_path):
 def test_batch_size_must_be_positive():
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         evaluate(Scripted(), QUESTIONS, batch_size=0, progress=False)
+
+
+def test_f1_and_hops_per_question_type():
+    """Questions that carry a `type` get F1, EM and mean hops per type in results.json and the printed table."""
+    import dataclasses
+
+    from prag_core.answer.evaluate import table
+
+    typed = [dataclasses.replace(q, type=t) for q, t in zip(QUESTIONS, ("single", "multihop", "single"))]
+    results = evaluate(Scripted(), typed, modes=["vanilla", "prag"], progress=False)
+    prag = [r for r in results["questions"] if r["mode"] == "prag"]
+    by_type = results["modes"]["prag"]["by_type"]
+    assert set(by_type) == {"single", "multihop"} and by_type["multihop"]["n"] == 1 and by_type["single"]["n"] == 2
+    assert by_type["multihop"]["f1"] == pytest.approx(prag[1]["f1"])
+    assert by_type["single"]["f1"] == pytest.approx((prag[0]["f1"] + prag[2]["f1"]) / 2)
+    assert by_type["single"]["hops"] == 1.0 and results["modes"]["prag"]["hops"] == 1.0
+    header, *lines = table(results["modes"]).splitlines()
+    assert "F1 multihop" in header and "F1 single" in header and f"{by_type['multihop']['f1']:.3f}" in lines[1]

@@ -139,6 +139,8 @@ def test_plain_and_streamed_completions_with_the_openai_client(server, pipe):
     for stream in (False, True):
         content, finish, prag, usage = chat(c, QUESTIONS[0], stream)
         assert (content, finish) == (expected.prediction, expected.finish)
+        hops = prag.pop("hops", None)  # a stream's first chunk: the documents; its last: the hops too
+        assert hops == (None if stream else [h.to_dict() for h in expected.hops]) and len(expected.hops) == 1
         assert prag == {
             "mode": "prag",
             "update": "fused",

@@ -18,6 +18,8 @@ Writes the table to stdout and the raw numbers to --out (default bench/results/s
 
 import argparse
 import json
+import os
+import platform
 import re
 import socket
 import statistics
@@ -253,7 +255,15 @@ def main(argv=None):
             burst(url, model, questions[:2], 2, 1, "fused")  # warm-up: the first calls load documents
         rows = load(batched, single, model, questions, args.rounds, args.per_client)
         print(table(rows))
-        result = {"threads": args.threads, "rounds": args.rounds, "per_client": args.per_client, "rows": rows}
+        result = {
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "per_client": args.per_client,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end",
+            "date": time.strftime("%Y-%m-%d"),
+            "batching": "continuous",
+            "rows": rows,
+        }
         if args.soak:
             failures, seconds, statuses = soak(batched[0], questions, doc_ids, args.soak)
             print(

@@ -43,6 +43,8 @@ class Job:
     update: str
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    stream_at_end: bool = False  # a stream whose answer a later hop may change: sent whole when final
+    spent_s: float = 0.0  # the latency of its earlier hops
 
     @property
     def merges(self):
@@ -62,6 +64,7 @@ class Batcher:
         self._queue = queue.Queue()  # Jobs, then None to stop
         self._held = deque()  # taken from the queue but not joined yet: a merge Job or the stop, and what follows
         self.running = RunningBatch(pipeline)
+        self._hops = []  # (job, Row) of questions whose next hop joins at the next step
         self._thread = threading.Thread(target=self._loop, name="prag-batcher", daemon=True)
 
     def start(self):
@@ -78,9 +81,9 @@ class Batcher:
             if self.admitted >= self.max_queue:
                 raise Busy(f"{self.admitted} requests in flight")
             self.admitted += 1
-        job = Job(request, update, asyncio.get_running_loop())
+        job = Job(request, update, asyncio.get_running_loop(), stream_at_end=stream and self.pipeline.max_hops > 1)
         request.cancel = threading.Event()
-        if stream:
+        if stream and not job.stream_at_end:
             request.on_text = lambda piece: job.emit("text", piece)
         self._queue.put(job)
         return job
@@ -92,6 +95,9 @@ class Batcher:
                 self._merge(taken[0])
                 continue
             prepared = [p for job in taken if (p := self._prepared(job)) is not None]
+            if self._hops and self.running.can_join():  # questions going on to their next hop join first
+                prepared = [*self._hops, *prepared]
+                self._hops.clear()
             jobs.update((id(row), job) for job, row in prepared)
             try:
                 if prepared:
@@ -111,8 +117,8 @@ class Batcher:
         the batch window for more. A merge job, or the stop, waits until the batch has drained."""
         taken = []
         deadline = None
-        while len(self.running) + len(taken) < self.max_batch and self.running.can_join():
-            busy = len(self.running) > 0 or taken
+        while len(self.running) + len(self._hops) + len(taken) < self.max_batch and self.running.can_join():
+            busy = len(self.running) > 0 or self._hops or taken
             if self._held:
                 job = self._held.popleft()
             else:
@@ -144,18 +150,34 @@ class Batcher:
         return job, row
 
     def _answered(self, jobs, finished, event=None):
-        """Answer the Jobs of rows that `finished` ([(Row, Answer)]); log `event` and each finish."""
+        """Answer the Jobs of rows that `finished` ([(Row, Answer)]), or send them on to their next hop; log
+        `event` and each finish."""
         if event:
             log.info("%s: %d running", event, len(self.running) + len(finished))
         for row, answer in finished:
+            job = jobs.pop(id(row))
+            answer.latency_s += job.spent_s
+            try:
+                later = None if answer.finish == "cancelled" else self.pipeline.next_hop(row, answer)
+            except Exception as err:  # the retrieval of the next hop failed: not the request's fault
+                log.exception("the next hop of a row failed")
+                self._finish(job, "error", err)
+                continue
+            if later is not None:
+                job.spent_s = answer.latency_s
+                self._hops.append((job, later))
+                continue
             log.info(
-                "row done (%s): %d tokens, %.2f s, %d running",
+                "row done (%s): %d tokens, %d hops, %.2f s, %d running",
                 answer.finish,
                 answer.tokens,
+                len(answer.hops),
                 answer.latency_s,
                 len(self.running),
             )
-            self._finish(jobs.pop(id(row)), "done", answer)
+            if job.stream_at_end and answer.prediction:
+                job.emit("text", answer.prediction)
+            self._finish(job, "done", answer)
 
     def _merge(self, job):
         """A merge job, alone (the batch is empty: merging changes the weights every row sees)."""

@@ -1,9 +1,11 @@
 """Evaluation: answer a question set in several modes, score it, write results.json (docs/design.md, Results).
 
 results.json:
-    {"complete": bool, "modes": {MODE: {"em", "f1", "acc", "latency_s", "ungrounded", "recall", "n"}},
+    {"complete": bool,
+     "modes": {MODE: {"em", "f1", "acc", "latency_s", "ungrounded", "recall", "n", "hops",
+                      "by_type"?: {TYPE: {"f1", "em", "hops", "n"}}}},
      "questions": [{"id", "mode", "prediction", "em", "f1", "acc", "docs", "latency_s", "ungrounded",
-                    "recall"}, ...],
+                    "recall", "hops", "type"}, ...],
      "retrieval": {"retriever", "recall@1", "recall@3", "recall@5"}}     (when questions list their `docs`)
 
 A mode's em / f1 / acc / latency_s are means over its questions; a question's
@@ -14,7 +16,9 @@ the mode's value is the share of such answers). recall: for a question whose fil
 lists its supporting `docs`, the share of them among the retrieved documents
 (recall@k; a passage doc#3 counts for doc); null for vanilla or without `docs`, and the mode's value is the mean
 over the questions that have one (null if none). retrieval: the same recall of the pipeline's retriever
-alone at depths 1, 3 and 5, whatever top_k (`prag eval --retriever` compares retrievers).
+alone at depths 1, 3 and 5, whatever top_k (`prag eval --retriever` compares retrievers). hops: the
+Retrieve-Update-Generate rounds a question took (its mean per mode); by_type: F1, EM and hops per question
+`type` (single, multihop, comparison in bench/data) when the questions carry one.
 
 `prag eval` checks that --out can be written before the model loads (and is no input, nothing inside a work
 directory, no link or device: storage.workdir.check_output), and rewrites
@@ -84,6 +88,8 @@ def answer_rows(pipeline, questions, modes=MODES, update="fused", batch_size=1, 
                             "latency_s": a.latency_s,
                             "ungrounded": float(ungrounded(a.prediction, sources)),
                             "recall": recall,
+                            "hops": len(a.hops) or 1,
+                            "type": q.type,
                         }
                     )
                 yield rows
@@ -99,19 +105,44 @@ def summarize(rows, modes):
         recalls = [r["recall"] for r in mine if r.get("recall") is not None]
         summary[mode]["recall"] = sum(recalls) / len(recalls) if recalls else None
         summary[mode]["n"] = len(mine)
+        summary[mode]["hops"] = sum(r.get("hops", 1) for r in mine) / len(mine) if mine else 0.0
+        types = sorted({r["type"] for r in mine if r.get("type")})
+        if types:
+            summary[mode]["by_type"] = {
+                t: {
+                    "f1": sum(r["f1"] for r in mine if r.get("type") == t) / n,
+                    "em": sum(r["em"] for r in mine if r.get("type") == t) / n,
+                    "hops": sum(r.get("hops", 1) for r in mine if r.get("type") == t) / n,
+                    "n": n,
+                }
+                for t in types
+                if (n := sum(r.get("type") == t for r in mine))
+            }
     return summary
 
 
 def table(summary):
-    """The per-mode table printed on stdout."""
+    """The per-mode table printed on stdout (mean hops when a question took more than one; F1 per question type
+    when the questions carry one)."""
     with_recall = any(s.get("recall") is not None for s in summary.values())
+    with_hops = any(s.get("hops", 1) > 1 for s in summary.values())
+    types = sorted({t for s in summary.values() for t in s.get("by_type", {})})
     lines = [
-        f"{'mode':<9} {'EM':>6} {'F1':>6} {'acc':>6} {'latency/q':>10} {'n':>4}" + ("  recall@k" if with_recall else "")
+        f"{'mode':<9} {'EM':>6} {'F1':>6} {'acc':>6} {'latency/q':>10} {'n':>4}"
+        + ("  recall@k" if with_recall else "")
+        + ("   hops" if with_hops else "")
+        + "".join(f" {'F1 ' + t:>14}" for t in types)
     ]
     for mode, s in summary.items():
         recall = "" if not with_recall else f"  {s['recall']:>8.3f}" if s.get("recall") is not None else f"  {'-':>8}"
+        hops = f"  {s['hops']:>5.2f}" if with_hops else ""
+        by_type = "".join(
+            f" {s['by_type'][t]['f1']:>14.3f}" if t in s.get("by_type", {}) else f" {'-':>14}" for t in types
+        )
         lines.append(
             f"{mode:<9} {s['em']:>6.3f} {s['f1']:>6.3f} {s['acc']:>6.3f} {s['latency_s']:>9.3f}s {s['n']:>4}{recall}"
+            + hops
+            + by_type
         )
     return "\n".join(lines)
 

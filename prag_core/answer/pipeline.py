@@ -41,8 +41,10 @@ from contextlib import contextmanager, nullcontext
 import torch
 from transformers import StoppingCriteriaList
 
+from prag_core.answer.parts import document_pool, open_parts
 from prag_core.answer.requests import (
     COMBINATION,
+    MAX_HOPS,
     PAIR_MODES,
     TEMPERATURE,
     TOP_K,
@@ -57,13 +59,13 @@ from prag_core.answer.requests import (
 )
 from prag_core.errors import PragError
 from prag_core.model.inject import inject, merged_documents, use_documents
-from prag_core.model.load import check_device, context_length, load_model
-from prag_core.model.pool import DocumentPool, pool_key
+from prag_core.model.load import context_length
+from prag_core.model.pool import pool_key
 from prag_core.pairs.combine import combine
-from prag_core.pairs.doc_params import DocParams, model_fingerprint
 from prag_core.prompts import ANSWER_PREFIX, left_pad, qa_messages, render
-from prag_core.retrieval.bm25 import corpus_sha256
 from prag_core.storage.workdir import Workdir
+
+HOP_VARIANT = {"query": "answer", "prompt": "question"}  # measured in bench/experiments/hops.py
 
 
 def prompt_ids(tokenizer, question, passages=None):
@@ -100,8 +102,11 @@ class Pipeline:
         training=None,
         workdir=None,
         pool=None,
+        max_hops=MAX_HOPS,
     ):
         check_request(combination=combination, temperature=temperature)
+        if not (isinstance(max_hops, int) and max_hops >= 1):
+            raise PipelineError(f"max_hops: expected a positive integer, got {max_hops!r}", field="max_hops")
         if tokenizer.pad_token_id is None:
             raise PipelineError("the tokenizer has no pad token (load_model sets one)")
         self.model = inject(model)
@@ -116,6 +121,7 @@ class Pipeline:
         self.warmup = warmup
         self.training = training
         self.workdir = workdir  # storage.workdir.Workdir, to see documents leave it; None: a fixed knowledge base
+        self.max_hops = max_hops
         self._corpus_seen = (None, None)  # (corpus.jsonl's stat key, its ids)
 
     @classmethod
@@ -124,9 +130,7 @@ class Pipeline:
         retriever (W/config.json's, or config.retriever), corpus passages and parameter store, checked against
         each other."""
         check_request(combination=config.combination, temperature=config.temperature)  # before the model loads
-        model, tokenizer, index, store, texts, warmup, training = _open_workdir(
-            workdir, config.device, config.retriever
-        )
+        model, tokenizer, index, store, texts, warmup, training = open_parts(workdir, config.device, config.retriever)
         workdir = Workdir(workdir)
         return cls(
             model,
@@ -141,7 +145,8 @@ class Pipeline:
             warmup,
             training,
             workdir,
-            _pool(model, training, config),
+            document_pool(model, training, config),
+            config.max_hops,
         )
 
     def retrieve(self, question, k=None):
@@ -205,18 +210,55 @@ class Pipeline:
             if unknown:
                 raise UnknownDocument(f"documents: unknown document id {unknown[0]!r}", field="documents")
             scores = [None] * len(ids)  # not ranked: the scheme weighs them as equals
+        return self._row(request, ids, scores)
+
+    def next_hop(self, row, answer):
+        """The Row of the question's next hop after `row` was answered with `answer`, or None: it is done.
+
+        Hops: a round's answer is looked up in the retriever. If no document matches it, or its best document
+        is one a round of this question already ranked first, the answer is where the question's documents
+        are: done (a single-fact question, whose answer comes from its own document, is answered once, at
+        today's cost plus one search). Otherwise the answer points elsewhere (a bridge, e.g. the person the
+        question asks about):
+        the next round applies the pairs of the top_k documents retrieved for the answers so far and answers
+        the question again. A question also stops after max_hops rounds, or when its answer is empty or the
+        same as the round's before. Vanilla questions and those that name their documents take one round."""
+        hops = answer.hops
+        request = row.request
+        if len(hops) >= self.max_hops or request.mode == "vanilla" or request.documents is not None:
+            return None
+        if not answer.prediction or (len(hops) > 1 and hops[-1].answer == hops[-2].answer):
+            return None
+        k = self.top_k if request.top_k is None else request.top_k
+        ids, scores = self.retrieve(answer.prediction, k)
+        if not ids or scores[0] <= 0 or ids[0] in {h.docs[0] for h in hops if h.docs}:
+            return None
+        answers = [h.answer for h in hops]
+        if HOP_VARIANT["query"] != "answer":
+            query = " ".join(answers if HOP_VARIANT["query"] == "answers" else [request.question, *answers])
+            ids, scores = self.retrieve(query, k)
+        question = request.question
+        if HOP_VARIANT["prompt"] == "bridge":
+            question = f"{question} ({'; '.join(answers)})"
+        return self._row(request, ids, scores, hops, question)
+
+    def _row(self, request, ids, scores, hops=(), question=None):
+        """The Row of `request` with documents `ids` (scored `scores`), after `hops`; its prompt asks `question`
+        (default the request's)."""
+        mode = request.mode
         found = []
         if mode in PAIR_MODES:  # a document that left the corpus since retrieval is answered without
             found = [(d, s, p) for d, s in zip(ids, scores) if (p := self._params(d)) is not None]
             ids, scores = [d for d, _, _ in found], [s for _, s, _ in found]
         with_passages = mode in ("rag", "combine")
-        prompt = prompt_ids(self.tokenizer, request.question, [self._text(d) for d in ids] if with_passages else None)
+        passages = [self._text(d) for d in ids] if with_passages else None
+        prompt = prompt_ids(self.tokenizer, question or request.question, passages)
         max_new = self.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
         self._check_fits(request, prompt, with_passages, max_new)
         params, weights = ([], [])
         if mode in PAIR_MODES:
             params, weights = self._combined([p for _, _, p in found], [s or 0.0 for s in scores])
-        return Row(request, ids, scores, params, weights, prompt, max_new)
+        return Row(request, ids, scores, params, weights, prompt, max_new, list(hops))
 
     def run(self, rows, update="fused"):
         """One Answer per prepared Row. fused: all rows in one generate call, each with its own documents; merge:
@@ -224,6 +266,16 @@ class Pipeline:
         check_request(update=update)
         if update == "merge" and len(rows) > 1 and any(r.params for r in rows):
             return [a for r in rows for a in self.run([r], update)]
+        answers = self._run_once(rows, update)
+        waiting = [(i, nxt) for i, (r, a) in enumerate(zip(rows, answers)) if (nxt := self.next_hop(r, a)) is not None]
+        if waiting:  # the questions that take another hop, together
+            for (i, _), later in zip(waiting, self.run([nxt for _, nxt in waiting], update)):
+                later.latency_s += answers[i].latency_s
+                answers[i] = later
+        return answers
+
+    def _run_once(self, rows, update):
+        """One Answer per Row from one round of generation (no further hops)."""
         start = time.perf_counter()
         with self._update(rows, update):
             outputs = self._generate(rows)
@@ -335,44 +387,3 @@ class Pipeline:
             (self.tokenizer.decode(out[i, width : width + n], skip_special_tokens=True), n, finish)
             for i, (n, finish) in enumerate(zip(stops.tokens, stops.finish))
         ]
-
-
-def _pool(model, training, config):
-    """The DocumentPool config asks for (pool_slots > 0), sized for the work directory's rank and alpha."""
-    if not config.pool_slots:
-        return None
-    if config.pool_slots < 0 or config.pool_rows < 1:
-        raise PipelineError(f"pool_slots: expected 0 (no pool) or more, got {config.pool_slots}", field="pool_slots")
-    if training is None:
-        raise PipelineError("pool_slots: the work directory records no training settings (rank, alpha); rebuild it")
-    return DocumentPool(inject(model), training["rank"], training["alpha"], config.pool_slots, config.pool_rows)
-
-
-def _open_workdir(workdir, device, retriever=None):
-    """(model, tokenizer, index, store, passages, warm-up pair or None, training tag or None) of a built work
-    directory, or a one-line PragError."""
-    device = str(check_device(device or ("cuda" if torch.cuda.is_available() else "cpu")))  # before any loads
-    workdir = Workdir(workdir)
-    workdir.check_built()
-    config = workdir.read_config()
-    corpus = workdir.read_corpus()
-    model_path = workdir.model_path(config)
-    index = workdir.open_retriever(
-        retriever or config.get("retriever", "bm25"),  # bm25: built before retrievers
-        corpus_sha256(corpus),
-        config.get("embedder"),
-        device,
-    )
-    model, tokenizer = load_model(model_path, device=device)
-    # A store built for another model is refused (StoreError); each document is checked again on load, and
-    # 16-bit stored pairs are upcast for an fp32 model.
-    fingerprint = model_fingerprint(model)
-    store = workdir.open_store(fingerprint, device=device, compute_dtype=model.dtype)
-    warmup = None
-    if config.get("warmup"):
-        warmup = DocParams.load(workdir.warmup, fingerprint, device=device, dtype=model.dtype)
-        if warmup.meta.get("warmup_key") != config["warmup"]:
-            raise PipelineError(
-                f"{workdir.warmup}: another warm-up pair than the store was trained with; run `prag build` again"
-            )
-    return model, tokenizer, index, store, {doc.id: doc.text for doc in corpus}, warmup, config.get("training")

@@ -3,7 +3,8 @@ Pipeline.prepare and Pipeline.run (answer/pipeline.py).
 
 Request    one question with its own options (mode, top_k, explicit documents, answer length, streaming, cancel)
 Row        a checked Request, ready to generate: its documents, combined pairs and prompt
-Answer     what comes back: the prediction, documents, scores, token counts, finish reason
+Answer     what comes back: the prediction, documents, scores, token counts, finish reason, and its hops
+Hop        one Retrieve-Update-Generate round of a question: the documents it applied and the answer it wrote
 _RowStops  per-row stopping during one batched generate call: a complete answer, end of turn, the row's
            max_new_tokens, or its cancel event; it streams each row's settled answer text
 The answer format: the continuation of ANSWER_PREFIX cut at the first newline or sentence end (cut_answer).
@@ -29,6 +30,7 @@ UPDATES = ("fused", "merge")
 TOP_K = 3
 COMBINATION = "score"
 TEMPERATURE = 1.0
+MAX_HOPS = 1  # Retrieve-Update-Generate rounds per question (docs/decisions.md, Hops)
 MAX_BODY_BYTES = 2**20  # `prag serve --max-body-bytes`: a chat request is a few KiB, 1 MiB is far more than fits
 
 
@@ -37,7 +39,8 @@ class AnswerConfig:
     """How a work directory answers (`prag ask`, `eval`, `serve`): each request's defaults, and where.
     retriever None: the work directory's; device None: cuda when available. pool_slots > 0: fused batches of
     up to pool_rows rows take their documents from a model.pool.DocumentPool of that many slots, decoding over a
-    static KV cache (fixed shapes: on CUDA, Hugging Face's generate compiles the step into CUDA graphs)."""
+    static KV cache (fixed shapes: on CUDA, Hugging Face's generate compiles the step into CUDA graphs).
+    max_hops: Retrieve-Update-Generate rounds a question may take (answer/pipeline.py, Hops)."""
 
     top_k: int = TOP_K
     combination: str = COMBINATION
@@ -47,6 +50,7 @@ class AnswerConfig:
     device: str | None = None
     pool_slots: int = 0
     pool_rows: int = 16
+    max_hops: int = MAX_HOPS
 
 
 _ANSWER_END = re.compile(r"[.!?](?=\s|$)|\n")
@@ -87,8 +91,23 @@ class Request:
 
 
 @dataclass
+class Hop:
+    """One round of a question: the documents retrieved (best first) with their scores and the weights their
+    pairs were applied with (None where the scheme gives none per document: dyprag), and the answer."""
+
+    docs: list
+    scores: list
+    weights: list | None
+    answer: str
+
+    def to_dict(self):
+        return {"documents": self.docs, "scores": self.scores, "weights": self.weights, "answer": self.answer}
+
+
+@dataclass
 class Row:
-    """A checked Request, ready to generate: its documents and scores, their combined pairs, its prompt."""
+    """A checked Request, ready to generate: its documents and scores, their combined pairs, its prompt, and
+    the hops the question took before this one."""
 
     request: Request
     docs: list
@@ -97,13 +116,29 @@ class Row:
     weights: list
     prompt: list  # token ids
     max_new_tokens: int
+    hops: list = field(default_factory=list)  # earlier Hops
 
     def answer(self, text, tokens, finish, latency_s):
         """The Answer of this row, given its generated text (cut here), tokens and finish."""
-        r = self.request
+        r, prediction = self.request, cut_answer(text)
+        hop = Hop(self.docs, self.scores, self.doc_weights(), prediction)
         return Answer(
-            r.question, r.mode, cut_answer(text), self.docs, latency_s, self.scores, len(self.prompt), tokens, finish
+            r.question,
+            r.mode,
+            prediction,
+            self.docs,
+            latency_s,
+            self.scores,
+            len(self.prompt),
+            tokens,
+            finish,
+            [*self.hops, hop],
         )
+
+    def doc_weights(self):
+        """The weight each of `docs` was applied with (the warm-up pair's left out), or None."""
+        weights = self.weights[len(self.weights) - len(self.docs) :] if self.params else []
+        return [float(w) for w in weights] if len(weights) == len(self.docs) and self.docs else None
 
 
 @dataclass
@@ -117,6 +152,7 @@ class Answer:
     prompt_tokens: int = 0
     tokens: int = 0  # tokens generated
     finish: str = "stop"  # stop (the answer ended), length (max_new_tokens) or cancelled
+    hops: list = field(default_factory=list)  # every Hop, the last one this answer's
 
 
 def cut_answer(text: str) -> str:

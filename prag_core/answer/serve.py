@@ -264,11 +264,7 @@ def create_app(
         if kind == "error":
             return _request_error(row) if isinstance(row, REQUEST_ERRORS) else error(500, "internal server error")
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
-        prag = {
-            "mode": request.mode,
-            "update": job.update,
-            "documents": [{"id": d, "score": s} for d, s in zip(row.docs, row.scores)],
-        }
+        prag = _prag(request, job, row.docs, row.scores)
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
             return StreamingResponse(_chunks(job, head, prag, usage), media_type="text/event-stream")
@@ -277,6 +273,7 @@ def create_app(
         kind, answer = event
         if kind == "error":
             return error(500, "internal server error")
+        prag = _prag(request, job, answer.docs, answer.scores, answer.hops)
         return {
             **head,
             "object": "chat.completion",
@@ -292,6 +289,19 @@ def create_app(
         }
 
     return app
+
+
+def _prag(request, job, docs, scores, hops=None):
+    """The reply's `prag` object: mode, update, the documents used with their scores, and (once answered) each
+    hop: its documents, scores, weights and answer."""
+    prag = {
+        "mode": request.mode,
+        "update": job.update,
+        "documents": [{"id": d, "score": s} for d, s in zip(docs, scores)],
+    }
+    if hops is not None:
+        prag["hops"] = [h.to_dict() for h in hops]
+    return prag
 
 
 def _usage(answer):
@@ -325,7 +335,7 @@ async def _chunks(job, head, prag, usage):
                 {"error": {"message": "internal server error", "type": "server_error", "param": None, "code": None}}
             )
         else:
-            yield chunk({}, answer.finish)
+            yield chunk({}, answer.finish, prag=_prag(job.request, job, answer.docs, answer.scores, answer.hops))
             if usage:
                 yield _sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": _usage(answer)})
         yield "data: [DONE]\n\n"

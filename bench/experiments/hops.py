@@ -1,0 +1,96 @@
+"""Multi-hop Retrieve-Update-Generate on the invented dev/test sets: one hop against each hop variant, per question
+type, with latency per question (docs/decisions.md, Hops).
+
+    prag build --corpus bench/data/dev_corpus.jsonl --workdir W          (every default)
+    python bench/experiments/hops.py --workdir W --split dev [--variants all] [--modes rag,prag,combine]
+
+A variant is max_hops and answer/pipeline.py's HOP_VARIANT: `query` (whose retrieval gives the next hop's
+documents: answer = the last answer alone, answers = every answer so far, question+answers = the question and
+them) and `prompt` (question: the question as asked; bridge: the question with the answers so far in
+parentheses). Each (split, variant, mode) row goes to --out (JSON lines) as soon as it is measured, and rows
+already there are skipped, so a stopped sweep resumes. The questions are answered in batches of --batch-size
+(fused); latency_s is a question's share of its batches' wall time, hops its Retrieve-Update-Generate rounds.
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from prag_core.answer import pipeline as pipeline_module
+from prag_core.answer.evaluate import evaluate
+from prag_core.answer.pipeline import Pipeline
+from prag_core.answer.requests import AnswerConfig
+from prag_core.corpus import read_questions
+
+BENCH = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "one hop": (1, "answer", "question"),
+    "2 hops, answer": (2, "answer", "question"),
+    "2 hops, answer, bridge prompt": (2, "answer", "bridge"),
+    "2 hops, question+answers": (2, "question+answers", "question"),
+    "3 hops, answer": (3, "answer", "question"),
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="built with every default from the split's corpus")
+    parser.add_argument("--split", choices=("dev", "test"), required=True)
+    parser.add_argument("--variants", default="all", help=f"comma-separated names, or all: {', '.join(VARIANTS)}")
+    parser.add_argument("--modes", default="rag,prag,combine")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=BENCH / "results" / "hops.jsonl")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",")]
+    modes = [m.strip() for m in args.modes.split(",")]
+    questions = read_questions(BENCH / "data" / f"{args.split}_qa.jsonl")
+    done = set()
+    if args.out.is_file():
+        done = {(r["split"], r["variant"], r["mode"]) for r in map(json.loads, args.out.read_text().splitlines())}
+    pipe = Pipeline.open(args.workdir, AnswerConfig(device="cpu"))
+    for name in names:
+        max_hops, query, prompt = VARIANTS[name]
+        todo = [m for m in modes if (args.split, name, m) not in done]
+        if not todo:
+            continue
+        pipe.max_hops = max_hops
+        pipeline_module.HOP_VARIANT.update(query=query, prompt=prompt)
+        start = time.perf_counter()
+        results = evaluate(pipe, questions, todo, batch_size=args.batch_size, progress=True)
+        for mode in todo:
+            summary = results["modes"][mode]
+            row = {
+                "split": args.split,
+                "variant": name,
+                "max_hops": max_hops,
+                "query": query,
+                "prompt": prompt,
+                "mode": mode,
+                **{k: summary[k] for k in ("f1", "em", "hops", "latency_s", "n")},
+                "by_type": summary.get("by_type"),
+                "examples": [
+                    {k: q[k] for k in ("id", "prediction", "f1", "hops", "type")}
+                    for q in results["questions"]
+                    if q["mode"] == mode and q["type"] == "multihop"
+                ][:6],
+                "wall_s": round(time.perf_counter() - start, 1),
+                "batch_size": args.batch_size,
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}",
+                "date": time.strftime("%Y-%m-%d"),
+            }
+            with args.out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            by_type = " ".join(f"{t} {v['f1']:.3f}" for t, v in (row["by_type"] or {}).items())
+            print(f"{args.split} {name} {mode}: F1 {row['f1']:.3f} ({by_type}) hops {row['hops']:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
