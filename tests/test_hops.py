@@ -165,3 +165,15 @@ def test_serve_rows_at_different_hops_share_the_batch(caplog):
     assert [h["answer"] for h in hops] == [h.answer for h in expected[(QUESTIONS[0], "prag")].hops]
     done = [re.search(r"(\d+) hops, .* (\d+) running", r.getMessage()) for r in caplog.records]
     assert {int(m[1]) for m in done if m} == {1, 2}
+
+
+def test_the_subject_rule_hops_only_to_a_document_about_the_answer(ship, monkeypatch):
+    """Under the subject rule the answer's best document must name it among its first words: a bridge (a
+    person with a document of their own) is followed, a year that a distractor happens to open with is not."""
+    from prag_core.answer import pipeline as pipeline_module
+
+    pipe, calls = ship
+    monkeypatch.setitem(pipeline_module.HOP_VARIANT, "rule", "subject")
+    assert len(pipe.answer([TWO_HOPS], "prag")[0].hops) == 2
+    assert pipe._about("wrenslow", "Captain Tobiah Wrenslow") and not pipe._about("corraveen", "Tobiah Wrenslow")
+    assert pipe._about("bell", "Harrow Abbey") and not pipe._about("bell", "1420")  # the year is not in its opening

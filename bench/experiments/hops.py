@@ -6,9 +6,11 @@ type, with latency per question (docs/decisions.md, Hops).
 
 A variant is max_hops and answer/pipeline.py's HOP_VARIANT: `query` (whose retrieval gives the next hop's
 documents: answer = the last answer alone, answers = every answer so far, question+answers = the question and
-them) and `prompt` (question: the question as asked; bridge: the question with the answers so far in
-parentheses). Each (split, variant, mode) row goes to --out (JSON lines) as soon as it is measured, and rows
-already there are skipped, so a stopped sweep resumes. The questions are answered in batches of --batch-size
+them), `prompt` (question: the question as asked; bridge: the question with the answers so far in
+parentheses) and `rule` (top: hop when the answer's best document is not one a round ranked first; subject:
+and that document is about the answer, naming it among its first words). Each (split, variant, mode) row
+goes to --out (JSON lines) as soon as it is measured, and rows already there are skipped, so a stopped sweep
+resumes. The questions are answered in batches of --batch-size
 (fused); latency_s is a question's share of its batches' wall time, hops its Retrieve-Update-Generate rounds.
 """
 
@@ -28,12 +30,14 @@ from prag_core.answer.requests import AnswerConfig
 from prag_core.corpus import read_questions
 
 BENCH = Path(__file__).resolve().parents[1]
-VARIANTS = {
-    "one hop": (1, "answer", "question"),
-    "2 hops, answer": (2, "answer", "question"),
-    "2 hops, answer, bridge prompt": (2, "answer", "bridge"),
-    "2 hops, question+answers": (2, "question+answers", "question"),
-    "3 hops, answer": (3, "answer", "question"),
+VARIANTS = {  # name: (max_hops, query, prompt, rule)
+    "one hop": (1, "answer", "question", "top"),
+    "2 hops: answer": (2, "answer", "question", "top"),
+    "2 hops: answer + bridge prompt": (2, "answer", "bridge", "top"),
+    "2 hops: question+answers": (2, "question+answers", "question", "top"),
+    "2 hops: answer, subject rule": (2, "answer", "question", "subject"),
+    "2 hops: question+answers, subject rule": (2, "question+answers", "question", "subject"),
+    "3 hops: answer, subject rule": (3, "answer", "question", "subject"),
 }
 
 
@@ -41,7 +45,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="built with every default from the split's corpus")
     parser.add_argument("--split", choices=("dev", "test"), required=True)
-    parser.add_argument("--variants", default="all", help=f"comma-separated names, or all: {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="all", help=f"names separated by ;, or all: {'; '.join(VARIANTS)}")
     parser.add_argument("--modes", default="rag,prag,combine")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -49,7 +53,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",")]
+    names = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(";")]
     modes = [m.strip() for m in args.modes.split(",")]
     questions = read_questions(BENCH / "data" / f"{args.split}_qa.jsonl")
     done = set()
@@ -57,12 +61,12 @@ def main(argv=None):
         done = {(r["split"], r["variant"], r["mode"]) for r in map(json.loads, args.out.read_text().splitlines())}
     pipe = Pipeline.open(args.workdir, AnswerConfig(device="cpu"))
     for name in names:
-        max_hops, query, prompt = VARIANTS[name]
+        max_hops, query, prompt, rule = VARIANTS[name]
         todo = [m for m in modes if (args.split, name, m) not in done]
         if not todo:
             continue
         pipe.max_hops = max_hops
-        pipeline_module.HOP_VARIANT.update(query=query, prompt=prompt)
+        pipeline_module.HOP_VARIANT.update(query=query, prompt=prompt, rule=rule)
         start = time.perf_counter()
         results = evaluate(pipe, questions, todo, batch_size=args.batch_size, progress=True)
         for mode in todo:
@@ -73,6 +77,7 @@ def main(argv=None):
                 "max_hops": max_hops,
                 "query": query,
                 "prompt": prompt,
+                "rule": rule,
                 "mode": mode,
                 **{k: summary[k] for k in ("f1", "em", "hops", "latency_s", "n")},
                 "by_type": summary.get("by_type"),

@@ -26,7 +26,8 @@ answer length) and resolves its documents, pairs and prompt, so a bad request fa
 alone; `run(rows)` then answers any mix of rows in one generate call (rows without
 pairs take no kernel columns, which adds exact zeros), each stopping on its own,
 optionally streaming its answer as it settles (Request.on_text) and stopping early
-when its Request.cancel is set.
+when its Request.cancel is set. With max_hops > 1 a question may take further rounds whose documents its own
+answers retrieve (next_hop: the bridge of a two-hop question); run answers the rows that go on together.
 
 A work directory rebuilt while its pipeline is open (a `prag build` beside `prag serve`): a document that has
 left W's corpus.jsonl since is neither retrieved nor applied (the Answer lists fewer documents), and one
@@ -58,6 +59,7 @@ from prag_core.answer.requests import (
     check_request,
 )
 from prag_core.errors import PragError
+from prag_core.metrics import normalize_answer
 from prag_core.model.inject import inject, merged_documents, use_documents
 from prag_core.model.load import context_length
 from prag_core.model.pool import pool_key
@@ -65,7 +67,8 @@ from prag_core.pairs.combine import combine
 from prag_core.prompts import ANSWER_PREFIX, left_pad, qa_messages, render
 from prag_core.storage.workdir import Workdir
 
-HOP_VARIANT = {"query": "answer", "prompt": "question"}  # measured in bench/experiments/hops.py
+HOP_VARIANT = {"query": "answer", "prompt": "question", "rule": "top"}
+SUBJECT_WORDS = 8  # measured in bench/experiments/hops.py
 
 
 def prompt_ids(tokenizer, question, passages=None):
@@ -233,6 +236,8 @@ class Pipeline:
         ids, scores = self.retrieve(answer.prediction, k)
         if not ids or scores[0] <= 0 or ids[0] in {h.docs[0] for h in hops if h.docs}:
             return None
+        if HOP_VARIANT.get("rule") == "subject" and not self._about(ids[0], answer.prediction):
+            return None
         answers = [h.answer for h in hops]
         if HOP_VARIANT["query"] != "answer":
             query = " ".join(answers if HOP_VARIANT["query"] == "answers" else [request.question, *answers])
@@ -241,6 +246,13 @@ class Pipeline:
         if HOP_VARIANT["prompt"] == "bridge":
             question = f"{question} ({'; '.join(answers)})"
         return self._row(request, ids, scores, hops, question)
+
+    def _about(self, doc_id, text):
+        """Whether the document is about `text`: every word of it is among the document's first SUBJECT_WORDS
+        words, where a document names its subject ("Tomas Hallbeck was a builder of ...")."""
+        words = set(normalize_answer(text).split())
+        opening = normalize_answer(" ".join(self.documents_text.get(doc_id, "").split()[:SUBJECT_WORDS])).split()
+        return bool(words) and words <= set(opening)
 
     def _row(self, request, ids, scores, hops=(), question=None):
         """The Row of `request` with documents `ids` (scored `scores`), after `hops`; its prompt asks `question`
