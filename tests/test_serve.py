@@ -345,6 +345,7 @@ def test_api_key_and_a_full_queue(pipe, monkeypatch):
 def test_a_client_that_disconnects_mid_stream_frees_its_row_only(monkeypatch, caplog):
     """A model that never ends an answer: the streamed row would run for 380 tokens unless it is freed."""
     endless = make_pipe()
+    endless.max_hops = 1  # one hop: the stream sends its answer as it settles (with hops, once it is final)
     tok = endless.tokenizer
     ends = [i for i in range(len(tok)) if tok.decode([i]) in (".", "\n")] + [tok.eos_token_id]
     endless.model.generation_config.suppress_tokens += ends

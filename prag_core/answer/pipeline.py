@@ -65,10 +65,10 @@ from prag_core.model.load import context_length
 from prag_core.model.pool import pool_key
 from prag_core.pairs.combine import combine
 from prag_core.prompts import ANSWER_PREFIX, left_pad, qa_messages, render
+from prag_core.retrieval.bm25 import RetrievalError
 from prag_core.storage.workdir import Workdir
 
-HOP_VARIANT = {"query": "answer", "prompt": "question", "rule": "top"}
-SUBJECT_WORDS = 8  # measured in bench/experiments/hops.py
+SUBJECT_WORDS = 8  # a document names its subject among its first words (Pipeline._about)
 
 
 def prompt_ids(tokenizer, question, passages=None):
@@ -218,14 +218,14 @@ class Pipeline:
     def next_hop(self, row, answer):
         """The Row of the question's next hop after `row` was answered with `answer`, or None: it is done.
 
-        Hops: a round's answer is looked up in the retriever. If no document matches it, or its best document
-        is one a round of this question already ranked first, the answer is where the question's documents
-        are: done (a single-fact question, whose answer comes from its own document, is answered once, at
-        today's cost plus one search). Otherwise the answer points elsewhere (a bridge, e.g. the person the
-        question asks about):
-        the next round applies the pairs of the top_k documents retrieved for the answers so far and answers
-        the question again. A question also stops after max_hops rounds, or when its answer is empty or the
-        same as the round's before. Vanilla questions and those that name their documents take one round."""
+        Hops (docs/design.md, Answering): a round's answer is searched in the retriever. The question goes on
+        only when the answer's best document is about the answer (names it among its first words: "Tomas
+        Hallbeck was a builder ...") and no round of this question ranked that document first: the answer is
+        then a bridge to a document of its own, and the next round applies the pairs of the top_k documents the
+        answer retrieves and answers the question again. Otherwise (a year, a colour, a name from the document
+        already used: a single-fact question) it is done, at the cost of one search. A question also stops
+        after max_hops rounds, or when its answer is empty or the same as the round's before. Vanilla questions
+        and those that name their documents take one round."""
         hops = answer.hops
         request = row.request
         if len(hops) >= self.max_hops or request.mode == "vanilla" or request.documents is not None:
@@ -233,19 +233,15 @@ class Pipeline:
         if not answer.prediction or (len(hops) > 1 and hops[-1].answer == hops[-2].answer):
             return None
         k = self.top_k if request.top_k is None else request.top_k
-        ids, scores = self.retrieve(answer.prediction, k)
+        try:
+            ids, scores = self.retrieve(answer.prediction, k)
+        except RetrievalError:  # an answer with no word to search for ("3.5%" for BM25) points nowhere
+            return None
         if not ids or scores[0] <= 0 or ids[0] in {h.docs[0] for h in hops if h.docs}:
             return None
-        if HOP_VARIANT.get("rule") == "subject" and not self._about(ids[0], answer.prediction):
+        if not self._about(ids[0], answer.prediction):
             return None
-        answers = [h.answer for h in hops]
-        if HOP_VARIANT["query"] != "answer":
-            query = " ".join(answers if HOP_VARIANT["query"] == "answers" else [request.question, *answers])
-            ids, scores = self.retrieve(query, k)
-        question = request.question
-        if HOP_VARIANT["prompt"] == "bridge":
-            question = f"{question} ({'; '.join(answers)})"
-        return self._row(request, ids, scores, hops, question)
+        return self._row(request, ids, scores, hops)
 
     def _about(self, doc_id, text):
         """Whether the document is about `text`: every word of it is among the document's first SUBJECT_WORDS
@@ -254,9 +250,8 @@ class Pipeline:
         opening = normalize_answer(" ".join(self.documents_text.get(doc_id, "").split()[:SUBJECT_WORDS])).split()
         return bool(words) and words <= set(opening)
 
-    def _row(self, request, ids, scores, hops=(), question=None):
-        """The Row of `request` with documents `ids` (scored `scores`), after `hops`; its prompt asks `question`
-        (default the request's)."""
+    def _row(self, request, ids, scores, hops=()):
+        """The Row of `request` with documents `ids` (scored `scores`), after `hops`."""
         mode = request.mode
         found = []
         if mode in PAIR_MODES:  # a document that left the corpus since retrieval is answered without
@@ -264,7 +259,7 @@ class Pipeline:
             ids, scores = [d for d, _, _ in found], [s for _, s, _ in found]
         with_passages = mode in ("rag", "combine")
         passages = [self._text(d) for d in ids] if with_passages else None
-        prompt = prompt_ids(self.tokenizer, question or request.question, passages)
+        prompt = prompt_ids(self.tokenizer, request.question, passages)
         max_new = self.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
         self._check_fits(request, prompt, with_passages, max_new)
         params, weights = ([], [])

@@ -30,7 +30,7 @@ UPDATES = ("fused", "merge")
 TOP_K = 3
 COMBINATION = "score"
 TEMPERATURE = 1.0
-MAX_HOPS = 1  # Retrieve-Update-Generate rounds per question (docs/decisions.md, Hops)
+MAX_HOPS = 2  # Retrieve-Update-Generate rounds per question (docs/decisions.md, Hops)
 MAX_BODY_BYTES = 2**20  # `prag serve --max-body-bytes`: a chat request is a few KiB, 1 MiB is far more than fits
 
 
