@@ -441,6 +441,46 @@ def gpu_section(name):
     return f"## `{name}`\n\n" + source(name, "the card it names", "in its title") + f"\n{title.lstrip('# ')}.\n{body}"
 
 
+def hops_section(name):
+    rows = read_rows(name)
+    types = ("single", "multihop", "comparison")
+    lines = [
+        [
+            r["split"],
+            r["variant"],
+            f"{r['query']} / {r['prompt']} / {r.get('rule') or 'top'}" if r["max_hops"] > 1 else "—",
+            r["mode"],
+            num(r["f1"]),
+            *(num((r.get("by_type") or {}).get(t, {}).get("f1")) for t in types),
+            num(r["hops"], 2),
+            num(r["latency_s"], 2),
+        ]
+        for r in rows
+    ]
+    return (
+        f"## `{name}`\n\n"
+        + source(name, rows[0]["machine"].split(", load")[0], rows[0]["date"])
+        + "\nMulti-hop Retrieve-Update-Generate (`bench/experiments/hops.py`), every default but the hops, batches of "
+        f"{rows[0]['batch_size']}: F1 over all questions and per type, mean hops per question, seconds per "
+        "question (its share of its batches' wall time). Variant switches: what the next hop retrieves with / the "
+        "prompt of the next hop / when a question hops.\n\n"
+        + table(
+            [
+                "split",
+                "variant",
+                "query / prompt / rule",
+                "mode",
+                "F1",
+                *(f"F1 {t}" for t in types),
+                "hops",
+                "s/question",
+            ],
+            lines,
+        )
+        + "\n"
+    )
+
+
 # ---------------------------------------------------------------- the file
 
 
@@ -456,6 +496,7 @@ def render():
         (f"{SUITES_RUN}.json", suites_section(d)),
         ("kernel-compile.md", compile_section("kernel-compile.md")),
         ("pool.json", pool_section("pool.json")),
+        ("hops.jsonl", hops_section("hops.jsonl")),
         *((p.name, gpu_section(p.name)) for p in sorted(RESULTS.glob("gpu-*.md"))),
     ]
     covered = {n for n, _ in sections} | {f"{SUITES_RUN}.md"}
