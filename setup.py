@@ -26,7 +26,8 @@ setup(
         "triton>=3.4",
         "transformers>=5.24",
         "safetensors>=0.8",
-        "rank_bm25>=0.2.2",
+        "bm25s>=0.3.16",  # the sparse-matrix engine under BM25Index
+        "faiss-cpu>=1.12",  # the dense index's exact and IVF search
         "gguf>=0.19",
         "accelerate>=1.15",
         "tqdm>=4.70",
@@ -36,14 +37,15 @@ setup(
         "test": [
             "kernels>=0.19",  # Hugging Face's: tests/test_install.py checks nothing of ours shadows it
             "pytest>=9.0",
+            "rank_bm25>=0.2.2",  # the reference BM25Index's scores are checked against
             "ruff>=0.15",
             "pytest-benchmark>=5.2",
-            "ray>=2.40",
+            "ray[serve]>=2.40",
             "fastapi>=0.110",
             "uvicorn>=0.29",
             "openai>=1.0",
         ],
-        "ray": ["ray>=2.40"],
+        "ray": ["ray[serve]>=2.40"],  # prag build --ray, prag serve --ray
         "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
         "bench": ["pytest-benchmark>=5.2", "matplotlib>=3.8"],
     },

@@ -241,6 +241,38 @@ def read_safetensors(path, error, what: str, framework: str = "pt", names=None) 
         raise error(f"{path}: unreadable {what} ({type(err).__name__}: {err})") from None
 
 
+_NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "I64": "<i8", "I32": "<i4", "U8": "u1"}
+
+
+def mmap_safetensors(path, error, what: str) -> tuple[dict, dict]:
+    """(metadata, arrays) of the safetensors file at `path`, each array a read-only numpy memory map of the file
+    (nothing is read until used, so an index of any size opens at once). Same errors as read_safetensors."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such {what} file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= size - 8:
+                raise ValueError("header size out of range")
+            header = json.loads(f.read(n))
+        meta = header.pop("__metadata__", None) or {}
+        arrays = {}
+        for name, info in header.items():
+            dtype, shape, (lo, hi) = np.dtype(_NUMPY_DTYPES[info["dtype"]]), tuple(info["shape"]), info["data_offsets"]
+            if hi - lo != dtype.itemsize * int(np.prod(shape)) or 8 + n + hi > size:
+                raise ValueError(f"tensor {name!r} lies outside the file")
+            arrays[name] = (
+                np.memmap(path, dtype, "r", offset=8 + n + lo, shape=shape) if hi > lo else np.zeros(shape, dtype)
+            )
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise error(f"{path}: unreadable {what} ({type(err).__name__}: {err})") from None
+    return meta, arrays
+
+
 def append_line(path, line: str) -> None:
     """Append one line (ending in a newline) with a single write, then fsync: a crash can tear only the
     file's last line, which readers detect (no trailing newline) and drop."""

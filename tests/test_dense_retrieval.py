@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from tiny import save_tiny_llama, tiny_embedder
 
@@ -314,3 +315,33 @@ def test_cli_build_records_the_retriever_and_ask_eval_use_or_override_it(model, 
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"prag: error: {Workdir(work).dense_index}: no dense index; build it with `prag build --retriever hybrid`"
     )
+
+
+def test_above_the_exact_limit_search_is_an_ivf_index_close_to_exact_and_saved(embedder, tmp_path, monkeypatch):
+    monkeypatch.setattr(dense, "EXACT_MAX", 100)
+    rng = np.random.default_rng(0)
+    words = sorted(set(re.findall(r"[a-z0-9]+", " ".join(indexed_text(d) for d in DOCS).lower())))
+    docs = [_doc(f"d{i}", " ".join(rng.choice(words, 6))) for i in range(600)]
+    index = DenseIndex.build(docs, *embedder)
+    assert index._search_index.nlist == 4 * round(600**0.5) and index._search_index.nprobe == dense.NPROBE
+    queries = [" ".join(rng.choice(words, 3)) for _ in range(20)]
+    recall = []
+    for query in queries:
+        exact = index.embeddings.numpy() @ dense.embed(embedder[0], [query])[0].numpy()
+        truth = {docs[i].id for i in np.argsort(-exact)[:10]}
+        got = index.search(query, k=10)
+        assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
+        recall.append(len(truth & {d for d, _ in got}) / 10)
+    assert np.mean(recall) >= 0.9
+    path = tmp_path / "dense.safetensors"
+    index.save(path)
+    loaded = DenseIndex.load(path, embedder[1])
+    loaded.model = embedder[0]
+    assert all(loaded.search(q, k=10) == index.search(q, k=10) for q in queries)  # the saved lists, not retrained
+    _resave(index, path, tensor=index.embeddings)  # the IVF left out: an index from before FAISS is trained again
+    assert DenseIndex.load(path)._search_index.ntotal == 600
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    save_file({"embeddings": index.embeddings, "ivf": torch.zeros(9, dtype=torch.uint8)}, str(path), metadata=meta)
+    with pytest.raises(RetrievalError, match=r"dense\.safetensors: tensor 'ivf' is not a FAISS index"):
+        DenseIndex.load(path)

@@ -222,15 +222,16 @@ def _resave(index, path, meta=None, arrays=None):
     "meta, arrays, expected",
     [
         ({"format": "other"}, None, r"not a prag BM25 index \(field 'format'"),
-        ({"version": "99"}, None, r"field 'version' is '99', this prag reads '1'; rebuild the index"),
+        ({"version": "99"}, None, r"field 'version' is '99', this prag reads '2'; rebuild the index"),
         ({"tokenizer": "old"}, None, r"field 'tokenizer' is 'old'.*rebuild the index"),
         ({"ids": None}, None, r"header field 'ids' is missing or malformed"),
         ({"vocab": "[not json"}, None, r"header field .* is missing or malformed"),
         ({"k1": "fast"}, None, r"header field .* is missing or malformed"),
-        (None, {"postings_tf": None}, r"tensor 'postings_tf' is missing"),
-        (None, {"doc_len": np.ones(5, dtype=np.int64)}, r"tensor 'doc_len' is int64\[5\], expected int64\[6\]"),
-        (None, {"idf": np.ones(1, dtype=np.float32)}, r"tensor 'idf' is float32\[1\], expected float64"),
-        (None, {"postings_ptr": np.zeros(1, dtype=np.int64)}, r"tensor 'postings_ptr' is int64\[1\]"),
+        (None, {"count_tf": None}, r"tensor 'count_tf' is missing"),
+        (None, {"keys": None}, r"tensor 'keys' is missing"),
+        (None, {"count_ptr": np.ones(5, dtype=np.int64)}, r"tensor 'count_ptr' is int64\[5\], expected int64\[7\]"),
+        (None, {"score": np.ones(1, dtype=np.float32)}, r"tensor 'score' is float32\[1\], expected float64"),
+        (None, {"score_ptr": np.zeros(1, dtype=np.int64)}, r"tensor 'score_ptr' is int64\[1\]"),
     ],
 )
 def test_load_rejects_bad_files(index, tmp_path, meta, arrays, expected):
@@ -244,13 +245,67 @@ def test_load_rejects_bad_postings(index, tmp_path):
     path = tmp_path / "bm25.safetensors"
     index.save(path)
     with safe_open(str(path), framework="np") as f:
-        ptr, docs = f.get_tensor("postings_ptr"), f.get_tensor("postings_doc")
-    _resave(index, path, arrays={"postings_ptr": ptr[::-1].copy()})
-    with pytest.raises(RetrievalError, match="'postings_ptr' is not a valid offset table"):
+        ptr, docs, terms = f.get_tensor("score_ptr"), f.get_tensor("score_doc"), f.get_tensor("count_term")
+    _resave(index, path, arrays={"score_ptr": ptr[::-1].copy()})
+    with pytest.raises(RetrievalError, match="'score_ptr' is not a valid offset table"):
         BM25Index.load(path)
-    _resave(index, path, arrays={"postings_doc": np.where(docs == 0, len(DOCS), docs).astype(np.int32)})
-    with pytest.raises(RetrievalError, match="'postings_doc' holds a document index out of range"):
+    _resave(index, path, arrays={"score_doc": np.where(docs == 0, len(DOCS), docs).astype(np.int32)})
+    with pytest.raises(RetrievalError, match="'score_doc' holds a document index out of range"):
         BM25Index.load(path)
+    _resave(index, path, arrays={"count_term": (terms - 1).astype(np.int32)})
+    with pytest.raises(RetrievalError, match="'count_term' holds a term index out of range"):
+        BM25Index.load(path)
+
+
+def test_a_saved_index_is_memory_mapped_not_read(index, tmp_path):
+    index.save(tmp_path / "bm25.safetensors")
+    loaded = BM25Index.load(tmp_path / "bm25.safetensors")
+    assert all(isinstance(a, np.memmap) for name, a in loaded._arrays.items())
+    assert not any(a.flags.writeable for a in loaded._arrays.values())
+
+
+def test_adding_documents_tokenizes_only_the_new_ones_and_equals_a_fresh_build(tmp_path, monkeypatch):
+    from prag_core.retrieval import bm25
+
+    first = BM25Index.build(DOCS[:4])
+    first.save(tmp_path / "bm25.safetensors")
+    previous = BM25Index.load(tmp_path / "bm25.safetensors")
+    tokenized = []
+    real = bm25.tokenize
+    monkeypatch.setattr(bm25, "tokenize", lambda text: tokenized.append(text) or real(text))
+    changed = [_doc("mill", "Marta Quenby built a loom in Lorvick in 1911.")]  # a changed text is tokenized again
+    grown = BM25Index.build(DOCS[:2] + changed + DOCS[3:] + CHINESE, previous)
+    assert len(tokenized) == 1 + len(DOCS) - 4 + len(CHINESE)
+    monkeypatch.setattr(bm25, "tokenize", real)
+    fresh = BM25Index.build(DOCS[:2] + changed + DOCS[3:] + CHINESE)
+    assert grown.vocab == fresh.vocab and grown.corpus_sha256 == fresh.corpus_sha256
+    for name, array in fresh._arrays.items():
+        assert np.array_equal(grown._arrays[name], array), name
+    shrunk = BM25Index.build(DOCS[1:3], grown)  # a removed document's terms leave the vocabulary
+    assert shrunk.vocab == BM25Index.build(DOCS[1:3]).vocab and "lighthouse" not in shrunk.vocab
+
+
+@pytest.mark.parametrize("split", ["dev", "test"])
+def test_rankings_equal_rank_bm25_on_the_dev_and_test_sets(split):
+    """Every question of our dev/test sets (and their paraphrases) ranks the whole corpus as rank_bm25 does."""
+    from pathlib import Path
+
+    data = Path(__file__).parent.parent / "bench" / "data"
+    docs = read_corpus(data / f"{split}_corpus.jsonl")
+    index = BM25Index.build(docs)
+    okapi = BM25Okapi([tokenize(f"{d.title}\n{d.text}" if d.title else d.text) for d in docs])
+    questions = [
+        json.loads(line)["question"]
+        for name in (f"{split}_qa.jsonl", f"{split}_paraphrase_qa.jsonl")
+        for line in (data / name).read_text(encoding="utf-8").splitlines()
+    ]
+    assert len(questions) > 100
+    for question in questions:
+        scores = okapi.get_scores(tokenize(question))
+        expected = [docs[i].id for i in np.argsort(-scores, kind="stable")]
+        got = index.search(question, k=len(docs))
+        assert [d for d, _ in got] == expected, question
+        assert [s for _, s in got] == sorted(scores.tolist(), reverse=True)
 
 
 def test_load_unreadable_files(tmp_path):

@@ -1,49 +1,63 @@
-"""BM25 retrieval over title + text: rank_bm25's BM25Okapi statistics, stored as safetensors postings.
+"""BM25 retrieval over title + text: Okapi BM25 as rank_bm25 defines it, scored by bm25s's sparse-matrix engine.
 
-Okapi BM25 as rank_bm25 defines it, for query terms q (repeats count) and document d:
+Okapi BM25 as rank_bm25's BM25Okapi defines it, for query terms q (repeats count) and document d:
 
-    score(q, d) = Σ_{t ∈ q} idf(t) · f(t,d)·(k1 + 1) / (f(t,d) + k1·(1 − b + b·|d| / avgdl))
-    idf(t)      = ln(N − n(t) + 0.5) − ln(n(t) + 0.5), floored at ε·mean(idf) where negative
+    score(q, d) = Σ_{t ∈ q} s(t, d),   s(t, d) = idf(t) · f(t,d)·(k1 + 1) / (f(t,d) + k1·(1 − b + b·|d| / avgdl))
+    idf(t)      = ln(N − n(t) + 0.5) − ln(n(t) + 0.5), replaced by ε·mean(idf) (ε = 0.25) where negative
 
-with f(t,d) the count of t in d, |d| the token count of d, n(t) the number of
-documents holding t, N the number of documents. (A term in exactly half the
-documents gets idf 0: that is Okapi's formula, kept as is.)
+with f(t,d) the count of t in d, |d| the token count of d, n(t) the number of documents holding t, N the number
+of documents. (A term in exactly half the documents gets idf 0: Okapi's formula, kept as is.)
 
-BM25Okapi computes the statistics at build time. The index keeps them as an
-inverted file (per term: the documents holding it and the counts), so a query
-touches only its terms' postings, and loading is a memory read of a few numeric
-arrays: nothing is re-tokenized and no per-document dicts are rebuilt. search()
-evaluates the formula above with the same floating-point operations as
-BM25Okapi.get_scores, so the scores are equal to its scores.
+The engine is bm25s's "eager" BM25: every s(t, d) is computed once at build time into a sparse term-by-document
+matrix (CSC: per term, its documents and their scores), so a query is a sum of a few sparse columns
+(bm25s.BM25.get_scores_from_ids) and a top-k. bm25s's own idf variants cannot express Okapi's ε floor (its
+"robertson" floors at 0; on our dev/test sets its rankings agree with today's on the top 3 for only 58-78 % of
+the questions), so the matrix is built here by the hook bm25s documents for it (build_index_from_ids's role): the
+statistics in float64 with the same operations as rank_bm25, so the scores are equal to BM25Okapi.get_scores'.
 
-On disk: one safetensors file (no pickle). Tensors idf (V,) float64,
-doc_len (N,) int64, postings_ptr (V+1,) int64, postings_doc and postings_tf
-(nnz,) int32; term t's postings are postings_*[ptr[t]:ptr[t+1]]. Header
-metadata: format, version, tokenizer, k1, b, corpus_sha256, and the JSON lists
-ids (N) and vocab (V).
+A build reuses the term counts of documents whose indexed text is unchanged (by sha256), so adding documents
+tokenizes only the new ones; the statistics (N, avgdl, idf) change with every document, so the matrix is recomputed
+(vectorized numpy: seconds at 1M documents).
+
+On disk: one safetensors file (no pickle), memory-mapped when opened (corpus.mmap_safetensors): nothing is read
+until a query touches it. Tensors: score (nnz,) float64, score_doc (nnz,) int32 and score_ptr (V+1,) int64,
+the CSC matrix (term t's documents are score_doc[score_ptr[t]:score_ptr[t+1]], in corpus order);
+count_term, count_tf (nnz,) int32 and count_ptr (N+1,) int64, the term counts per document (CSR, for the next
+build); keys (N, 32) uint8, the sha256 of each document's indexed text. Header metadata: format, version,
+tokenizer, k1, b, corpus_sha256, and the JSON lists ids (N) and vocab (V).
 """
 
 import hashlib
 import json
+import math
 import re
 import unicodedata
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from rank_bm25 import BM25Okapi
 from safetensors.numpy import save as safetensors_bytes
+from tqdm.auto import tqdm
 
-from prag_core.corpus import read_safetensors, write_bytes_atomic
+from prag_core.corpus import mmap_safetensors, write_bytes_atomic
 from prag_core.errors import PragError
 
 FORMAT = "prag-bm25"
-VERSION = "1"
+VERSION = "2"
 TOKENIZER = "nfkc-lower-alnum-cjk2-v2"  # bump when tokenize() changes: saved statistics depend on it
+K1, B, EPSILON = 1.5, 0.75, 0.25  # rank_bm25's BM25Okapi defaults
 _WORD = re.compile(r"[^\W_]+")  # runs of unicode letters and digits; punctuation and "_" separate
 # Scripts written without spaces between words: Hiragana, Katakana, CJK ideographs (with extension A and the
 # compatibility block, and the supplementary planes' extensions), Hangul syllables.
 _CJK = re.compile("([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\U00020000-\U0003134f]+)")
-_TENSORS = ("idf", "doc_len", "postings_ptr", "postings_doc", "postings_tf")
+_TENSORS = {
+    "score": ("nnz", np.float64),
+    "score_doc": ("nnz", np.int32),
+    "score_ptr": ("V+1", np.int64),
+    "count_term": ("nnz", np.int32),
+    "count_tf": ("nnz", np.int32),
+    "count_ptr": ("N+1", np.int64),
+}
 
 
 class RetrievalError(PragError):
@@ -87,48 +101,67 @@ class BM25Index:
     # the unit of combine's softmax temperature: BM25 scores as they are (T = 1, the one temperature measured on dev)
     score_scale = 1.0
 
-    def __init__(self, ids, vocab, arrays, k1, b, corpus_hash):
-        self.ids = ids
-        self.vocab = vocab
-        self.corpus_sha256 = corpus_hash
+    def __init__(self, ids, vocab, arrays, corpus_hash, k1=K1, b=B):
+        import bm25s  # here: the package imports without it until an index is opened
+
+        self.ids, self.vocab, self.corpus_sha256 = ids, vocab, corpus_hash
         self.k1, self.b = k1, b
         self._arrays = arrays
-        self._term_id = {term: i for i, term in enumerate(vocab)}
-        doc_len = arrays["doc_len"]
-        # The length-normalised k1 of every document, as BM25Okapi.get_scores computes it.
-        avgdl = doc_len.sum() / len(doc_len)
-        self._norm = k1 * (1 - b + b * doc_len / avgdl)
+        # bm25s's engine over our matrix: get_scores_from_ids sums the query terms' columns in query order
+        self._engine = bm25s.BM25(k1=k1, b=b, method="robertson", dtype="float64", backend="numpy")
+        self._engine.vocab_dict = {term: i for i, term in enumerate(vocab)}
+        self._engine.scores = {
+            "data": arrays["score"],
+            "indices": arrays["score_doc"],
+            "indptr": arrays["score_ptr"],
+            "num_docs": len(ids),
+        }
+        self._engine.nonoccurrence_array = None
 
     def __len__(self):
         return len(self.ids)
 
     @classmethod
-    def build(cls, docs) -> "BM25Index":
-        """Index Documents (corpus.Document) by the tokens of their title and text."""
+    def build(cls, docs, previous=None, progress=False) -> "BM25Index":
+        """Index Documents (corpus.Document) by the tokens of their title and text; the term counts of documents
+        whose indexed text `previous` (an index) holds are taken from it instead of tokenizing again."""
         if not docs:
             raise RetrievalError("cannot build a BM25 index over an empty corpus")
-        tokens = [tokenize(indexed_text(doc)) for doc in docs]
-        if not any(tokens):
+        keys = [hashlib.sha256(indexed_text(doc).encode("utf-8")).digest() for doc in docs]
+        known = previous._rows() if previous is not None else {}
+        vocab = {}  # term -> id in order of first appearance, as rank_bm25 meets them (its idf sum runs so)
+        terms, tfs, lens, doc_len = [], [], [], []
+        for doc, key in tqdm(zip(docs, keys), total=len(docs), desc="bm25", unit="doc", disable=not progress):
+            if key in known:
+                words, counts = known[key]
+            else:
+                counter = Counter(tokenize(indexed_text(doc)))  # in order of first occurrence, as rank_bm25
+                words, counts = list(counter), list(counter.values())
+            terms.append(np.array([vocab.setdefault(w, len(vocab)) for w in words], np.int32))
+            tfs.append(np.array(counts, np.int32))
+            lens.append(len(words))
+            doc_len.append(sum(counts))
+        if not any(doc_len):
             raise RetrievalError("cannot build a BM25 index: no document has a single word")
-        bm = BM25Okapi(tokens)
-        vocab = sorted(bm.idf)
-        term_id = {term: i for i, term in enumerate(vocab)}
-        # (term, doc, count) triples, grouped by term: a CSC term-document matrix.
-        terms, docs_of, counts = [], [], []
-        for d, freqs in enumerate(bm.doc_freqs):
-            terms.extend(term_id[t] for t in freqs)
-            docs_of.extend([d] * len(freqs))
-            counts.extend(freqs.values())
-        terms = np.array(terms, dtype=np.int64)
-        order = np.argsort(terms, kind="stable")  # stable: each term's documents stay in corpus order
-        arrays = {
-            "idf": np.array([bm.idf[t] for t in vocab], dtype=np.float64),
-            "doc_len": np.array(bm.doc_len, dtype=np.int64),
-            "postings_ptr": np.concatenate([[0], np.cumsum(np.bincount(terms, minlength=len(vocab)))]),
-            "postings_doc": np.array(docs_of, dtype=np.int32)[order],
-            "postings_tf": np.array(counts, dtype=np.int32)[order],
+        terms, tf = np.concatenate(terms), np.concatenate(tfs)
+        return cls(
+            [doc.id for doc in docs],
+            list(vocab),
+            _okapi_arrays(terms, tf, np.array(lens), doc_len, len(vocab), keys),
+            corpus_sha256(docs),
+        )
+
+    def _rows(self) -> dict:
+        """{sha256 of a document's indexed text: (its terms, their counts)}, for build()."""
+        a = self._arrays
+        ptr, keys = a["count_ptr"], np.asarray(a["keys"])
+        return {
+            keys[i].tobytes(): (
+                [self.vocab[t] for t in a["count_term"][ptr[i] : ptr[i + 1]].tolist()],
+                a["count_tf"][ptr[i] : ptr[i + 1]].tolist(),
+            )
+            for i in range(len(self.ids))
         }
-        return cls([doc.id for doc in docs], vocab, arrays, bm.k1, bm.b, corpus_sha256(docs))
 
     def search(self, query: str, k: int = 3) -> list[tuple[str, float]]:
         """The k best documents, best first; ties go to the earlier document in the corpus.
@@ -140,15 +173,7 @@ class BM25Index:
         terms = tokenize(query)
         if not terms:
             raise RetrievalError(f"empty query: {query!r} has no words to search for")
-        a = self._arrays
-        scores = np.zeros(len(self.ids))
-        for term in terms:
-            t = self._term_id.get(term)
-            if t is None:  # unseen term: idf 0 in rank_bm25
-                continue
-            lo, hi = a["postings_ptr"][t], a["postings_ptr"][t + 1]
-            docs, tf = a["postings_doc"][lo:hi], a["postings_tf"][lo:hi]
-            scores[docs] += a["idf"][t] * (tf * (self.k1 + 1) / (tf + self._norm[docs]))
+        scores = self._engine.get_scores_from_ids(self._engine.get_tokens_ids(terms))  # unseen terms score 0
         # The documents scoring at least the k-th best score, then a stable sort of those alone: equal scores
         # keep corpus order, as a stable sort of all would, without sorting a large corpus.
         candidates = np.arange(len(scores))
@@ -169,13 +194,14 @@ class BM25Index:
             "ids": json.dumps(self.ids, ensure_ascii=False),
             "vocab": json.dumps(self.vocab, ensure_ascii=False),
         }
-        write_bytes_atomic(path, safetensors_bytes(self._arrays, metadata=metadata))
+        arrays = {name: np.ascontiguousarray(array) for name, array in self._arrays.items()}
+        write_bytes_atomic(path, safetensors_bytes(arrays, metadata=metadata))
 
     @classmethod
     def load(cls, path) -> "BM25Index":
-        """Read an index written by save(); errors name the file and the field."""
+        """Open an index written by save(), memory-mapped; errors name the file and the field."""
         path = Path(path)
-        meta, arrays = read_safetensors(path, RetrievalError, "BM25 index", framework="np", names=_TENSORS)
+        meta, arrays = mmap_safetensors(path, RetrievalError, "BM25 index")
         if meta.get("format") != FORMAT:
             raise RetrievalError(f"{path}: not a prag BM25 index (field 'format' is not {FORMAT!r})")
         for field, expected in (("version", VERSION), ("tokenizer", TOKENIZER)):
@@ -189,29 +215,50 @@ class BM25Index:
         except (KeyError, ValueError) as err:
             raise RetrievalError(f"{path}: header field {err} is missing or malformed") from None
         _check_arrays(path, arrays, len(ids), len(vocab))
-        return cls(ids, vocab, arrays, k1, b, meta.get("corpus_sha256"))
+        return cls(ids, vocab, arrays, meta.get("corpus_sha256"), k1, b)
+
+
+def _okapi_arrays(terms, tf, lens, doc_len, n_terms, keys) -> dict:
+    """The index's tensors from the term counts per document (CSR: `terms`, `tf`, `lens` entries per document),
+    with the float operations of rank_bm25's BM25Okapi (so the scores are equal to its scores)."""
+    n_docs = len(doc_len)
+    df = np.bincount(terms, minlength=n_terms)
+    idf = [math.log(n_docs - n + 0.5) - math.log(n + 0.5) for n in df.tolist()]
+    floor = EPSILON * (sum(idf) / len(idf))  # rank_bm25: ε·mean, the mean summed in order of first appearance
+    idf = np.array([floor if x < 0 else x for x in idf])
+    doc_len = np.array(doc_len)
+    norm = K1 * (1 - B + B * doc_len / (sum(doc_len.tolist()) / n_docs))
+    doc_of = np.repeat(np.arange(n_docs), lens)
+    score = idf[terms] * (tf * (K1 + 1) / (tf + norm[doc_of]))
+    by_term = np.argsort(terms, kind="stable")  # stable: each term's documents stay in corpus order
+    return {
+        "score": score[by_term],
+        "score_doc": doc_of[by_term].astype(np.int32),
+        "score_ptr": np.concatenate([[0], np.cumsum(df)]).astype(np.int64),
+        "count_term": terms,
+        "count_tf": tf,
+        "count_ptr": np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+        "keys": np.frombuffer(b"".join(keys), np.uint8).reshape(n_docs, 32),
+    }
 
 
 def _check_arrays(path, arrays, n_docs, n_terms):
-    """Shapes and ranges that search() relies on; a mismatch names the tensor."""
-    missing = [name for name in _TENSORS if name not in arrays]
-    if missing:
-        raise RetrievalError(f"{path}: tensor {missing[0]!r} is missing")
-    ptr, nnz = arrays["postings_ptr"], len(arrays["postings_doc"])
-    expected = {
-        "idf": (n_terms, np.float64),
-        "doc_len": (n_docs, np.int64),
-        "postings_ptr": (n_terms + 1, np.int64),
-        "postings_doc": (nnz, np.int32),
-        "postings_tf": (nnz, np.int32),
-    }
-    for name, (size, dtype) in expected.items():
-        if arrays[name].shape != (size,) or arrays[name].dtype != dtype:
-            raise RetrievalError(
-                f"{path}: tensor {name!r} is {arrays[name].dtype}{list(arrays[name].shape)}, "
-                f"expected {np.dtype(dtype)}[{size}]"
-            )
-    if n_docs == 0 or ptr[0] != 0 or ptr[-1] != nnz or np.any(np.diff(ptr) < 0):
-        raise RetrievalError(f"{path}: tensor 'postings_ptr' is not a valid offset table")
-    if nnz and not (0 <= arrays["postings_doc"].min() and arrays["postings_doc"].max() < n_docs):
-        raise RetrievalError(f"{path}: tensor 'postings_doc' holds a document index out of range")
+    """Shapes and ranges that search() and build() rely on; a mismatch names the tensor."""
+    for name in (*_TENSORS, "keys"):
+        if name not in arrays:
+            raise RetrievalError(f"{path}: tensor {name!r} is missing")
+    sizes = {"nnz": len(arrays["score"]), "V+1": n_terms + 1, "N+1": n_docs + 1}
+    expected = {name: ((sizes[size],), np.dtype(dtype)) for name, (size, dtype) in _TENSORS.items()}
+    expected["keys"] = ((n_docs, 32), np.dtype(np.uint8))
+    for name, (shape, dtype) in expected.items():
+        if arrays[name].shape != shape or arrays[name].dtype != dtype:
+            got = f"{arrays[name].dtype}{list(arrays[name].shape)}"
+            raise RetrievalError(f"{path}: tensor {name!r} is {got}, expected {dtype}{list(shape)}")
+    nnz = sizes["nnz"]
+    for name in ("score_ptr", "count_ptr"):
+        ptr = arrays[name]
+        if n_docs == 0 or ptr[0] != 0 or ptr[-1] != nnz or np.any(np.diff(ptr) < 0):
+            raise RetrievalError(f"{path}: tensor {name!r} is not a valid offset table")
+    for name, bound, what in (("score_doc", n_docs, "document"), ("count_term", n_terms, "term")):
+        if nnz and not (0 <= arrays[name].min() and arrays[name].max() < bound):
+            raise RetrievalError(f"{path}: tensor {name!r} holds a {what} index out of range")

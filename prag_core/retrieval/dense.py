@@ -6,16 +6,19 @@ The embedder is any sentence-transformers model folder (or a hub id, where there
 A document longer than the embedder's window (max_seq_length tokens, 256 for MiniLM: ~190 words) is embedded
 by its first window: sentence-transformers truncates the rest.
 
-On disk: one safetensors file, tensor `embeddings` (N, dim) float32 with unit rows. Header metadata: format,
-version, embedder (the id a work directory's config names), corpus_sha256, and the JSON lists ids (N) and keys
-(N: the sha256 of each document's embedded text, so a rebuild embeds only new or changed documents).
+On disk: one safetensors file, tensor `embeddings` (N, dim) float32 with unit rows, and above EXACT_MAX documents
+`ivf` (uint8), FAISS's serialized IVF index of those rows. Header metadata: format, version, embedder (the id a
+work directory's config names), corpus_sha256, and the JSON lists ids (N) and keys (N: the sha256 of each
+document's embedded text, so a rebuild embeds only new or changed documents).
 
-Search is exact: scores = E q, the top k by torch.topk. At 100k documents x 384 dimensions that is one
-38-MFLOP matrix-vector product (timings: docs/decisions.md, Performance), so no approximate index is needed
-there.
+Search is FAISS inner product (cosine, the rows being unit vectors): exact (IndexFlatIP) up to EXACT_MAX
+documents, approximate above (IVF-Flat: 4·√N lists trained by k-means on a sample, NPROBE lists searched per
+query). The threshold, the list count and NPROBE are chosen in bench/load/scale_bench.py (recall@10 against exact
+search and latency at 100k and 1M; docs/decisions.md, Scale).
 """
 
 import json
+import math
 import zipfile
 from pathlib import Path
 
@@ -28,6 +31,8 @@ from prag_core.retrieval.bm25 import RetrievalError, corpus_sha256, indexed_text
 
 FORMAT = "prag-dense"
 VERSION = "1"
+EXACT_MAX = 100_000  # more documents than this: an approximate (IVF) index
+NPROBE = 32  # IVF lists searched per query
 EMBEDDED = "minilm"  # --embedder's default
 EMBEDDED_ID = "all-MiniLM-L6-v2"
 _UNIT = 1e-3  # a stored row whose norm is further than this from 1 is refused
@@ -85,10 +90,18 @@ class DenseIndex:
     # at its T = 1 (0.85/0.13/0.03); cosine as it is (T = 1) would weight them almost equally.
     score_scale = 0.05
 
-    def __init__(self, ids, embeddings, embedder, corpus_hash, keys, model=None):
+    def __init__(self, ids, embeddings, embedder, corpus_hash, keys, model=None, ivf=None):
+        import faiss  # here: bm25 alone needs none of it
+
         self.ids, self.embeddings, self.embedder = ids, embeddings, embedder
         self.corpus_sha256, self.keys = corpus_hash, keys
         self.model = model  # the embedder, needed by search() only
+        if len(ids) <= EXACT_MAX:
+            self._search_index = faiss.IndexFlatIP(embeddings.shape[1])
+            self._search_index.add(embeddings.numpy())
+        else:
+            self._search_index = ivf if ivf is not None else _train_ivf(embeddings.numpy())
+            self._search_index.nprobe = NPROBE
 
     def __len__(self):
         return len(self.ids)
@@ -110,14 +123,14 @@ class DenseIndex:
         return cls([doc.id for doc in docs], torch.stack(rows).contiguous(), embedder, corpus_sha256(docs), keys, model)
 
     def search(self, query: str, k: int = 3) -> list[tuple[str, float]]:
-        """The min(k, len(self)) documents of highest cosine similarity to `query`."""
+        """The min(k, len(self)) documents of highest cosine similarity to `query` (approximate above EXACT_MAX
+        documents: IVF may return fewer when its probed lists hold fewer than k)."""
         if k < 1:
             raise RetrievalError(f"k must be at least 1, got {k}")
         if not query.strip():
             raise RetrievalError(f"empty query: {query!r}")
-        scores = self.embeddings @ embed(self.model, [query])[0]
-        top = torch.topk(scores, min(k, len(self.ids)))
-        return [(self.ids[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+        scores, rows = self._search_index.search(embed(self.model, [query]).numpy(), min(k, len(self.ids)))
+        return [(self.ids[i], float(s)) for s, i in zip(scores[0].tolist(), rows[0].tolist()) if i >= 0]
 
     def save(self, path) -> None:
         """Write the index as one safetensors file (atomically)."""
@@ -129,14 +142,19 @@ class DenseIndex:
             "ids": json.dumps(self.ids, ensure_ascii=False),
             "keys": json.dumps(self.keys),
         }
-        write_bytes_atomic(path, safetensors_bytes({"embeddings": self.embeddings}, metadata=metadata))
+        tensors = {"embeddings": self.embeddings}
+        if len(self.ids) > EXACT_MAX:
+            import faiss
+
+            tensors["ivf"] = torch.from_numpy(faiss.serialize_index(self._search_index))
+        write_bytes_atomic(path, safetensors_bytes(tensors, metadata=metadata))
 
     @classmethod
     def load(cls, path, embedder=None) -> "DenseIndex":
         """Read an index written by save(); with `embedder` (an id), refuse one made by another embedder. Errors
         name the file and the field. Set .model (the embedder) before searching."""
         path = Path(path)
-        meta, tensors = read_safetensors(path, RetrievalError, "dense index", names=("embeddings",))
+        meta, tensors = read_safetensors(path, RetrievalError, "dense index", names=("embeddings", "ivf"))
         emb = tensors.get("embeddings")
         if meta.get("format") != FORMAT:
             raise RetrievalError(f"{path}: not a prag dense index (field 'format' is not {FORMAT!r})")
@@ -161,4 +179,28 @@ class DenseIndex:
             )
         if not (torch.isfinite(emb).all() and ((emb.norm(dim=1) - 1).abs() < _UNIT).all()):
             raise RetrievalError(f"{path}: tensor 'embeddings' has rows that are not unit vectors")
-        return cls(ids, emb, meta.get("embedder"), meta.get("corpus_sha256"), keys)
+        ivf = None
+        if "ivf" in tensors and len(ids) > EXACT_MAX:  # absent: written by a prag before FAISS (trained again here)
+            import faiss
+
+            try:
+                ivf = faiss.deserialize_index(tensors["ivf"].numpy())
+            except RuntimeError as err:
+                raise RetrievalError(f"{path}: tensor 'ivf' is not a FAISS index ({first_line(err)})") from None
+            if ivf.ntotal != len(ids) or ivf.d != emb.shape[1]:
+                raise RetrievalError(f"{path}: tensor 'ivf' holds {ivf.ntotal} rows of {ivf.d}, not the embeddings'")
+        return cls(ids, emb, meta.get("embedder"), meta.get("corpus_sha256"), keys, ivf=ivf)
+
+
+def _train_ivf(embeddings):
+    """FAISS IVF-Flat inner-product index over unit rows: 4·√N lists, k-means on a seeded sample of 64 rows a list."""
+    import faiss
+    import numpy as np
+
+    n, dim = embeddings.shape
+    lists = 4 * round(math.sqrt(n))
+    ivf = faiss.index_factory(dim, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(0).choice(n, min(n, 64 * lists), replace=False)
+    ivf.train(np.ascontiguousarray(embeddings[np.sort(sample)]))
+    ivf.add(embeddings)
+    return ivf

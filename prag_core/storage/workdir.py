@@ -229,19 +229,14 @@ class Workdir:
 
     def write_indexes(self, docs, retriever, embedder=None, progress=False):
         """Build and save the indexes `retriever` needs; embedder: (model, id) from dense.load_embedder, for dense
-        and hybrid. The embeddings of documents whose text is unchanged are taken from the dense index there."""
+        and hybrid. The term counts and embeddings of documents whose text is unchanged are taken from the indexes
+        there, so adding documents tokenizes and embeds only the new ones."""
         check_retriever(retriever)
-        BM25Index.build(docs).save(self.bm25_index)
+        BM25Index.build(docs, _previous(BM25Index, self.bm25_index), progress).save(self.bm25_index)
         if retriever == "bm25":
             return
         model, ident = embedder
-        previous = None
-        if self.dense_index.is_file():
-            try:
-                previous = DenseIndex.load(self.dense_index)
-            except RetrievalError:  # damaged or old: embed everything again
-                pass
-        DenseIndex.build(docs, model, ident, previous, progress).save(self.dense_index)
+        DenseIndex.build(docs, model, ident, _previous(DenseIndex, self.dense_index), progress).save(self.dense_index)
 
     def open_retriever(self, retriever, corpus_hash, embedder=None, device="cpu"):
         """The `retriever`, its indexes checked against the corpus (corpus_sha256) and, when given, the embedder
@@ -360,3 +355,14 @@ def _same_file(a, b):
         return os.path.samefile(a, b)
     except OSError:
         return Path(a).resolve() == Path(b).resolve()
+
+
+def _previous(index_class, path):
+    """The index at `path`, to reuse its work for unchanged documents; None when there is none or it is damaged
+    or of an older format (then everything is indexed again)."""
+    if not path.is_file():
+        return None
+    try:
+        return index_class.load(path)
+    except RetrievalError:
+        return None
