@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,17 +122,21 @@ def _check_file(path, error, kind):
         raise error(f"{path}: no such file")
 
 
-def read_jsonl(path, error=CorpusError):
+def read_jsonl(path, error=CorpusError, spans=None):
     """Yield (line number, JSON value) for every non-blank line of a JSONL file; each problem is one `error`
-    line naming the file and line."""
+    line naming the file and line. `spans`, a list, gets each yielded line's (byte offset, byte length)."""
     path = Path(path)
     _check_file(path, error, ".jsonl")
+    offset = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
             line = _decode(raw, where, error, lineno == 1)
             if line.strip():
+                if spans is not None:
+                    spans.append((offset, len(raw)))
                 yield lineno, _parse(line, where, error)
+            offset += len(raw)
 
 
 def read_json(path, error=CorpusError):
@@ -141,10 +146,10 @@ def read_json(path, error=CorpusError):
     return _parse(_decode(path.read_bytes(), str(path), error, True), str(path), error)
 
 
-def _records(path):
+def _records(path, spans=None):
     """Yield (where, line number, JSON object) for every non-blank line, then check ids are unique."""
     path, first_line = Path(path), {}
-    for lineno, obj in read_jsonl(path):
+    for lineno, obj in read_jsonl(path, spans=spans):
         where = f"{path}:{lineno}"
         if not isinstance(obj, dict):
             raise CorpusError(f"{where}: expected a JSON object, got {type(obj).__name__}")
@@ -171,14 +176,58 @@ def _string(obj, field, where, required=True):
     return value
 
 
-def read_corpus(path) -> list[Document]:
-    """The documents of a corpus.jsonl file, in file order."""
-    docs = []
-    for where, lineno, obj in _records(path):
+def iter_corpus(path, spans=None):
+    """Yield the documents of a corpus.jsonl file, in file order, one at a time (`spans`: see read_jsonl)."""
+    for where, lineno, obj in _records(path, spans):
         text = _string(obj, "text", where)
         title = _string(obj, "title", where, required=False)
-        docs.append(Document(id=obj["id"], text=text, title=title, sha256=text_sha256(text), line=lineno))
-    return docs
+        yield Document(id=obj["id"], text=text, title=title, sha256=text_sha256(text), line=lineno)
+
+
+def read_corpus(path) -> list[Document]:
+    """The documents of a corpus.jsonl file, in file order."""
+    return list(iter_corpus(path))
+
+
+def corpus_sha256(docs) -> str:
+    """One hash of the ids, titles and texts, in order, to tell whether an index matches a corpus."""
+    h = hashlib.sha256()
+    for doc in docs:
+        h.update(json.dumps([doc.id, doc.title, doc.sha256]).encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+class CorpusTexts(Mapping):
+    """Document id -> text of a corpus.jsonl file, read from the file when asked: a server holds a corpus's ids
+    and line offsets, not its text (a million passages are ~0.7 GB of text). Opening reads the file once, line
+    by line, checking it as read_corpus does and computing its corpus_sha256. The file stays open, so a later
+    atomic rewrite of it (prag build) does not change what this reads."""
+
+    def __init__(self, path):
+        self.path, spans, ids = Path(path), [], []
+
+        def scanned():
+            for doc in iter_corpus(self.path, spans):
+                ids.append(doc.id)
+                yield doc
+
+        self.corpus_sha256 = corpus_sha256(scanned())
+        self._span = dict(zip(ids, spans))
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __getitem__(self, doc_id):
+        offset, length = self._span[doc_id]
+        return json.loads(os.pread(self._fd, length, offset).decode("utf-8").removeprefix("\ufeff"))["text"]
+
+    def __iter__(self):
+        return iter(self._span)
+
+    def __len__(self):
+        return len(self._span)
+
+    def __del__(self):
+        if hasattr(self, "_fd"):
+            os.close(self._fd)
 
 
 def read_questions(path) -> list[Question]:

@@ -7,8 +7,10 @@ import pytest
 
 from prag_core.corpus import (
     CorpusError,
+    CorpusTexts,
     Document,
     Question,
+    corpus_sha256,
     read_corpus,
     read_questions,
     write_bytes_atomic,
@@ -158,3 +160,22 @@ def test_demo_dev_set_is_well_formed():
     for doc_id in docs:  # 3 distinct facts per document
         firsts = [q.answers[0].lower() for q in questions if doc_of[q.id] == doc_id]
         assert len(set(firsts)) == 3, doc_id
+
+
+def test_corpus_texts_read_each_passage_from_the_file_when_asked(tmp_path):
+    lines = [
+        json.dumps({"id": "a", "text": "Alpha text.", "title": "Alpha"}),
+        "   ",  # blank lines are skipped
+        json.dumps({"id": "é", "text": "Ωμέγα café 東京 — \u2028 line separator"}, ensure_ascii=False),
+        json.dumps({"id": "c", "text": "Gamma\nwith a newline escaped"}),
+    ]
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(line + "\n" for line in lines).encode("utf-8"))  # a BOM first
+    texts = CorpusTexts(path)
+    docs = read_corpus(path)
+    assert dict(texts) == {d.id: d.text for d in docs} and list(texts) == ["a", "é", "c"]
+    assert texts.corpus_sha256 == corpus_sha256(docs) and "b" not in texts and texts.get("b") is None
+    write_jsonl_atomic(path, [{"id": "a", "text": "Rewritten, longer than before."}])  # prag build rewrites it
+    assert texts["a"] == "Alpha text." and texts["c"] == "Gamma\nwith a newline escaped"  # still the file it read
+    with pytest.raises(CorpusError, match=r"c\.jsonl:2: duplicate id 'a'"):
+        CorpusTexts(_write(tmp_path / "c.jsonl", [json.dumps({"id": "a", "text": "x"})] * 2))

@@ -15,8 +15,8 @@ from tiny import save_tiny_llama, tiny_embedder
 
 import prag_core.retrieval.dense as dense
 from prag_core.cli import main
-from prag_core.corpus import Document, text_sha256
-from prag_core.retrieval.bm25 import BM25Index, RetrievalError, corpus_sha256, indexed_text
+from prag_core.corpus import Document, corpus_sha256, text_sha256
+from prag_core.retrieval.bm25 import BM25Index, RetrievalError, indexed_text
 from prag_core.retrieval.dense import DenseIndex, embedder_id, load_embedder
 from prag_core.retrieval.retrievers import HybridIndex, rrf
 from prag_core.storage.workdir import Workdir

@@ -202,11 +202,10 @@ def test_build_with_warmup_and_distill_then_ask(tmp_path, capsys):
 def test_shipped_trained_warmup_is_used_only_when_key_and_model_match(tmp_path, monkeypatch, capsys, matching):
     """The default build (--warmup shipped) takes the shipped trained pair when its key is this build's and it
     was trained for this model; otherwise it trains the pair from the shipped corpus."""
-    from prag_core.corpus import read_corpus
+    from prag_core.corpus import corpus_sha256, read_corpus
     from prag_core.offline import warmup as warmup_module
     from prag_core.offline.augment import cache_settings
     from prag_core.offline.warmup import WARMUP_CORPUS, warmup_key
-    from prag_core.retrieval.bm25 import corpus_sha256
 
     model = tmp_path / "model"
     tiny_llama().save_pretrained(model)

@@ -8,8 +8,8 @@ from rank_bm25 import BM25Okapi
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from prag_core.corpus import DEMO_CORPUS, DEMO_QUESTIONS, Document, read_corpus, text_sha256
-from prag_core.retrieval.bm25 import BM25Index, RetrievalError, corpus_sha256, tokenize
+from prag_core.corpus import DEMO_CORPUS, DEMO_QUESTIONS, Document, corpus_sha256, read_corpus, text_sha256
+from prag_core.retrieval.bm25 import BM25Index, RetrievalError, tokenize
 
 
 def _doc(doc_id, text, title=None):

@@ -22,8 +22,16 @@ import numpy as np
 import torch
 
 from prag_core.answer.evaluate import retrieval_recall
-from prag_core.corpus import DEMO_CORPUS, DEMO_QUESTIONS, Document, read_corpus, read_questions, text_sha256
-from prag_core.retrieval.bm25 import BM25Index, corpus_sha256
+from prag_core.corpus import (
+    DEMO_CORPUS,
+    DEMO_QUESTIONS,
+    Document,
+    corpus_sha256,
+    read_corpus,
+    read_questions,
+    text_sha256,
+)
+from prag_core.retrieval.bm25 import BM25Index
 from prag_core.retrieval.dense import DenseIndex, embed, load_embedder
 from prag_core.retrieval.retrievers import HybridIndex
 

@@ -5,11 +5,11 @@ asks for."""
 import torch
 
 from prag_core.answer.requests import PipelineError
+from prag_core.corpus import CorpusTexts
 from prag_core.model.inject import inject
 from prag_core.model.load import check_device, load_model
 from prag_core.model.pool import DocumentPool
 from prag_core.pairs.doc_params import DocParams, model_fingerprint
-from prag_core.retrieval.bm25 import corpus_sha256
 from prag_core.storage.workdir import Workdir
 
 
@@ -24,21 +24,30 @@ def document_pool(model, training, config):
     return DocumentPool(inject(model), training["rank"], training["alpha"], config.pool_slots, config.pool_rows)
 
 
+def open_index(workdir, device, retriever=None):
+    """(config, passages, retriever) of a built work directory: the retriever W/config.json names, or `retriever`,
+    its indexes checked against the corpus; a one-line PragError otherwise. The passages (corpus.CorpusTexts) are
+    ids and offsets: a passage stays in the file until a prompt needs it."""
+    workdir = Workdir(workdir)
+    workdir.check_built()
+    config = workdir.read_config()
+    texts = CorpusTexts(workdir.corpus)
+    index = workdir.open_retriever(
+        retriever or config.get("retriever", "bm25"),  # bm25: built before retrievers
+        texts.corpus_sha256,
+        config.get("embedder"),
+        device,
+    )
+    return config, texts, index
+
+
 def open_parts(workdir, device, retriever=None):
     """(model, tokenizer, index, store, passages, warm-up pair or None, training tag or None) of a built work
     directory, or a one-line PragError."""
     device = str(check_device(device or ("cuda" if torch.cuda.is_available() else "cpu")))  # before any loads
+    config, texts, index = open_index(workdir, device, retriever)
     workdir = Workdir(workdir)
-    workdir.check_built()
-    config = workdir.read_config()
-    corpus = workdir.read_corpus()
     model_path = workdir.model_path(config)
-    index = workdir.open_retriever(
-        retriever or config.get("retriever", "bm25"),  # bm25: built before retrievers
-        corpus_sha256(corpus),
-        config.get("embedder"),
-        device,
-    )
     model, tokenizer = load_model(model_path, device=device)
     # A store built for another model is refused (StoreError); each document is checked again on load, and
     # 16-bit stored pairs are upcast for an fp32 model.
@@ -51,4 +60,4 @@ def open_parts(workdir, device, retriever=None):
             raise PipelineError(
                 f"{workdir.warmup}: another warm-up pair than the store was trained with; run `prag build` again"
             )
-    return model, tokenizer, index, store, {doc.id: doc.text for doc in corpus}, warmup, config.get("training")
+    return model, tokenizer, index, store, texts, warmup, config.get("training")

@@ -58,6 +58,7 @@ from prag_core.answer.requests import (
     _RowStops,
     check_request,
 )
+from prag_core.corpus import iter_corpus
 from prag_core.errors import PragError
 from prag_core.metrics import normalize_answer
 from prag_core.model.inject import inject, merged_documents, use_documents
@@ -173,7 +174,7 @@ class Pipeline:
         key, ids = self._corpus_seen
         if key != (st.st_ino, st.st_mtime_ns, st.st_size):
             try:
-                ids = frozenset(d.id for d in self.workdir.read_corpus())
+                ids = frozenset(d.id for d in iter_corpus(self.workdir.corpus))  # one document at a time
             except (PragError, OSError):
                 return None
             self._corpus_seen = ((st.st_ino, st.st_mtime_ns, st.st_size), ids)

@@ -19,11 +19,10 @@ import hashlib
 import json
 import warnings
 
-from prag_core.corpus import DATA
+from prag_core.corpus import DATA, corpus_sha256
 from prag_core.offline.augment import augment_documents, cache_settings
 from prag_core.offline.encode import encode_warmup
 from prag_core.pairs.doc_params import DocParams, DocParamsError, model_fingerprint
-from prag_core.retrieval.bm25 import corpus_sha256
 
 WARMUP_CORPUS = DATA / "warmup_corpus.jsonl"
 # The pair trained from WARMUP_CORPUS for the embedded SmolLM2 with the default settings (bench/experiments/sweep.py

@@ -39,7 +39,7 @@ import numpy as np
 from safetensors.numpy import save as safetensors_bytes
 from tqdm.auto import tqdm
 
-from prag_core.corpus import mmap_safetensors, write_bytes_atomic
+from prag_core.corpus import corpus_sha256, mmap_safetensors, write_bytes_atomic
 from prag_core.errors import PragError
 
 FORMAT = "prag-bm25"
@@ -84,14 +84,6 @@ def tokenize(text: str) -> list[str]:
 def indexed_text(doc) -> str:
     """What a retriever indexes of a document: its title (when it has one) and its text."""
     return f"{doc.title}\n{doc.text}" if doc.title else doc.text
-
-
-def corpus_sha256(docs) -> str:
-    """One hash of the ids, titles and texts, in order, to tell whether an index matches a corpus."""
-    h = hashlib.sha256()
-    for doc in docs:
-        h.update(json.dumps([doc.id, doc.title, doc.sha256]).encode("utf-8") + b"\n")
-    return h.hexdigest()
 
 
 class BM25Index:

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from prag_core.corpus import read_safetensors, text_sha256, write_bytes_atomic
+from prag_core.corpus import corpus_sha256, read_safetensors, text_sha256, write_bytes_atomic
 from prag_core.model.load import cached_folder, first_line, package_file
-from prag_core.retrieval.bm25 import RetrievalError, corpus_sha256, indexed_text
+from prag_core.retrieval.bm25 import RetrievalError, indexed_text
 
 FORMAT = "prag-dense"
 VERSION = "1"
