@@ -381,6 +381,31 @@ def store_section(name):
     )
 
 
+def scale_section(name):
+    rows = read_rows(name)
+    lines = []
+    for r in rows:
+        what = r.get("search") or (f"+{r['added']:,} documents, index reused" if "added" in r else f"k = {r['k']}")
+        size = f"{r['size_mb']:,}" if "size_mb" in r else "—"
+        build = f"{r['build_s']}" if "build_s" in r else "—"
+        recall = num(r.get("recall@10"), 4) if "recall@10" in r else "—"
+        latency = (f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}") if "p50_ms" in r else ("—", "—")
+        lines.append([r["stage"], f"{r['n']:,}", what, build, size, r["peak_rss_gb"], recall, *latency, r["load1"]])
+    dates = sorted({r["date"] for r in rows})
+    return (
+        f"## `{name}`\n\n"
+        + source(name, f"{rows[0]['cpus']} CPUs ({rows[0]['machine']}), 1 thread per query", ", ".join(dates))
+        + "\nRetrieval at 100k and 1M synthetic passages (`bench/load/scale_bench.py`, which says how they are "
+        "generated): build time, size on disk, peak memory of the stage's process, recall@10 against exact "
+        "search, query latency, and the load average when the stage ended.\n\n"
+        + table(
+            ["stage", "passages", "what", "build s", "MB on disk", "peak GB", "recall@10", "p50 ms", "p99 ms", "load"],
+            lines,
+        )
+        + "\n"
+    )
+
+
 def suites_section(d):
     from report import e2e_section, kernel_section, load, offline_section, update_section
     from report import table as report_table
@@ -497,6 +522,7 @@ def render():
         ("kernel-compile.md", compile_section("kernel-compile.md")),
         ("pool.json", pool_section("pool.json")),
         ("hops.jsonl", hops_section("hops.jsonl")),
+        ("scale.jsonl", scale_section("scale.jsonl")),
         *((p.name, gpu_section(p.name)) for p in sorted(RESULTS.glob("gpu-*.md"))),
     ]
     covered = {n for n, _ in sections} | {f"{SUITES_RUN}.md"}

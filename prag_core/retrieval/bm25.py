@@ -120,40 +120,48 @@ class BM25Index:
         if not docs:
             raise RetrievalError("cannot build a BM25 index over an empty corpus")
         keys = [hashlib.sha256(indexed_text(doc).encode("utf-8")).digest() for doc in docs]
-        known = previous._rows() if previous is not None else {}
-        vocab = {}  # term -> id in order of first appearance, as rank_bm25 meets them (its idf sum runs so)
-        terms, tfs, lens, doc_len = [], [], [], []
+        # Term ids while reading: the previous index's own ids, then new terms after them. Renumbered below into
+        # order of first appearance, as rank_bm25 meets the terms (its idf sum runs in that order).
+        known, term_id, counts = {}, {}, {}
+        if previous is not None:
+            known, term_id = previous._row_of_key(), previous._engine.vocab_dict
+            counts = {name: np.asarray(a) for name, a in previous._arrays.items()}  # plain views: faster slices
+        new_terms = {}
+        terms, tfs, lens = [], [], []
         for doc, key in tqdm(zip(docs, keys), total=len(docs), desc="bm25", unit="doc", disable=not progress):
             if key in known:
-                words, counts = known[key]
+                lo, hi = counts["count_ptr"][known[key]], counts["count_ptr"][known[key] + 1]
+                terms.append(counts["count_term"][lo:hi])
+                tfs.append(counts["count_tf"][lo:hi])
             else:
                 counter = Counter(tokenize(indexed_text(doc)))  # in order of first occurrence, as rank_bm25
-                words, counts = list(counter), list(counter.values())
-            terms.append(np.array([vocab.setdefault(w, len(vocab)) for w in words], np.int32))
-            tfs.append(np.array(counts, np.int32))
-            lens.append(len(words))
-            doc_len.append(sum(counts))
-        if not any(doc_len):
+                ids = [term_id.get(w) for w in counter]
+                ids = [
+                    new_terms.setdefault(w, len(term_id) + len(new_terms)) if i is None else i
+                    for w, i in zip(counter, ids)
+                ]
+                terms.append(np.array(ids, np.int32))
+                tfs.append(np.array(list(counter.values()), np.int32))
+            lens.append(len(terms[-1]))
+        terms, tf = np.concatenate(terms).astype(np.int64), np.concatenate(tfs)
+        if not len(terms):
             raise RetrievalError("cannot build a BM25 index: no document has a single word")
-        terms, tf = np.concatenate(terms), np.concatenate(tfs)
+        seen, first = np.unique(terms, return_index=True)
+        seen = seen[np.argsort(first)]  # the terms in order of first appearance; a removed document's are gone
+        renumber = np.empty(len(term_id) + len(new_terms), np.int64)
+        renumber[seen] = np.arange(len(seen))
+        words = (previous.vocab if previous is not None else []) + list(new_terms)
         return cls(
             [doc.id for doc in docs],
-            list(vocab),
-            _okapi_arrays(terms, tf, np.array(lens), doc_len, len(vocab), keys),
+            [words[t] for t in seen.tolist()],
+            _okapi_arrays(renumber[terms].astype(np.int32), tf, np.array(lens), len(seen), keys),
             corpus_sha256(docs),
         )
 
-    def _rows(self) -> dict:
-        """{sha256 of a document's indexed text: (its terms, their counts)}, for build()."""
-        a = self._arrays
-        ptr, keys = a["count_ptr"], np.asarray(a["keys"])
-        return {
-            keys[i].tobytes(): (
-                [self.vocab[t] for t in a["count_term"][ptr[i] : ptr[i + 1]].tolist()],
-                a["count_tf"][ptr[i] : ptr[i + 1]].tolist(),
-            )
-            for i in range(len(self.ids))
-        }
+    def _row_of_key(self) -> dict:
+        """{sha256 of a document's indexed text: its row}, for build()."""
+        keys = np.asarray(self._arrays["keys"])
+        return {keys[i].tobytes(): i for i in range(len(self.ids))}
 
     def search(self, query: str, k: int = 3) -> list[tuple[str, float]]:
         """The k best documents, best first; ties go to the earlier document in the corpus.
@@ -210,17 +218,17 @@ class BM25Index:
         return cls(ids, vocab, arrays, meta.get("corpus_sha256"), k1, b)
 
 
-def _okapi_arrays(terms, tf, lens, doc_len, n_terms, keys) -> dict:
+def _okapi_arrays(terms, tf, lens, n_terms, keys) -> dict:
     """The index's tensors from the term counts per document (CSR: `terms`, `tf`, `lens` entries per document),
     with the float operations of rank_bm25's BM25Okapi (so the scores are equal to its scores)."""
-    n_docs = len(doc_len)
+    n_docs = len(lens)
+    doc_of = np.repeat(np.arange(n_docs), lens)
+    doc_len = np.bincount(doc_of, weights=tf, minlength=n_docs).astype(np.int64)  # exact: integer counts
     df = np.bincount(terms, minlength=n_terms)
     idf = [math.log(n_docs - n + 0.5) - math.log(n + 0.5) for n in df.tolist()]
     floor = EPSILON * (sum(idf) / len(idf))  # rank_bm25: ε·mean, the mean summed in order of first appearance
     idf = np.array([floor if x < 0 else x for x in idf])
-    doc_len = np.array(doc_len)
     norm = K1 * (1 - B + B * doc_len / (sum(doc_len.tolist()) / n_docs))
-    doc_of = np.repeat(np.arange(n_docs), lens)
     score = idf[terms] * (tf * (K1 + 1) / (tf + norm[doc_of]))
     by_term = np.argsort(terms, kind="stable")  # stable: each term's documents stay in corpus order
     return {
