@@ -151,3 +151,17 @@ def test_decode_report_dry_run(tmp_path):
     peft = [r for r in report["decode"] if r["variant"] == "peft"]
     assert peft and all(r["status"] in ("ok", "skipped (no peft here)") for r in peft)
     assert "| tiny Llama | 4 | fused |" in done.stdout
+
+
+def test_scale_bench_runs_every_stage_small(tmp_path):
+    """bench/load/scale_bench.py at 3,000 passages: every stage in its own process writes its rows."""
+    out = tmp_path / "scale.jsonl"
+    script = BENCH.parent / "load" / "scale_bench.py"
+    env = {**os.environ, "PYTHONPATH": str(BENCH.parents[1])}
+    cmd = [sys.executable, str(script), "--sizes", "3000", "--dir", str(tmp_path / "indexes"), "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["bm25", "bm25", "bm25-add", "dense", "hybrid", "hybrid"]
+    assert all(r["p50_ms"] > 0 for r in rows if "p50_ms" in r) and rows[3]["recall@10"] == 1.0
+    assert rows[0]["nnz"] > 3000 * 50 and rows[2]["added"] == 30
