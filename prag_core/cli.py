@@ -210,6 +210,21 @@ def _add_serve(sub):
         default=None,
         help="torch CPU threads (default: torch's; on a machine shared with other jobs 1 is fastest)",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="serve from replicas on the Ray cluster at ADDRESS, or on a new local one without it (prag[ray])",
+    )
+    p.add_argument(
+        "--replicas",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="--ray: copies of the server, each with its own model and batch, each on --threads CPUs (default 1)",
+    )
     p.set_defaults(func=commands.cmd_serve)
 
 

@@ -87,13 +87,25 @@ def cmd_eval(args):
 def cmd_serve(args):
     if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
         raise PragError("prag serve needs FastAPI and uvicorn: pip install 'prag[serve]'")
+    if args.replicas is not None and args.ray is None:
+        raise PragError("--replicas applies to --ray serving")
     from prag_core.answer.serve import ServeConfig, serve
 
-    serve(
-        args.workdir,
-        _answer_config(args, args.max_batch),
-        _config(ServeConfig, args, window_ms=args.batch_window_ms, served_model_names=tuple(args.served_model_name)),
+    answering = _answer_config(args, args.max_batch)
+    config = _config(
+        ServeConfig,
+        args,
+        window_ms=args.batch_window_ms,
+        served_model_names=tuple(args.served_model_name),
+        replicas=args.replicas or 1,
     )
+    if config.ray is None:
+        return serve(args.workdir, answering, config)
+    try:
+        from prag_core.answer.serve_ray import serve_ray
+    except ImportError:
+        raise PragError("prag serve --ray needs Ray Serve: pip install 'prag[ray]'") from None
+    serve_ray(args.workdir, answering, config)
 
 
 def cmd_demo(args):

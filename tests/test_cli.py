@@ -442,10 +442,11 @@ def test_every_flag_reaches_its_config_field():
 
     args = build_parser().parse_args(
         ["serve", "--workdir", "W", "--batch-window-ms", "5", "--max-queue", "7", "--threads", "1", "--top-k", "2"]
-        + ["--served-model-name", "a", "b", "--pool-slots", "4", "--combination", "mean"]
+        + ["--served-model-name", "a", "b", "--pool-slots", "4", "--combination", "mean", "--ray", "--replicas", "2"]
     )
     serve = _config(ServeConfig, args, window_ms=args.batch_window_ms, served_model_names=("a", "b"))
     assert (serve.window_ms, serve.max_queue, serve.threads, serve.served_model_names) == (5.0, 7, 1, ("a", "b"))
+    assert (serve.ray, serve.replicas) == ("", 2)
     answer = _answer_config(args, 16)
     assert (answer.top_k, answer.pool_slots, answer.pool_rows, answer.combination) == (2, 4, 16, "mean")
     args = build_parser().parse_args(["build", "--corpus", "c", "--workdir", "W", "--rank", "4", "--epochs", "1"])

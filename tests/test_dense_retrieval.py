@@ -100,8 +100,8 @@ def _resave(index, path, meta=None, tensor=None):
     "meta, tensor, expected",
     [
         ({"format": "prag-bm25"}, None, r"not a prag dense index \(field 'format'"),
-        ({"version": "0"}, None, r"field 'version' is '0', this prag reads '1'; rebuild the index"),
-        ({"embedder": "someone-else"}, None, r"built with embedder 'someone-else', not .*; rebuild the index"),
+        ({"version": "0"}, None, r"field 'version' is '0', this prag reads '1'; run .prag build. again"),
+        ({"embedder": "someone-else"}, None, r"built with embedder 'someone-else', not .*; run .prag build. again"),
         ({"keys": None}, None, r"header field 'keys' is missing or malformed"),
         (None, torch.ones(5, 16), r"tensor 'embeddings' has rows that are not unit vectors"),
         (None, torch.ones(4, 16) / 4, r"tensor 'embeddings' is torch.float32\[4, 16\], expected float32 \[5, dim\]"),

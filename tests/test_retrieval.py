@@ -222,8 +222,8 @@ def _resave(index, path, meta=None, arrays=None):
     "meta, arrays, expected",
     [
         ({"format": "other"}, None, r"not a prag BM25 index \(field 'format'"),
-        ({"version": "99"}, None, r"field 'version' is '99', this prag reads '2'; rebuild the index"),
-        ({"tokenizer": "old"}, None, r"field 'tokenizer' is 'old'.*rebuild the index"),
+        ({"version": "99"}, None, r"field 'version' is '99', this prag reads '2'; run .prag build. again"),
+        ({"tokenizer": "old"}, None, r"field 'tokenizer' is 'old'.*run .prag build. again"),
         ({"ids": None}, None, r"header field 'ids' is missing or malformed"),
         ({"vocab": "[not json"}, None, r"header field .* is missing or malformed"),
         ({"k1": "fast"}, None, r"header field .* is missing or malformed"),

@@ -359,7 +359,9 @@ class ServeConfig:
     """How `prag serve` listens and batches. window_ms: how long a batch waits for more requests after its first;
     max_queue: requests admitted at once (more get 503); threads: torch CPU threads (None: torch's);
     max_body_bytes: a larger request body gets 413 before it is read; served_model_names: the names clients may
-    give as `model` (the first is listed and answered as; empty: the model folder's name)."""
+    give as `model` (the first is listed and answered as; empty: the model folder's name); ray: None, this process
+    serves; else the address of the Ray cluster whose Serve runs `replicas` copies of this server behind one
+    entry point ("": a new local cluster; answer/serve_ray.py)."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -370,18 +372,20 @@ class ServeConfig:
     threads: int | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     served_model_names: tuple = ()
+    ray: str | None = None
+    replicas: int = 1
 
 
-def serve(workdir, answering=AnswerConfig(), config=ServeConfig()):
-    """Load the work directory once and serve it until SIGINT/SIGTERM (then finish what is in flight)."""
+def open_app(workdir, answering=AnswerConfig(), config=ServeConfig()):
+    """The app (create_app) serving the work directory as `config` says, on config.threads torch threads; its
+    Batcher starts with the app's lifespan (or app.state.batcher.start())."""
     import torch
-    import uvicorn
 
     if config.threads:
         torch.set_num_threads(config.threads)
     pipeline = Pipeline.open(workdir, answering)
     name, aliases = served_names(workdir, config.served_model_names)
-    app = create_app(
+    return create_app(
         pipeline,
         name,
         config.max_batch,
@@ -391,6 +395,13 @@ def serve(workdir, answering=AnswerConfig(), config=ServeConfig()):
         config.max_body_bytes,
         aliases,
     )
+
+
+def serve(workdir, answering=AnswerConfig(), config=ServeConfig()):
+    """Load the work directory once and serve it until SIGINT/SIGTERM (then finish what is in flight)."""
+    import uvicorn
+
+    app = open_app(workdir, answering, config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the previous handler;
     # the default ones would end a clean shutdown with status 143 or a KeyboardInterrupt, so those do nothing.

@@ -46,6 +46,7 @@ FORMAT = "prag-bm25"
 VERSION = "2"
 TOKENIZER = "nfkc-lower-alnum-cjk2-v2"  # bump when tokenize() changes: saved statistics depend on it
 K1, B, EPSILON = 1.5, 0.75, 0.25  # rank_bm25's BM25Okapi defaults
+REBUILD = "run `prag build` again to rebuild it (trained documents are kept)"  # ends a stale index's error
 _WORD = re.compile(r"[^\W_]+")  # runs of unicode letters and digits; punctuation and "_" separate
 # Scripts written without spaces between words: Hiragana, Katakana, CJK ideographs (with extension A and the
 # compatibility block, and the supplementary planes' extensions), Hangul syllables.
@@ -207,7 +208,7 @@ class BM25Index:
         for field, expected in (("version", VERSION), ("tokenizer", TOKENIZER)):
             if meta.get(field) != expected:
                 raise RetrievalError(
-                    f"{path}: field {field!r} is {meta.get(field)!r}, this prag reads {expected!r}; rebuild the index"
+                    f"{path}: field {field!r} is {meta.get(field)!r}, this prag reads {expected!r}; {REBUILD}"
                 )
         try:
             ids, vocab = json.loads(meta["ids"]), json.loads(meta["vocab"])

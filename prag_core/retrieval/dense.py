@@ -27,7 +27,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from prag_core.corpus import corpus_sha256, read_safetensors, text_sha256, write_bytes_atomic
 from prag_core.model.load import cached_folder, first_line, package_file
-from prag_core.retrieval.bm25 import RetrievalError, indexed_text
+from prag_core.retrieval.bm25 import REBUILD, RetrievalError, indexed_text
 
 FORMAT = "prag-dense"
 VERSION = "1"
@@ -160,12 +160,10 @@ class DenseIndex:
             raise RetrievalError(f"{path}: not a prag dense index (field 'format' is not {FORMAT!r})")
         if meta.get("version") != VERSION:
             raise RetrievalError(
-                f"{path}: field 'version' is {meta.get('version')!r}, this prag reads {VERSION!r}; rebuild the index"
+                f"{path}: field 'version' is {meta.get('version')!r}, this prag reads {VERSION!r}; {REBUILD}"
             )
         if embedder is not None and meta.get("embedder") != embedder:
-            raise RetrievalError(
-                f"{path}: built with embedder {meta.get('embedder')!r}, not {embedder!r}; rebuild the index"
-            )
+            raise RetrievalError(f"{path}: built with embedder {meta.get('embedder')!r}, not {embedder!r}; {REBUILD}")
         try:
             ids, keys = json.loads(meta["ids"]), json.loads(meta["keys"])
         except (KeyError, ValueError) as err:
