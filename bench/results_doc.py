@@ -381,6 +381,21 @@ def store_section(name):
     )
 
 
+def serve_ray_section(name):
+    sys.path.insert(0, str(RESULTS.parent / "load"))
+    from serve_ray_bench import table as replicas_table
+
+    run = json.loads((RESULTS / name).read_text())
+    return (
+        f"## `{name}`\n\n"
+        + source(name, run["machine"], run["date"])
+        + f"\n`prag serve --ray --replicas N --threads {run['threads']}` on a local Ray cluster "
+        f"(`bench/load/serve_ray_bench.py`): {run['clients']} clients, {run['per_client']} requests each per "
+        "round, the demo work directory; 1 replica measured first, then 2, on the same 2 CPUs as the clients, "
+        "Ray's proxy and the router.\n\n" + replicas_table(run["rows"]) + "\n"
+    )
+
+
 def scale_section(name):
     rows = read_rows(name)
     lines = []
@@ -523,6 +538,7 @@ def render():
         ("pool.json", pool_section("pool.json")),
         ("hops.jsonl", hops_section("hops.jsonl")),
         ("scale.jsonl", scale_section("scale.jsonl")),
+        ("serve_ray.json", serve_ray_section("serve_ray.json")),
         *((p.name, gpu_section(p.name)) for p in sorted(RESULTS.glob("gpu-*.md"))),
     ]
     covered = {n for n, _ in sections} | {f"{SUITES_RUN}.md"}

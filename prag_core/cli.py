@@ -96,14 +96,7 @@ def _add_build(sub):
         help="allow settings other than the work directory's config.json records: every stored "
         "document is encoded again (without it such a rebuild is refused)",
     )
-    p.add_argument(
-        "--ray",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="ADDRESS",
-        help="augment and train on a Ray cluster at ADDRESS, or a local one without it (prag[ray])",
-    )
+    _add_ray(p, "augment and train")
     p.add_argument(
         "--workers",
         type=_positive_int,
@@ -164,6 +157,17 @@ def _add_eval(sub):
     p.set_defaults(func=commands.cmd_eval)
 
 
+def _add_ray(p, does):
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help=f"{does} on the Ray cluster at ADDRESS, or on a new local one without it (prag[ray])",
+    )
+
+
 def _add_serve(sub):
     from prag_core.answer.requests import MAX_BODY_BYTES
 
@@ -210,14 +214,7 @@ def _add_serve(sub):
         default=None,
         help="torch CPU threads (default: torch's; on a machine shared with other jobs 1 is fastest)",
     )
-    p.add_argument(
-        "--ray",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="ADDRESS",
-        help="serve from replicas on the Ray cluster at ADDRESS, or on a new local one without it (prag[ray])",
-    )
+    _add_ray(p, "serve from replicas")
     p.add_argument(
         "--replicas",
         type=_positive_int,

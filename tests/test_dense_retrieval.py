@@ -319,6 +319,7 @@ def test_cli_build_records_the_retriever_and_ask_eval_use_or_override_it(model, 
 
 def test_above_the_exact_limit_search_is_an_ivf_index_close_to_exact_and_saved(embedder, tmp_path, monkeypatch):
     monkeypatch.setattr(dense, "EXACT_MAX", 100)
+    monkeypatch.setattr(dense, "NPROBE", 16)  # of 98 lists: approximate, as 128 of 4000 are at 1M
     rng = np.random.default_rng(0)
     words = sorted(set(re.findall(r"[a-z0-9]+", " ".join(indexed_text(d) for d in DOCS).lower())))
     docs = [_doc(f"d{i}", " ".join(rng.choice(words, 6))) for i in range(600)]

@@ -372,32 +372,18 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row_only(monkeypatch, ca
     assert [f for f, _ in done] == ["cancelled", "length"] and done[0][1] < 380, done
 
 
+def prag_serve(workdir, port, *flags):
+    """A `prag serve` subprocess over `workdir` on `port` (CPU, 1 thread, and `flags`), its output piped."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    argv = ["serve", "--workdir", str(workdir), "--port", str(port), "--device", "cpu", "--threads", "1", *flags]
+    cmd = [sys.executable, "-m", "prag_core.cli", *argv]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def test_sigterm_finishes_requests_in_flight_and_exits_0(built):  # noqa: F811
     workdir = built[0]
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prag_core.cli",
-            "serve",
-            "--workdir",
-            str(workdir),
-            "--port",
-            str(port),
-            "--batch-window-ms",
-            "3000",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = prag_serve(workdir, port, "--batch-window-ms", "3000")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: proc.poll() is None and _up(url), timeout=120)

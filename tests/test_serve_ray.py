@@ -3,7 +3,6 @@
 (a `prag serve --ray` subprocess, run first: it starts its own local cluster)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from test_cli import QA, built  # noqa: F401  (the fixture: a tiny work directory written by `prag build`)
-from test_serve import free_port, http, running, user, wait_for
+from test_serve import free_port, http, prag_serve, running, user, wait_for
 
 from prag_core.answer.requests import AnswerConfig
 from prag_core.answer.serve import ServeConfig, open_app
@@ -27,15 +26,7 @@ QUESTIONS = [q["question"] for q in QA]
 
 def test_sigterm_finishes_requests_in_flight_and_exits_0(built):  # noqa: F811
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    argv = ["serve", "--workdir", str(built[0]), "--port", str(port), "--device", "cpu", "--threads", "1"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prag_core.cli", *argv, "--batch-window-ms", "4000", "--ray", "--replicas", "2"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = prag_serve(built[0], port, "--batch-window-ms", "4000", "--ray", "--replicas", "2")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: proc.poll() is None and _up(url), timeout=120)

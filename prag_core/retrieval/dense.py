@@ -32,7 +32,7 @@ from prag_core.retrieval.bm25 import REBUILD, RetrievalError, indexed_text
 FORMAT = "prag-dense"
 VERSION = "1"
 EXACT_MAX = 100_000  # more documents than this: an approximate (IVF) index
-NPROBE = 32  # IVF lists searched per query
+NPROBE = 128  # IVF lists searched per query: at 1M, 2.6 ms (docs/decisions.md, Scale)
 EMBEDDED = "minilm"  # --embedder's default
 EMBEDDED_ID = "all-MiniLM-L6-v2"
 _UNIT = 1e-3  # a stored row whose norm is further than this from 1 is refused
