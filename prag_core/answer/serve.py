@@ -1,8 +1,9 @@
 """`prag serve`: an OpenAI-compatible HTTP server over one work directory.
 
 create_app is the HTTP layer (FastAPI) over the scheduler (answer/batcher.py): OpenAI's chat-completion schema
-in and out, server-sent events for `stream: true`, OpenAI's error JSON ({"error": {message, type, param, code}})
-for every error, the optional API key, the request body limit (413 before a byte of a larger body is parsed).
+(answer/schema.py) in and out, server-sent events for `stream: true`, OpenAI's error JSON ({"error": {message,
+type, param, code}}) for every error, the optional API key, the request body limit (413 before a byte of a larger
+body is parsed).
 """
 
 import hmac
@@ -13,20 +14,16 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from prag_core.answer.batcher import REQUEST_ERRORS, Batcher, Busy
 from prag_core.answer.pipeline import Pipeline
 from prag_core.answer.requests import (
     MAX_BODY_BYTES,
-    MODES,
-    UPDATES,
     AnswerConfig,
     PipelineError,
     PromptTooLong,
@@ -34,60 +31,12 @@ from prag_core.answer.requests import (
     UnknownDocument,
     check_request,
 )
+from prag_core.answer.schema import ChatRequest, PragOptions, RetrieveRequest
 from prag_core.model.load import EMBEDDED
 from prag_core.retrieval.bm25 import RetrievalError
 from prag_core.storage.workdir import Workdir
 
 log = logging.getLogger("prag.serve")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PragOptions(_Strict):
-    """The request's `prag` object: where its answer's knowledge comes from (None: the server's default)."""
-
-    mode: Literal[MODES] | None = None
-    top_k: int | None = Field(None, ge=1)
-    documents: list[str] | None = Field(None, min_length=1)
-    update: Literal[UPDATES] | None = None
-
-
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: str
-
-
-class Message(BaseModel):
-    role: str
-    content: str | list[TextPart] | None = None
-
-    def text(self):
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class ChatRequest(BaseModel):
-    """OpenAI's chat-completion request; fields prag does not use (top_p, user, ...) are accepted and ignored."""
-
-    model: str | None = None
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = None
-    n: int = Field(1, ge=1, le=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    prag: PragOptions | None = None
-
-
-class RetrieveRequest(_Strict):
-    question: str
-    top_k: int | None = Field(None, ge=1)
 
 
 def error(status, message, param=None, code=None, headers=None):

@@ -48,7 +48,8 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from prag_core.answer.parts import open_index
-from prag_core.answer.serve import ChatRequest, PragOptions, _ApiKey, _BodyLimit, error, open_app
+from prag_core.answer.schema import ChatRequest, PragOptions
+from prag_core.answer.serve import _ApiKey, _BodyLimit, error, open_app
 from prag_core.errors import PragError
 
 log = logging.getLogger("prag.serve")
@@ -140,7 +141,7 @@ class Router:
         app.add_middleware(_BodyLimit, limit=self.config.max_body_bytes)
         if self.config.api_key:  # outermost, as in serve.create_app
             app.add_middleware(_ApiKey, key=self.config.api_key)
-        return app
+        return _Disconnects(app)
 
     def key(self, path, body):
         """The document set a chat completion is answered with, sorted, as JSON; "" for none or a bad body."""
@@ -196,6 +197,23 @@ class Router:
         except (asyncio.CancelledError, GeneratorExit):  # the client went away
             reply.cancel()
             raise
+
+
+class _Disconnects:
+    """Once a client has gone, Ray's proxy cancels its request and Serve's receive() raises (TaskCancelledError)
+    where an ASGI app waits for http.disconnect (a StreamingResponse does, to the end): it gets that message."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        async def disconnect_when_cancelled():
+            try:
+                return await receive()
+            except RayError:
+                return {"type": "http.disconnect"}
+
+        await self.app(scope, disconnect_when_cancelled, send)
 
 
 def application(workdir, answering, config):
