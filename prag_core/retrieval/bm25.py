@@ -11,9 +11,10 @@ of documents. (A term in exactly half the documents gets idf 0: Okapi's formula,
 The engine is bm25s's "eager" BM25: every s(t, d) is computed once at build time into a sparse term-by-document
 matrix (CSC: per term, its documents and their scores), so a query is a sum of a few sparse columns
 (bm25s.BM25.get_scores_from_ids) and a top-k. bm25s's own idf variants cannot express Okapi's ε floor (its
-"robertson" floors at 0; on our dev/test sets its rankings agree with today's on the top 3 for only 58-78 % of
-the questions), so the matrix is built here by the hook bm25s documents for it (build_index_from_ids's role): the
-statistics in float64 with the same operations as rank_bm25, so the scores are equal to BM25Okapi.get_scores'.
+"robertson" floors at 0; on our dev/test sets its top 3 agrees with today's for only 53-61 % of the
+questions), so the matrix is built here (numpy: what bm25s's build_index_from_ids does, with Okapi's idf) and
+handed to a bm25s.BM25 as its scores and vocab_dict: the statistics in float64 with rank_bm25's operations,
+so the scores are equal to BM25Okapi.get_scores'.
 
 A build reuses the term counts of documents whose indexed text is unchanged (by sha256), so adding documents
 tokenizes only the new ones; the statistics (N, avgdl, idf) change with every document, so the matrix is recomputed
