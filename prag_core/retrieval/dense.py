@@ -18,6 +18,7 @@ search and latency at 100k and 1M; docs/decisions.md, Scale).
 """
 
 import json
+import logging
 import math
 import zipfile
 from pathlib import Path
@@ -33,6 +34,9 @@ FORMAT = "prag-dense"
 VERSION = "1"
 EXACT_MAX = 100_000  # more documents than this: an approximate (IVF) index
 NPROBE = 128  # IVF lists searched per query: at 1M, 2.6 ms (docs/decisions.md, Scale)
+# FAISS's import logs each CPU build it tries ("No module named 'faiss.swigfaiss_avx512'") at INFO, which a
+# server's log shows as if something failed
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 EMBEDDED = "minilm"  # --embedder's default
 EMBEDDED_ID = "all-MiniLM-L6-v2"
 _UNIT = 1e-3  # a stored row whose norm is further than this from 1 is refused
