@@ -392,7 +392,8 @@ def serve_ray_section(name):
         + f"\n`prag serve --ray --replicas N --threads {run['threads']}` on a local Ray cluster "
         f"(`bench/load/serve_ray_bench.py`): {run['clients']} clients, {run['per_client']} requests each per "
         "round, the demo work directory; 1 replica measured first, then 2, on the same 2 CPUs as the clients, "
-        "Ray's proxy and the router.\n\n" + replicas_table(run["rows"]) + "\n"
+        "Ray's proxy and the router. Then the ceiling without Ray: as many plain `prag serve` processes side by "
+        "side, the clients split evenly over them.\n\n" + replicas_table(run["rows"]) + "\n"
     )
 
 

@@ -6,6 +6,9 @@ once would share the CPUs); after a warm-up, --rounds rounds of 16 clients (the 
 thread each, asking the demo questions in turn, mode prag, each request routed by its retrieved documents)
 sending --per-client requests each.
 
+The ceiling of this machine, measured the same way without Ray: N plain `prag serve` processes side by side,
+the 16 clients split evenly over them (what N replicas could reach with a free router and proxy).
+
     python bench/load/serve_ray_bench.py [--workdir W] [--replicas 1,2] [--rounds 3] [--per-client 2] [--threads 1]
 
 Writes a table to stdout and the raw rows (one per round: seconds, latencies) with the machine and date to --out
@@ -13,6 +16,7 @@ Writes a table to stdout and the raw rows (one per round: seconds, latencies) wi
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -22,7 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from serve_bench import burst, percentile, server
+from serve_bench import burst, in_threads, percentile, server
 
 from prag_core.corpus import DEMO_QUESTIONS, read_questions
 from prag_core.model.load import cache_dir
@@ -31,19 +35,43 @@ CLIENTS = 16
 
 
 def table(rows):
-    """One line per replica count: requests/s over all rounds, p50 and p99 latency, speed-up over the first."""
-    lines = ["| replicas | requests/s | p50 | p99 | vs first |", "|---|---|---|---|---|"]
-    first = None
-    for replicas in dict.fromkeys(r["replicas"] for r in rows):
-        runs = [r for r in rows if r["replicas"] == replicas]
+    """One line per setup (Ray or plain) and replica count: requests/s over all rounds, p50 and p99 latency,
+    speed-up over the same setup's first count."""
+    lines = ["| setup | replicas | requests/s | p50 | p99 | vs 1st |", "|---|---|---|---|---|---|"]
+    first = {}
+    for setup, replicas in dict.fromkeys((r["setup"], r["replicas"]) for r in rows):
+        runs = [r for r in rows if (r["setup"], r["replicas"]) == (setup, replicas)]
         rps = sum(r["requests"] for r in runs) / sum(r["seconds"] for r in runs)
         latencies = [x for r in runs for x in r["latencies"]]
-        first = first or rps
+        first.setdefault(setup, rps)
+        name = "Ray Serve" if setup == "ray" else "plain servers, clients split"
         lines.append(
-            f"| {replicas} | {rps:.2f} | {statistics.median(latencies):.2f} s | {percentile(latencies, 0.99):.2f} s | "
-            f"{rps / first:.2f}x |"
+            f"| {name} | {replicas} | {rps:.2f} | {statistics.median(latencies):.2f} s | "
+            f"{percentile(latencies, 0.99):.2f} s | {rps / first[setup]:.2f}x |"
         )
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def servers(setup, workdir, replicas, threads):
+    """URLs to send to: one Ray Serve entry point, or `replicas` plain servers."""
+    with contextlib.ExitStack() as stack:
+        if setup == "ray":
+            url, _ = stack.enter_context(server(workdir, threads, "--ray", "--replicas", str(replicas)))
+            yield [url]
+        else:
+            yield [stack.enter_context(server(workdir, threads))[0] for _ in range(replicas)]
+
+
+def split_burst(urls, model, questions, per_client):
+    """burst() with the CLIENTS spread evenly over urls, all at once: (wall seconds, latencies)."""
+    results = [None] * len(urls)
+
+    def one(i):
+        results[i] = burst(urls[i], model, questions[i :: len(urls)], CLIENTS // len(urls), per_client, "fused")
+
+    seconds = in_threads(one, len(urls))
+    return seconds, [x for _, latencies, _ in results for x in latencies]
 
 
 def main(argv=None):
@@ -57,19 +85,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
     questions = [q.question for q in read_questions(DEMO_QUESTIONS)]
     rows = []
-    for replicas in (int(n) for n in args.replicas.split(",")):
-        options = ("--ray", "--replicas", str(replicas))
-        with server(args.workdir, args.threads, *options) as (url, _):
-            with urllib.request.urlopen(f"{url}/v1/models") as r:
-                model = json.load(r)["data"][0]["id"]
-            burst(url, model, questions, CLIENTS, 1, "fused")  # warm-up: the first calls load documents
-            for i in range(args.rounds):
-                seconds, latencies, _ = burst(url, model, questions, CLIENTS, args.per_client, "fused")
-                requests = CLIENTS * args.per_client
-                print(f"  {replicas} replicas, round {i + 1}: {requests / seconds:.2f} req/s", file=sys.stderr)
-                rows.append(
-                    {"replicas": replicas, "round": i, "requests": requests, "seconds": seconds, "latencies": latencies}
-                )
+    for setup in ("ray", "plain"):
+        for replicas in (int(n) for n in args.replicas.split(",")):
+            with servers(setup, args.workdir, replicas, args.threads) as urls:
+                with urllib.request.urlopen(f"{urls[0]}/v1/models") as r:
+                    model = json.load(r)["data"][0]["id"]
+                split_burst(urls, model, questions, 1)  # warm-up: the first calls load documents
+                for i in range(args.rounds):
+                    seconds, latencies = split_burst(urls, model, questions, args.per_client)
+                    requests = CLIENTS * args.per_client
+                    print(f"  {setup} x{replicas}, round {i + 1}: {requests / seconds:.2f} req/s", file=sys.stderr)
+                    rows.append(
+                        {"setup": setup, "replicas": replicas, "round": i, "requests": requests}
+                        | {"seconds": seconds, "latencies": latencies}
+                    )
     print(table(rows))
     result = {
         "clients": CLIENTS,
