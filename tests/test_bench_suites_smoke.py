@@ -162,9 +162,14 @@ def test_scale_bench_runs_every_stage_small(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["stage"] for r in rows] == ["bm25", "bm25", "bm25-add", *["dense"] * 7, "hybrid", "hybrid"]
+    stages = ["bm25", "bm25", "bm25-add"] + ["dense"] * 7 + ["compact"] * 9 + ["hybrid"] * 2
+    assert [r["stage"] for r in rows] == stages
     assert all(r["p50_ms"] > 0 for r in rows if "p50_ms" in r) and rows[3]["recall@10"] == 1.0
     assert [r["search"] for r in rows[4:10]] == [f"ivf220,nprobe={n}" for n in (8, 16, 32, 64, 128, 256)]
     recalls = [r["recall@10"] for r in rows[4:10]]
     assert recalls == sorted(recalls) and recalls[-1] == 1.0  # more lists probed, more found; all 220: exact
     assert rows[0]["nnz"] > 3000 * 50 and rows[2]["added"] == 30
+    compact = {r["search"]: r["recall@10"] for r in rows[10:19]}
+    ivf = [f"{name}, nprobe={d}" for name in ("ivf-pq", "ivf-pq, top 100 re-ranked") for d in (32, 128, 256)]
+    assert list(compact) == [*ivf, *[f"hnsw-sq8, efSearch={d}" for d in (64, 128, 256)]]
+    assert compact["ivf-pq, top 100 re-ranked, nprobe=256"] > compact["ivf-pq, nprobe=256"]  # re-ranking finds more

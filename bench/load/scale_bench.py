@@ -18,10 +18,14 @@ Stages, each in its own process (so its peak RSS is its own), rows appended to -
     dense    DenseIndex over the vectors (exact FAISS at <= EXACT_MAX, IVF above: training and adding timed),
              save, recall@10 of IVF against exact search at several nprobe (at <= EXACT_MAX too, with the IVF
              the index would train above it), latency p50/p99 of each
+    compact  the 21M plan's candidates (docs/decisions.md, Scale), which prag does not ship: IVF-PQ (48-byte
+             codes, the IVF's lists), the same re-ranking its top 10·k exactly from the float rows, and HNSW
+             (32 links) over 8-bit scalars; build time, bytes on disk, recall@10 and latency at several depths
     hybrid   both indexes opened from their files, the real MiniLM embedding the question: HybridIndex.search
              p50/p99 (what `prag ask` waits for)
 
-    python bench/load/scale_bench.py [--sizes 100000,1000000] [--stages bm25,dense,hybrid] [--dir /tmp/scale]
+    python bench/load/scale_bench.py [--sizes 100000,1000000] [--stages bm25,bm25-add,dense,compact,hybrid]
+                                     [--dir /tmp/prag-scale]
 """
 
 import argparse
@@ -188,6 +192,51 @@ def stage_dense(n, folder):
     return rows
 
 
+def stage_compact(n, folder):
+    import faiss
+    import numpy as np
+
+    emb, queries = vectors(n)
+    exact = faiss.IndexFlatIP(DIM)
+    exact.add(emb)
+    truth = exact.search(queries, 10)[1]
+    lists = 4 * round(n**0.5)  # as dense._train_ivf
+    sample = emb[np.sort(np.random.default_rng(0).choice(n, min(n, 64 * lists), replace=False))]
+    rows = []
+    for name, key, knob, depths in (
+        ("ivf-pq", f"IVF{lists},PQ48", "nprobe", (32, 128, 256)),
+        ("ivf-pq, top 100 re-ranked", f"IVF{lists},PQ48,RFlat", "nprobe", (32, 128, 256)),
+        ("hnsw-sq8", "HNSW32,SQ8", "efSearch", (64, 128, 256)),
+    ):
+        start = time.perf_counter()
+        index = faiss.index_factory(DIM, key, faiss.METRIC_INNER_PRODUCT)
+        if knob == "nprobe":  # polysemous codes serve Hamming pre-filtering, unused here, and cost minutes
+            faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
+        index.train(sample)
+        index.add(emb)
+        build_s = round(time.perf_counter() - start, 1)
+        path = folder / f"{name.split(',')[0]}-{n}.faiss"
+        faiss.write_index(index, str(path))
+        size_mb = round(path.stat().st_size / 1e6)  # the re-ranked one holds the float rows too
+        for depth in depths:
+            params = faiss.SearchParametersIVF(nprobe=depth) if knob == "nprobe" else faiss.SearchParametersHNSW()
+            if knob == "efSearch":
+                params.efSearch = depth
+            if "RFlat" in key:
+                params = faiss.IndexRefineSearchParameters(k_factor=10, base_index_params=params)
+            found = index.search(queries, 10, params=params)[1]
+            recall = sum(len(set(f) & set(t)) for f, t in zip(found, truth)) / truth.size
+            rows.append(
+                {"search": f"{name}, {knob}={depth}", "build_s": build_s, "size_mb": size_mb}
+                | {
+                    "recall@10": round(recall, 4),
+                    **latency_ms(lambda q: index.search(q[None], 10, params=params), queries),
+                }
+            )
+        path.unlink()
+    return rows
+
+
 def stage_hybrid(n, folder):
     from prag_core.retrieval.bm25 import BM25Index
     from prag_core.retrieval.dense import DenseIndex, embed, load_embedder
@@ -211,13 +260,19 @@ def stage_hybrid(n, folder):
     ]
 
 
-STAGES = {"bm25": stage_bm25, "bm25-add": stage_bm25_add, "dense": stage_dense, "hybrid": stage_hybrid}
+STAGES = {
+    "bm25": stage_bm25,
+    "bm25-add": stage_bm25_add,
+    "dense": stage_dense,
+    "compact": stage_compact,
+    "hybrid": stage_hybrid,
+}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
-    parser.add_argument("--stages", default="bm25,bm25-add,dense,hybrid")
+    parser.add_argument("--stages", default="bm25,bm25-add,dense,compact,hybrid")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/prag-scale"), help="where the indexes are written")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "scale.jsonl")
     parser.add_argument("--run", help=argparse.SUPPRESS)  # STAGE:N, in the child process
