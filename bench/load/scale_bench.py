@@ -105,6 +105,19 @@ def latency_ms(fn, items):
     return {"p50_ms": round(statistics.median(times), 3), "p99_ms": round(times[int(0.99 * (len(times) - 1))], 3)}
 
 
+def exact_top10(emb, queries):
+    """The exact inner-product index over emb and each query's true top 10, which recall is measured against."""
+    import faiss
+
+    exact = faiss.IndexFlatIP(DIM)
+    exact.add(emb)
+    return exact, exact.search(queries, 10)[1]
+
+
+def recall_at_10(found, truth):
+    return round(sum(len(set(f) & set(t)) for f, t in zip(found, truth)) / truth.size, 4)
+
+
 def peak_rss_gb():
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
@@ -155,7 +168,6 @@ def stage_bm25_add(n, folder):
 
 
 def stage_dense(n, folder):
-    import faiss
 
     from prag_core.retrieval import dense
 
@@ -167,9 +179,7 @@ def stage_dense(n, folder):
     build_s = time.perf_counter() - start
     path = folder / f"dense-{n}.safetensors"
     index.save(path)
-    exact = faiss.IndexFlatIP(DIM)
-    exact.add(emb)
-    truth = exact.search(queries, 10)[1]
+    exact, truth = exact_top10(emb, queries)
     common = {"build_s": round(build_s, 1), "size_mb": round(path.stat().st_size / 1e6)}
     rows = [{"search": "exact", **common, "recall@10": 1.0, **latency_ms(lambda q: exact.search(q[None], 10), queries)}]
     ivf = index._search_index
@@ -179,13 +189,11 @@ def stage_dense(n, folder):
         common["build_s"] = round(time.perf_counter() - start, 1)
     for nprobe in (8, 16, 32, 64, 128, 256):
         ivf.nprobe = nprobe
-        found = ivf.search(queries, 10)[1]
-        recall = sum(len(set(f) & set(t)) for f, t in zip(found, truth)) / truth.size
         rows.append(
             {
                 "search": f"ivf{ivf.nlist},nprobe={nprobe}",
                 **common,
-                "recall@10": round(recall, 4),
+                "recall@10": recall_at_10(ivf.search(queries, 10)[1], truth),
                 **latency_ms(lambda q: ivf.search(q[None], 10), queries),
             }
         )
@@ -194,14 +202,12 @@ def stage_dense(n, folder):
 
 def stage_compact(n, folder):
     import faiss
-    import numpy as np
+
+    from prag_core.retrieval.dense import ivf_lists_and_sample
 
     emb, queries = vectors(n)
-    exact = faiss.IndexFlatIP(DIM)
-    exact.add(emb)
-    truth = exact.search(queries, 10)[1]
-    lists = 4 * round(n**0.5)  # as dense._train_ivf
-    sample = emb[np.sort(np.random.default_rng(0).choice(n, min(n, 64 * lists), replace=False))]
+    truth = exact_top10(emb, queries)[1]
+    lists, sample = ivf_lists_and_sample(emb)
     rows = []
     for name, key, knob, depths in (
         ("ivf-pq", f"IVF{lists},PQ48", "nprobe", (32, 128, 256)),
@@ -224,12 +230,12 @@ def stage_compact(n, folder):
                 params.efSearch = depth
             if "RFlat" in key:
                 params = faiss.IndexRefineSearchParameters(k_factor=10, base_index_params=params)
-            found = index.search(queries, 10, params=params)[1]
-            recall = sum(len(set(f) & set(t)) for f, t in zip(found, truth)) / truth.size
             rows.append(
-                {"search": f"{name}, {knob}={depth}", "build_s": build_s, "size_mb": size_mb}
-                | {
-                    "recall@10": round(recall, 4),
+                {
+                    "search": f"{name}, {knob}={depth}",
+                    "build_s": build_s,
+                    "size_mb": size_mb,
+                    "recall@10": recall_at_10(index.search(queries, 10, params=params)[1], truth),
                     **latency_ms(lambda q: index.search(q[None], 10, params=params), queries),
                 }
             )

@@ -194,15 +194,22 @@ class DenseIndex:
         return cls(ids, emb, meta.get("embedder"), meta.get("corpus_sha256"), keys, ivf=ivf)
 
 
-def _train_ivf(embeddings):
-    """FAISS IVF-Flat inner-product index over unit rows: 4·√N lists, k-means on a seeded sample of 64 rows a list."""
-    import faiss
+def ivf_lists_and_sample(embeddings):
+    """The IVF's shape for N rows: 4·√N lists, and a seeded sample of 64 rows a list to train their k-means on."""
     import numpy as np
 
-    n, dim = embeddings.shape
+    n = len(embeddings)
     lists = 4 * round(math.sqrt(n))
-    ivf = faiss.index_factory(dim, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
     sample = np.random.default_rng(0).choice(n, min(n, 64 * lists), replace=False)
-    ivf.train(np.ascontiguousarray(embeddings[np.sort(sample)]))
+    return lists, np.ascontiguousarray(embeddings[np.sort(sample)])
+
+
+def _train_ivf(embeddings):
+    """FAISS IVF-Flat inner-product index over unit rows, shaped by ivf_lists_and_sample."""
+    import faiss
+
+    lists, sample = ivf_lists_and_sample(embeddings)
+    ivf = faiss.index_factory(embeddings.shape[1], f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
+    ivf.train(sample)
     ivf.add(embeddings)
     return ivf
