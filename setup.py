@@ -19,7 +19,7 @@ setup(
     python_requires=">=3.10",
     packages=["prag_kernels", "prag_core", *(f"prag_core.{sub}" for sub in SUBPACKAGES)],
     package_dir={"prag_kernels": "kernels/prag_kernels", "prag_core": "prag_core"},
-    package_data={"prag_core": ["data/*.jsonl", "data/*.safetensors"]},
+    package_data={"prag_core": ["data/*.jsonl", "data/*.safetensors"], "prag_kernels": ["dispatch_table.json"]},
     install_requires=[
         # torch is a lower bound only: an existing torch is never replaced.
         "torch>=2.9",

@@ -37,6 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .dispatch import choose
 from .torch_path import column_mask
 
 MAX_RANK = 64  # total rank D·r the kernels take (R_PAD ≤ 64); beyond it the torch path
@@ -80,6 +81,16 @@ DECODE_CONFIGS = [
     _config(32, 32, 4, 3, 64, operand_bytes=4),
     _config(64, 32, 4, 3, 32, operand_bytes=4),
 ]
+# The delta path's configs (BLOCK_M 16: decode, one m-tile; 64: prefill); delta_config picks one by rule, the GPU
+# report's dispatch table may name another of these (and only these: they are the ones the gate compiled).
+DELTA_CONFIGS = [
+    _config(64, 256, 4, 3, 64, block_m=16),
+    _config(128, 128, 4, 3, 64, block_m=16),
+    _config(128, 64, 4, 3, 64, block_m=64),
+    _config(128, 64, 8, 3, 64, block_m=128),
+    _config(64, 64, 4, 2, 64, operand_bytes=4, block_m=16),
+    _config(64, 32, 4, 2, 64, operand_bytes=4, block_m=32),
+]
 
 
 def m_bucket(m):
@@ -113,26 +124,23 @@ def _lora_columns(R_PAD: tl.constexpr, RANK, stride_d, stride_r):
 
 
 @triton.jit
-def _load_k(ptrs, ok, k_ok, K_FIRST: tl.constexpr):
-    """A tile whose axes are (K, other) if K_FIRST else (other, K), masked by k_ok and ok."""
-    if K_FIRST:
-        mask = k_ok[:, None] & ok[None, :]
-    else:
-        mask = ok[:, None] & k_ok[None, :]
-    return tl.load(ptrs, mask=mask, other=0.0)
-
-
-@triton.jit
 def _k_loop(x_ptrs, w_ptrs, b_ptrs, m_ok, n_ok, r_ok, k_lo, k_hi, stride_xk, stride_wk, stride_bk, acc, shrink,
             SWAP_AB: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     """The K-loop over columns [k_lo, k_hi) of `in`: acc += x Wᵀ, shrink += x B_cat, one x tile feeding both;
-    SWAP_AB: the transposes, acc += W xᵀ and shrink += B_catᵀ xᵀ (pointer tiles laid out to match)."""
+    SWAP_AB: the transposes, acc += W xᵀ and shrink += B_catᵀ xᵀ (pointer tiles laid out to match).
+    Each operand has its own load line: the compile gate reads the width of every W, B and x load off them."""
     offs_k = tl.arange(0, BLOCK_K)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         k_ok = offs_k < k_hi - k0
-        x = _load_k(x_ptrs, m_ok, k_ok, SWAP_AB)
-        w = _load_k(w_ptrs, n_ok, k_ok, not SWAP_AB)
-        b = _load_k(b_ptrs, r_ok, k_ok, not SWAP_AB)
+        if SWAP_AB:  # xᵀ (K, rows), W (cols, K), B_catᵀ (R_PAD, K)
+            x_mask, w_mask, b_mask = k_ok[:, None] & m_ok[None, :], n_ok[:, None] & k_ok[None, :], \
+                r_ok[:, None] & k_ok[None, :]
+        else:  # x (rows, K), Wᵀ (K, cols), B_cat (K, R_PAD)
+            x_mask, w_mask, b_mask = m_ok[:, None] & k_ok[None, :], k_ok[:, None] & n_ok[None, :], \
+                k_ok[:, None] & r_ok[None, :]
+        x = tl.load(x_ptrs, mask=x_mask, other=0.0)
+        w = tl.load(w_ptrs, mask=w_mask, other=0.0)
+        b = tl.load(b_ptrs, mask=b_mask, other=0.0)
         if SWAP_AB:
             acc = tl.dot(w, x, acc, input_precision=PRECISION)
             shrink = tl.dot(b, x, shrink, input_precision=PRECISION)
@@ -148,11 +156,15 @@ def _k_loop(x_ptrs, w_ptrs, b_ptrs, m_ok, n_ok, r_ok, k_lo, k_hi, stride_xk, str
 @triton.jit
 def _epilogue(acc, shrink, offs_m, offs_n, M, N, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows,
               a_ptr, bias_ptr, rows_ptr, y_ptr, stride_ad, stride_an, stride_ar, stride_rg, stride_rj,
-              stride_ym, stride_yn, R_PAD: tl.constexpr, PRECISION: tl.constexpr):
+              stride_ym, stride_yn, R_PAD: tl.constexpr, PRECISION: tl.constexpr, INTO_Y: tl.constexpr):
     """acc (rows, cols) = x Wᵀ and shrink (rows, R_PAD) = x B_cat, fp32, for rows offs_m and columns offs_n:
-    stores y = acc + scale · (shrink ⊙ w) A_catᵀ + bias in y's dtype."""
+    stores y = acc + scale · (shrink ⊙ w) A_catᵀ + bias in y's dtype; INTO_Y: acc is y's own tile (the delta
+    path: y = y + scale · (shrink ⊙ w) A_catᵀ, in place)."""
     offs_r = tl.arange(0, R_PAD)
     m_ok, n_ok, r_ok = offs_m < M, offs_n < N, offs_r < R
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    if INTO_Y:
+        acc += tl.load(y_ptrs, mask=m_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
     if has_rows:
         group = offs_m // ROWS_PER_GROUP
         weights = tl.load(rows_ptr + group[:, None] * stride_rg + offs_r[None, :] * stride_rj,
@@ -164,7 +176,6 @@ def _epilogue(acc, shrink, offs_m, offs_n, M, N, R, RANK, ROWS_PER_GROUP, scale,
     acc += scale * tl.dot(shrink.to(a.dtype), a, input_precision=PRECISION)
     if has_bias:
         acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -203,7 +214,7 @@ def _fused_lora_kernel(
                           False, BLOCK_K, PRECISION)
     _epilogue(acc, shrink, offs_m, offs_n, M, N, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows,
               a_ptr, bias_ptr, rows_ptr, y_ptr, stride_ad, stride_an, stride_ar, stride_rg, stride_rj,
-              stride_ym, stride_yn, R_PAD, PRECISION)
+              stride_ym, stride_yn, R_PAD, PRECISION, False)
 
 
 @triton.jit(do_not_specialize=RUNTIME + ("partial",))
@@ -242,7 +253,7 @@ def _decode_kernel(
     else:
         _epilogue(tl.trans(acc), tl.trans(shrink), offs_m, offs_n, M, N, R, RANK, ROWS_PER_GROUP, scale, has_bias,
                   has_rows, a_ptr, bias_ptr, rows_ptr, y_ptr, stride_ad, stride_an, stride_ar, stride_rg,
-                  stride_rj, stride_ym, stride_yn, R_PAD, PRECISION)
+                  stride_rj, stride_ym, stride_yn, R_PAD, PRECISION, False)
 
 
 @triton.jit(do_not_specialize=RUNTIME + ("SPLIT",))
@@ -267,7 +278,44 @@ def _reduce_kernel(
         row += M * (N + R_PAD)
     _epilogue(acc, shrink, offs_m, offs_n, M, N, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows,
               a_ptr, bias_ptr, rows_ptr, y_ptr, stride_ad, stride_an, stride_ar, stride_rg, stride_rj,
-              stride_ym, stride_yn, R_PAD, PRECISION)
+              stride_ym, stride_yn, R_PAD, PRECISION, False)
+
+
+@triton.jit(do_not_specialize=RUNTIME + ("N_CHUNK",))
+def _delta_kernel(
+    x_ptr, a_ptr, b_ptr, rows_ptr, y_ptr,
+    M, N, K, R, RANK, ROWS_PER_GROUP, N_CHUNK, scale, has_rows,
+    stride_xm, stride_xk, stride_ad, stride_an, stride_ar, stride_bd, stride_bk, stride_br,
+    stride_rg, stride_rj, stride_ym, stride_yn,
+    R_PAD: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """The delta path's one launch, after the vendor GEMM wrote y = x Wᵀ + bias:
+
+        y[m-tile, n-chunk] += scale · ((x B_cat) ⊙ w) A_catᵀ
+
+    Program (m-tile, n-chunk) runs the shrink over all of K for its BLOCK_M rows (x and B_cat are K·(BLOCK_M + R)
+    elements: the first program reads them from HBM, the others from L2), then the expand over its N_CHUNK
+    columns, BLOCK_N at a time, each tile of y read, added to and written once. A is read once in all."""
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok, r_ok = offs_m < M, tl.arange(0, R_PAD) < R
+    x_ptrs = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :] * stride_xk  # (BLOCK_M, BLOCK_K)
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + _lora_columns(R_PAD, RANK, stride_bd, stride_br)[None, :]
+    shrink = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = offs_k < K - k0
+        x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_ok[:, None] & r_ok[None, :], other=0.0)
+        shrink = tl.dot(x, b, shrink, input_precision=PRECISION)
+        x_ptrs += BLOCK_K * stride_xk
+        b_ptrs += BLOCK_K * stride_bk
+    n_lo = pid_n * N_CHUNK
+    for n0 in range(n_lo, tl.minimum(N, n_lo + N_CHUNK), BLOCK_N):
+        _epilogue(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), shrink, offs_m, n0 + tl.arange(0, BLOCK_N), M, N,
+                  R, RANK, ROWS_PER_GROUP, scale, 0, has_rows, a_ptr, y_ptr, rows_ptr, y_ptr,
+                  stride_ad, stride_an, stride_ar, stride_rg, stride_rj, stride_ym, stride_yn, R_PAD, PRECISION, True)
 
 
 def _interpreter_bench(kernel_call, quantiles):
@@ -337,14 +385,16 @@ def split_k(n, k, sms, block_n=64, block_k=256):
 
 
 def lora_linear_triton(x, weight, bias, lora_a, lora_b, scale, row_docs=None, row_mask=None, out=None,
-                       config=None):
+                       config=None, path=None):
     """y (M, out) for x (M, in); arguments as prag_kernels.fused_lora_linear, already checked.
 
     row_docs (G, J) ids or row_mask (G, R) column weights (at most one), G dividing M. Any strides.
-    M ≤ DECODE_M runs the decode path, larger M the prefill kernel.
-    out: an optional (M, out) tensor to write y into. config: fixed block sizes instead of autotuning
-    (tests use small blocks to get many tiles): BLOCK_M/BLOCK_N/BLOCK_K (BLOCK_M is ignored by the decode
-    path), num_warps/num_stages, and for the decode path SPLIT_K, the number of K chunks."""
+    path: "fused" (M ≤ DECODE_M the decode kernel, else the prefill kernel), "delta" (the vendor GEMM, then
+    _delta_kernel), or None: the dispatch table's choice for this device and shape (prag_kernels.dispatch).
+    out: an optional (M, out) tensor to write y into. config: fixed block sizes instead of the table's or the
+    autotuner's (tests use small blocks to get many tiles): BLOCK_M/BLOCK_N/BLOCK_K, num_warps/num_stages, for
+    the fused decode SPLIT_K (the number of K chunks), for the delta path N_SPLIT (the number of column chunks);
+    keys a path does not use are ignored."""
     n_docs, _, rank = lora_b.shape
     if n_docs * rank > MAX_RANK:
         raise ValueError(f"lora_b: total rank D·r = {n_docs * rank} exceeds the Triton kernel's {MAX_RANK}")
@@ -354,24 +404,73 @@ def lora_linear_triton(x, weight, bias, lora_a, lora_b, scale, row_docs=None, ro
         return out
     if row_docs is not None:
         row_mask = column_mask(row_docs, n_docs, rank, torch.float32)
-    for kernel, grid, args, meta in launches(x, weight, bias, lora_a, lora_b, scale, row_mask, out, config):
-        kernel[grid](*args, **meta)
+    if path is None:
+        path, chosen = choose(x, weight.shape[0], n_docs * rank, row_mask is not None)
+        config = config or chosen
+    if path == "delta":  # the vendor GEMM writes x Wᵀ + bias, the Triton launch adds the documents' term
+        if bias is None:
+            torch.mm(x, weight.T, out=out)
+        else:
+            torch.addmm(bias, x, weight.T, out=out)
+    for kernel, grid, args, meta in launches(x, weight, bias, lora_a, lora_b, scale, row_mask, out, config,
+                                             path=path):
+        _launch(kernel, grid, args, meta)
     return out
 
 
-def launches(x, weight, bias, lora_a, lora_b, scale, row_mask, out, config=None, sms=None):
-    """The kernel launches that compute out = y, as (kernel or autotuner, grid, args, meta) in order; sms: the
-    GPU's SM count (default: x's device's). lora_linear_triton runs them, the compile gate compiles them."""
+def _launch(kernel, grid, args, meta):
+    """The one place a launch happens (the host-cost bench replaces it with a no-op to time everything else)."""
+    kernel[grid](*args, **meta)
+
+
+def delta_config(m, element_size):
+    """The rule's config for the delta path: the first of DELTA_CONFIGS for this operand size and M family
+    (BLOCK_M 16 for M ≤ DECODE_M, else the larger tiles)."""
+    for config in DELTA_CONFIGS:
+        if config.operand_bytes == element_size and (config.kwargs["BLOCK_M"] <= DECODE_M) == (m <= DECODE_M):
+            return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    raise AssertionError(f"no delta config for M {m}, {element_size}-byte operands")
+
+
+def n_split(m_tiles, n, block_n, sms):
+    """(chunks, N_CHUNK) for the delta path: about two programs per SM over m-tiles × column chunks, each chunk a
+    multiple of block_n (fewer programs re-read x and B_cat less; enough of them keep every SM busy)."""
+    tiles = triton.cdiv(n, block_n)
+    chunks = max(1, min(tiles, triton.cdiv(2 * sms, m_tiles)))
+    n_chunk = triton.cdiv(tiles, chunks) * block_n
+    return triton.cdiv(n, n_chunk), n_chunk
+
+
+def launches(x, weight, bias, lora_a, lora_b, scale, row_mask, out, config=None, sms=None, path="fused"):
+    """The Triton launches of `path` for out = y, as (kernel or autotuner, grid, args, meta) in order; for the
+    delta path out must already hold x Wᵀ + bias (the vendor GEMM's part). sms: the GPU's SM count (default:
+    x's device's). lora_linear_triton runs them, the compile gate compiles them."""
     (m, k), n, (n_docs, _, rank) = x.shape, weight.shape[0], lora_b.shape
     total = n_docs * rank
     fp32_exact = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     meta = dict(R_PAD=max(16, triton.next_power_of_2(total)), PRECISION="ieee" if fp32_exact else "tf32")
-    flags = (int(bias is not None), int(row_mask is not None))  # has_bias, has_rows
-    bias = x if bias is None else bias  # a placeholder pointer when has_bias is 0 (so is rows)
+    has_rows = int(row_mask is not None)
     rows, rows_stride = (x, (0, 0)) if row_mask is None else (row_mask, row_mask.stride())
     groups = (total, max(rank, 1), 1 if row_mask is None else m // row_mask.shape[0])
-    strides = (*x.stride(), *weight.stride(), *lora_a.stride(), *lora_b.stride(), *rows_stride, *out.stride())
+    sms = sms or _sm_count(x.device)
     config = dict(config or {})
+    if path == "delta":
+        config = {key: config[key] for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "N_SPLIT")
+                  if key in config} or delta_config(m, x.element_size())
+        m_tiles = triton.cdiv(m, config["BLOCK_M"])
+        if "N_SPLIT" in config:
+            chunks = config.pop("N_SPLIT")
+            n_chunk = triton.cdiv(triton.cdiv(n, chunks), config["BLOCK_N"]) * config["BLOCK_N"]
+            chunks = triton.cdiv(n, n_chunk)
+        else:
+            chunks, n_chunk = n_split(m_tiles, n, config["BLOCK_N"], sms)
+        args = (x, lora_a, lora_b, rows, out, m, n, k, *groups, n_chunk, float(scale), has_rows, *x.stride(),
+                *lora_a.stride(), *lora_b.stride(), *rows_stride, *out.stride())
+        return [(_delta_kernel, (m_tiles, chunks), args, dict(meta, **config))]
+    flags = (int(bias is not None), has_rows)
+    bias = x if bias is None else bias  # a placeholder pointer when has_bias is 0 (so is rows)
+    strides = (*x.stride(), *weight.stride(), *lora_a.stride(), *lora_b.stride(), *rows_stride, *out.stride())
+    config.pop("N_SPLIT", None)
     if m > DECODE_M:
         args = (x, weight, bias, lora_a, lora_b, rows, out, m, n, k, *groups, m_bucket(m), float(scale), *flags,
                 *strides)
@@ -383,12 +482,12 @@ def launches(x, weight, bias, lora_a, lora_b, scale, row_mask, out, config=None,
         if config:
             return [(_fused_lora_kernel, grid(config), args, dict(meta, **config))]
         return [(_fused_lora_autotuned, grid, args, meta)]
-    config.pop("BLOCK_M", None)  # keys a path does not use are ignored
+    config.pop("BLOCK_M", None)
     if "SPLIT_K" in config:
         k_split = triton.cdiv(triton.cdiv(k, config.pop("SPLIT_K")), config["BLOCK_K"]) * config["BLOCK_K"]
         splits = triton.cdiv(k, k_split)
     else:
-        splits, k_split = split_k(n, k, sms or _sm_count(x.device))
+        splits, k_split = split_k(n, k, sms)
     partial = splits > 1
     part = torch.empty((splits, m, n + meta["R_PAD"]), dtype=torch.float32, device=x.device) if partial else out
     args = (x, weight, bias, lora_a, lora_b, rows, out, part, m, n, k, k_split, *groups, float(scale), *flags,
@@ -405,5 +504,6 @@ def launches(x, weight, bias, lora_a, lora_b, scale, row_mask, out, config=None,
         reduce_args = (part, lora_a, bias, rows, out, m, n, splits, *groups, float(scale), *flags,
                        *lora_a.stride(), *rows_stride, *out.stride())
         plan.append((_reduce_kernel, (triton.cdiv(n, REDUCE_BLOCK_N),), reduce_args,
-                     dict(meta, BLOCK_N=REDUCE_BLOCK_N, num_warps=4, num_stages=3)))
+                     dict(meta, BLOCK_N=REDUCE_BLOCK_N, num_warps=4, num_stages=1)))
     return plan
+
