@@ -14,7 +14,7 @@ from prag_kernels.torch_path import cat_rank, column_mask
 OP = torch.ops.prag.fused_lora_linear.default
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "fused", "delta"])
 @pytest.mark.parametrize("rows", ["none", "docs", "mask"])
 def test_opcheck(backend, rows):
     device = "cpu" if backend == "torch" else TRITON_DEVICE

@@ -1,5 +1,6 @@
-"""prag_kernels against the float64 reference: the Triton kernels (interpreter without a GPU: the decode path
-for M ≤ 16, one launch or split-K, and the prefill kernel), the torch path, the cat fast entry, autograd,
+"""prag_kernels against the float64 reference: the Triton paths (interpreter without a GPU): the fused one (the
+decode kernel for M ≤ 16, one launch or split-K, and the prefill kernel) and the delta one (the vendor GEMM, then
+one Triton launch adding the documents' term), the dispatch table, the torch path, the cat fast entry, autograd,
 merge/restore and argument checks.
 
 Every case draws fresh random inputs; kernel outputs are poisoned with NaN before the run, so an
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from triton import cdiv as triton_cdiv
 
 from prag_kernels import (
     fused_lora_linear,
@@ -31,6 +33,7 @@ from prag_kernels.fused_lora_triton import (
     _prefill_configs_for,
     launches,
     m_bucket,
+    n_split,
     split_k,
 )
 from prag_kernels.torch_path import cat_rank, column_mask
@@ -41,7 +44,8 @@ TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if TRITON_DEVICE == "cuda" else [])
 # several tiles and K steps even at in/out ~40; for M ≤ 16 also split-K into 3 chunks (the last one ragged)
-SMALL_BLOCKS = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, SPLIT_K=3)
+SMALL_BLOCKS = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, SPLIT_K=3, N_SPLIT=2)
+PATHS = ["fused", "delta"]
 
 
 def rel(y, ref):
@@ -104,14 +108,16 @@ def case_id(c):
     return f"M{m}-{k}x{n}-D{docs}r{rank}-{'bias' if bias else 'nobias'}-{rows}-{str(dtype)[6:]}-{blocks}"
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("c", CASES, ids=case_id)
-def test_triton_kernel_matches_reference(c):
+def test_triton_kernel_matches_reference(c, path):
     m, k, n, docs, rank, bias, rows, dtype, blocks = c
-    case = make_case(zlib.crc32(case_id(c).encode()), m, k, n, docs, rank, bias, dtype, rows, device=TRITON_DEVICE)
+    seed = zlib.crc32(f"{case_id(c)}-{path}".encode())
+    case = make_case(seed, m, k, n, docs, rank, bias, dtype, rows, device=TRITON_DEVICE)
     ref = reference(case)
     assert_lora_matters(case, ref)
     out = torch.full((m, n), float("nan"), dtype=dtype, device=TRITON_DEVICE)
-    y = fused_lora_linear_triton(**case, out=out, config=SMALL_BLOCKS if blocks == "small" else None)
+    y = fused_lora_linear_triton(**case, out=out, config=SMALL_BLOCKS if blocks == "small" else None, path=path)
     assert y is out and not y.isnan().any()
     assert rel(y, ref) < TOL[dtype]
 
@@ -150,7 +156,7 @@ def test_autotune_configs_cover_every_call():
     ]:
         case = make_case(m, m, 33, 47, 3, 2, dtype=torch.float16, rows="mixed", device=TRITON_DEVICE)
         out = torch.full((m, 47), float("nan"), dtype=torch.float16, device=TRITON_DEVICE)
-        assert rel(fused_lora_linear_triton(**case, out=out), reference(case)) < 2e-3
+        assert rel(fused_lora_linear_triton(**case, out=out, path="fused"), reference(case)) < 2e-3
         assert tuner.best_config.kwargs.get("BLOCK_M") in family and tuner.best_config.operand_bytes == 2
 
 
@@ -196,7 +202,55 @@ def test_kernel_row_mask_float_weights_and_split_k_partials(m):
     assert rel(out, ref) < 1e-5
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("m", [3, 37])
+def test_delta_launch_adds_into_y_at_every_element(m):
+    """The delta path's Triton launch on its own: out holds the base linear (the vendor GEMM's part), the launch adds
+    scale · ((x B_cat) ⊙ w) A_catᵀ with float row weights (one row per 2 rows of x), over 3 column chunks of 2 tiles
+    (the last ragged) and several m-tiles; every element is checked, not a norm over all of them."""
+    case = make_case(71 + m, m + 1, 70, 83, 3, 2, device=TRITON_DEVICE)
+    case["x"] = case["x"][:m]
+    g = torch.Generator().manual_seed(m)
+    mask = torch.randn(m // 2 + 1, 6, generator=g)
+    mask[0] = 0.0  # a group without documents
+    x, w, b = (case[n].double().cpu() for n in ("x", "weight", "bias"))
+    a_cat, b_cat = (cat_rank(case[n]).double().cpu() for n in ("lora_a", "lora_b"))
+    base = x @ w.T + b
+    delta = case["scale"] * ((x @ b_cat) * mask.double().repeat_interleave(2, 0)[:m]) @ a_cat.T
+    out = base.float().to(TRITON_DEVICE)
+    rows = torch.zeros(m + 1, 6)
+    rows[::2], rows[1::2] = mask, mask[: (m + 1) // 2]  # one row of weights per row of x
+    plan = launches(
+        case["x"],
+        case["weight"],
+        case["bias"],
+        case["lora_a"],
+        case["lora_b"],
+        case["scale"],
+        rows[:m].to(TRITON_DEVICE),
+        out,
+        config=dict(SMALL_BLOCKS, N_SPLIT=3),
+        path="delta",
+    )
+    ((kernel, grid, args, meta),) = plan
+    assert grid == (triton_cdiv(m, 16), 3) and args[4] is out
+    kernel[grid](*args, **meta)
+    err = (out.double().cpu() - (base + delta)).abs()
+    assert (err <= 1e-5 * (base + delta).abs().max()).all()
+    assert torch.equal(out[:2].cpu(), base[:2].float())  # rows whose weights are all 0 keep the base exactly
+    assert (delta[2:].abs().amax(1) > 1e-3).all()
+
+
+def test_delta_column_chunks_fill_the_gpu():
+    """(chunks, N_CHUNK) on a 132-SM card: about two programs per SM, chunks whole tiles, never more chunks
+    than tiles: at decode (one m-tile) each of the up projection's 224 tiles is a program, at M = 4096 (64 m-tiles)
+    5 chunks of 23 tiles re-read x 5 times."""
+    assert n_split(1, 14336, 64, 132) == (224, 64)
+    assert n_split(1, 576, 64, 132) == (9, 64)
+    assert n_split(64, 14336, 128, 132) == (5, 2944)
+    assert n_split(4096, 100, 64, 132) == (1, 128)
+
+
+@pytest.mark.parametrize("backend", ["torch", *PATHS])
 def test_leading_dims_and_per_batch_row_docs(backend):
     """x (B, T, in) with one document set per batch element (B, J) or per token (B·T, J)."""
     dev = "cpu" if backend == "torch" else TRITON_DEVICE
@@ -222,7 +276,7 @@ def test_leading_dims_and_per_batch_row_docs(backend):
     assert rel(y.reshape(6, 47), ref) < 1e-5
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", *PATHS])
 def test_any_strides(backend):
     """Transposed weight (GPT-2 Conv1D), strided x, permuted adapters: nothing needs to be contiguous."""
     case = make_case(11, 5, 33, 47, 3, 2, rows="mixed", device="cpu" if backend == "torch" else TRITON_DEVICE)
@@ -252,10 +306,11 @@ def test_no_documents_is_exactly_linear():
     assert torch.equal(fused_lora_linear_cat(x, case["weight"], case["bias"], empty_a, empty_b, 2.0), base)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("m", [9, 20])
-def test_rows_without_documents_get_the_base_linear_exactly(m):
-    """Torch path: such rows equal F.linear bit for bit; kernel (M = 9 decode with split-K, M = 20 prefill):
-    they equal its own zero-document output."""
+def test_rows_without_documents_get_the_base_linear_exactly(m, path):
+    """Torch path: such rows equal F.linear bit for bit; Triton (M = 9 decode with split-K, M = 20 prefill):
+    they equal the path's own zero-document output."""
     case = make_case(5, m, 33, 47, 3, 2, rows="mixed")
     case["row_docs"][::3] = -1
     empty = (case["row_docs"] < 0).all(1)
@@ -264,9 +319,9 @@ def test_rows_without_documents_get_the_base_linear_exactly(m):
     assert not torch.equal(y[~empty], F.linear(case["x"], case["weight"], case["bias"])[~empty])
     case = {n: v.to(TRITON_DEVICE) if torch.is_tensor(v) else v for n, v in case.items()}
     empty = empty.to(TRITON_DEVICE)
-    y = fused_lora_linear_triton(**case, config=SMALL_BLOCKS)
+    y = fused_lora_linear_triton(**case, config=SMALL_BLOCKS, path=path)
     none = dict(case, lora_a=case["lora_a"][:0], lora_b=case["lora_b"][:0], row_docs=None)
-    assert torch.equal(y[empty], fused_lora_linear_triton(**none, config=SMALL_BLOCKS)[empty])
+    assert torch.equal(y[empty], fused_lora_linear_triton(**none, config=SMALL_BLOCKS, path=path)[empty])
 
 
 def test_a_document_listed_twice_counts_twice():
@@ -311,13 +366,15 @@ def test_gradcheck_cat_entry_per_batch_mask():
     assert torch.autograd.gradcheck(f, (x, a_cat, b_cat))
 
 
-def test_triton_grads_match_reference_grads():
+@pytest.mark.parametrize("path", PATHS)
+def test_triton_grads_match_reference_grads(path):
+    """Training through either Triton path: the forward runs it, the backward (autograd.py) is shared."""
     case = make_case(23, 9, 33, 47, 3, 2, rows="mixed", device=TRITON_DEVICE)
     names = ("x", "lora_a", "lora_b")
     as_double = {n: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for n, v in case.items()}
     ours, ref = leaves(case, names), leaves(as_double, names)
     g = torch.randn(9, 47, generator=torch.Generator().manual_seed(0)).to(TRITON_DEVICE)
-    fused_lora_linear(**ours, backend="triton").backward(g)
+    fused_lora_linear(**ours, backend=path).backward(g)
     reference_fused_lora_linear(**ref).backward(g.double())
     for n in names:
         assert rel(ours[n].grad, ref[n].grad) < 1e-5, n

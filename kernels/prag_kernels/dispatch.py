@@ -79,9 +79,10 @@ def _choose(name, capability, call_key):
 
 
 @functools.cache
-def load_table(path=TABLE):
-    """{device name: {"capability": (major, minor), "entries": {key: (path, config or None)}}}; a malformed file is
-    a ValueError naming it and the entry."""
+def load_table(path=None):
+    """{device name: {"capability": (major, minor), "entries": {key: (path, config or None)}}} of the table file
+    (default TABLE); a malformed file is a ValueError naming it and the entry."""
+    path = path or TABLE
     raw = json.loads(Path(path).read_text())
     if raw.get("format") != FORMAT:
         raise ValueError(f"{path}: format {raw.get('format')!r}, expected {FORMAT}")
@@ -100,12 +101,12 @@ def load_table(path=TABLE):
     return devices
 
 
-def write_device(name, capability, entries, source, path=TABLE):
+def write_device(name, capability, entries, source, path=None):
     """Replace one device's entries in the table file (the GPU report's last step); other devices are kept.
 
     entries: dicts with dtype, m, in, out, r_pad, rows, path, config (None or the block sizes) and whatever
     measurements the report keeps beside them (e.g. "us": {path: µs}); source: what measured them."""
-    path = Path(path)
+    path = Path(path or TABLE)
     raw = json.loads(path.read_text()) if path.exists() else {"format": FORMAT, "devices": {}}
     raw["devices"][name] = {"capability": list(capability), "source": source, "entries": entries}
     path.write_text(json.dumps(raw, indent=1, sort_keys=True) + "\n")

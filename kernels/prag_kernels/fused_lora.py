@@ -1,11 +1,17 @@
 """The public op: check the arguments, pick a path (Triton on CUDA, torch elsewhere), add autograd when needed.
 
+Backends: "torch" (three GEMMs, torch_path.py), "triton" (on CUDA the default: the dispatch table's choice per
+shape, prag_kernels.dispatch), or one Triton path by name: "fused" (base GEMM and shrink in one K-loop) or "delta"
+(the vendor GEMM, then one Triton launch adding the documents' term).
+
 The computation is registered as the custom op prag::fused_lora_linear (torch.library), with a fake
 implementation (shapes only) and autograd (autograd.py), so torch.compile(fn, fullgraph=True) traces
 through it as one graph node, forward and backward (the injection layer wraps its own lookup of the active
 documents in a second op, prag::injected_linear, see prag_core.model.inject). Eager calls without autograd skip
 the op's dispatcher (microseconds per call, per projection, per generated token) and run the path directly.
 """
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +36,8 @@ def fused_lora_linear(x, weight, bias, lora_a, lora_b, scale, row_docs=None, *, 
     row_docs  None: every row uses all D documents (S(m) = all);
               int (M, J): row m uses the documents row_docs[m, :], -1 = empty slot, a document
               listed twice counts twice; for x (B, T, in) also (B, J): one set per batch element
-    backend   None (Triton for CUDA tensors when importable, else torch), "torch" or "triton"
+    backend   None (Triton for CUDA tensors when importable, else torch), "torch", "triton" (the dispatch
+              table's path) or a Triton path by name, "fused" or "delta"
     returns   (..., out) in x's dtype, fp32 accumulation.
 
     Zero documents is exactly F.linear(x, weight, bias). Differentiable w.r.t. x, lora_a,
@@ -109,7 +116,13 @@ def _define_op():
 
 
 _op = _define_op()
-_PATHS = {"torch": lora_linear_torch, "triton": lora_linear_triton}
+_PATHS = {"torch": lora_linear_torch}
+if lora_linear_triton is not None:
+    _PATHS.update(
+        triton=lora_linear_triton,
+        fused=functools.partial(lora_linear_triton, path="fused"),
+        delta=functools.partial(lora_linear_triton, path="delta"),
+    )
 
 
 def _run(x, weight, bias, lora_a, lora_b, scale, row_docs, row_mask, backend):
@@ -129,6 +142,8 @@ def _pick(x, lora_a, backend):
     if backend is None:
         use_triton = x.is_cuda and lora_linear_triton is not None and lora_a.shape[0] * lora_a.shape[2] <= MAX_RANK
         return "triton" if use_triton else "torch"
-    if backend == "torch" or (backend == "triton" and lora_linear_triton is not None):
+    if backend in _PATHS:
         return backend
-    raise ValueError(f"backend: expected None, 'torch' or 'triton' (installed), got {backend!r}")
+    raise ValueError(
+        f"backend: expected None, 'torch' or, with Triton installed, 'triton', 'fused' or 'delta'; got {backend!r}"
+    )
