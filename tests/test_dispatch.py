@@ -20,11 +20,9 @@ def table(tmp_path, monkeypatch):
     path = tmp_path / "dispatch_table.json"
     path.write_text(json.dumps({"format": dispatch.FORMAT, "devices": {}}))
     monkeypatch.setattr(dispatch, "TABLE", path)
-    dispatch.load_table.cache_clear()
-    dispatch._choose.cache_clear()
+    dispatch.clear_caches()
     yield path
-    dispatch.load_table.cache_clear()
-    dispatch._choose.cache_clear()
+    dispatch.clear_caches()
 
 
 def test_keys_classes_and_padding():

@@ -53,8 +53,13 @@ def key(dtype, m, k, n, total_rank, per_row):
 
 def choose(x, n, total_rank, per_row):
     """(path, config or None) for x (M, in) times an (n, in) weight with total_rank stacked columns."""
-    name, capability = _device(x.device)
-    return _choose(name, capability, key(x.dtype, x.shape[0], x.shape[1], n, total_rank, per_row))
+    return _choose_call(x.device, x.dtype, *x.shape, n, total_rank, per_row)
+
+
+@functools.lru_cache(maxsize=4096)
+def _choose_call(device, dtype, m, k, n, total_rank, per_row):
+    """choose's answer per call signature: one cache lookup per call at decode (the op's host cost)."""
+    return _choose(*_device(device), key(dtype, m, k, n, total_rank, per_row))
 
 
 @functools.cache
@@ -110,5 +115,11 @@ def write_device(name, capability, entries, source, path=None):
     raw = json.loads(path.read_text()) if path.exists() else {"format": FORMAT, "devices": {}}
     raw["devices"][name] = {"capability": list(capability), "source": source, "entries": entries}
     path.write_text(json.dumps(raw, indent=1, sort_keys=True) + "\n")
+    clear_caches()
+
+
+def clear_caches():
+    """Forget the loaded table and every answer given (after the table file changed)."""
     load_table.cache_clear()
     _choose.cache_clear()
+    _choose_call.cache_clear()

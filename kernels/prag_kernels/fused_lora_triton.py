@@ -93,9 +93,19 @@ DELTA_CONFIGS = [
 ]
 
 
+def cdiv(a, b):
+    """⌈a / b⌉ for Python ints (triton.cdiv is a JIT function: ~2 µs a call from the host, several per launch)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n):
+    """The smallest power of two ≥ n (n ≥ 1), as triton.next_power_of_2, in plain Python."""
+    return 1 << (n - 1).bit_length()
+
+
 def m_bucket(m):
     """The prefill autotune key for M: the next power of two, from 32 up to 4096."""
-    return min(max(32, triton.next_power_of_2(m)), 4096)
+    return min(max(32, next_power_of_2(m)), 4096)
 
 
 def _fits(config, named_args, kwargs):
@@ -182,7 +192,7 @@ def _epilogue(acc, shrink, offs_m, offs_n, M, N, R, RANK, ROWS_PER_GROUP, scale,
 @triton.jit(do_not_specialize=RUNTIME)
 def _fused_lora_kernel(
     x_ptr, w_ptr, bias_ptr, a_ptr, b_ptr, rows_ptr, y_ptr,
-    M, N, K, R, RANK, ROWS_PER_GROUP, M_BUCKET, scale, has_bias, has_rows,
+    M, N, K, R, RANK, ROWS_PER_GROUP, M_BUCKET, has_bias, has_rows, scale,
     stride_xm, stride_xk, stride_wn, stride_wk,
     stride_ad, stride_an, stride_ar, stride_bd, stride_bk, stride_br,
     stride_rg, stride_rj, stride_ym, stride_yn,
@@ -220,7 +230,7 @@ def _fused_lora_kernel(
 @triton.jit(do_not_specialize=RUNTIME + ("partial",))
 def _decode_kernel(
     x_ptr, w_ptr, bias_ptr, a_ptr, b_ptr, rows_ptr, y_ptr, part_ptr,
-    M, N, K, K_SPLIT, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows, partial,
+    M, N, K, K_SPLIT, R, RANK, ROWS_PER_GROUP, has_bias, has_rows, partial, scale,
     stride_xm, stride_xk, stride_wn, stride_wk,
     stride_ad, stride_an, stride_ar, stride_bd, stride_bk, stride_br,
     stride_rg, stride_rj, stride_ym, stride_yn,
@@ -259,7 +269,7 @@ def _decode_kernel(
 @triton.jit(do_not_specialize=RUNTIME + ("SPLIT",))
 def _reduce_kernel(
     part_ptr, a_ptr, bias_ptr, rows_ptr, y_ptr,
-    M, N, SPLIT, R, RANK, ROWS_PER_GROUP, scale, has_bias, has_rows,
+    M, N, SPLIT, R, RANK, ROWS_PER_GROUP, has_bias, has_rows, scale,
     stride_ad, stride_an, stride_ar, stride_rg, stride_rj, stride_ym, stride_yn,
     R_PAD: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr = 16,
@@ -284,7 +294,7 @@ def _reduce_kernel(
 @triton.jit(do_not_specialize=RUNTIME + ("N_CHUNK",))
 def _delta_kernel(
     x_ptr, a_ptr, b_ptr, rows_ptr, y_ptr,
-    M, N, K, R, RANK, ROWS_PER_GROUP, N_CHUNK, scale, has_rows,
+    M, N, K, R, RANK, ROWS_PER_GROUP, N_CHUNK, has_rows, scale,
     stride_xm, stride_xk, stride_ad, stride_an, stride_ar, stride_bd, stride_bk, stride_br,
     stride_rg, stride_rj, stride_ym, stride_yn,
     R_PAD: tl.constexpr, PRECISION: tl.constexpr,
@@ -377,11 +387,11 @@ def _sm_count(device):
 def split_k(n, k, sms, block_n=64, block_k=256):
     """(SPLIT, K_SPLIT) for a decode call: the fewest power-of-two K chunks, each a multiple of block_k and at
     least 1024 long, such that ⌈n / block_n⌉ column tiles × SPLIT chunks give every SM a program."""
-    split, tiles = 1, triton.cdiv(n, block_n)
+    split, tiles = 1, cdiv(n, block_n)
     while tiles * split < sms and k >= 2 * split * 1024:
         split *= 2
-    k_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
-    return triton.cdiv(k, k_split), k_split
+    k_split = cdiv(cdiv(k, split), block_k) * block_k
+    return cdiv(k, k_split), k_split
 
 
 def lora_linear_triton(x, weight, bias, lora_a, lora_b, scale, row_docs=None, row_mask=None, out=None,
@@ -408,10 +418,7 @@ def lora_linear_triton(x, weight, bias, lora_a, lora_b, scale, row_docs=None, ro
         path, chosen = choose(x, weight.shape[0], n_docs * rank, row_mask is not None)
         config = config or chosen
     if path == "delta":  # the vendor GEMM writes x Wᵀ + bias, the Triton launch adds the documents' term
-        if bias is None:
-            torch.mm(x, weight.T, out=out)
-        else:
-            torch.addmm(bias, x, weight.T, out=out)
+        _vendor_gemm(x, weight, bias, out)
     for kernel, grid, args, meta in launches(x, weight, bias, lora_a, lora_b, scale, row_mask, out, config,
                                              path=path):
         _launch(kernel, grid, args, meta)
@@ -419,8 +426,16 @@ def lora_linear_triton(x, weight, bias, lora_a, lora_b, scale, row_docs=None, ro
 
 
 def _launch(kernel, grid, args, meta):
-    """The one place a launch happens (the host-cost bench replaces it with a no-op to time everything else)."""
+    """The one place a Triton launch happens (bench/gpu/host_cost.py stubs it and _vendor_gemm to time the rest)."""
     kernel[grid](*args, **meta)
+
+
+def _vendor_gemm(x, weight, bias, out):
+    """out = x Wᵀ + bias through torch (cuBLAS on CUDA): the delta path's base GEMM."""
+    if bias is None:
+        torch.mm(x, weight.T, out=out)
+    else:
+        torch.addmm(bias, x, weight.T, out=out)
 
 
 def delta_config(m, element_size):
@@ -435,75 +450,83 @@ def delta_config(m, element_size):
 def n_split(m_tiles, n, block_n, sms):
     """(chunks, N_CHUNK) for the delta path: about two programs per SM over m-tiles × column chunks, each chunk a
     multiple of block_n (fewer programs re-read x and B_cat less; enough of them keep every SM busy)."""
-    tiles = triton.cdiv(n, block_n)
-    chunks = max(1, min(tiles, triton.cdiv(2 * sms, m_tiles)))
-    n_chunk = triton.cdiv(tiles, chunks) * block_n
-    return triton.cdiv(n, n_chunk), n_chunk
+    tiles = cdiv(n, block_n)
+    chunks = max(1, min(tiles, cdiv(2 * sms, m_tiles)))
+    n_chunk = cdiv(tiles, chunks) * block_n
+    return cdiv(n, n_chunk), n_chunk
 
 
 def launches(x, weight, bias, lora_a, lora_b, scale, row_mask, out, config=None, sms=None, path="fused"):
     """The Triton launches of `path` for out = y, as (kernel or autotuner, grid, args, meta) in order; for the
     delta path out must already hold x Wᵀ + bias (the vendor GEMM's part). sms: the GPU's SM count (default:
-    x's device's). lora_linear_triton runs them, the compile gate compiles them."""
+    x's device's). lora_linear_triton runs them, the compile gate compiles them.
+
+    Everything that depends only on shapes and flags comes from _plan (cached); per call only the tensors and
+    their strides are read (the op's host cost at decode, bench/gpu/host_cost.py)."""
     (m, k), n, (n_docs, _, rank) = x.shape, weight.shape[0], lora_b.shape
-    total = n_docs * rank
     fp32_exact = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
-    meta = dict(R_PAD=max(16, triton.next_power_of_2(total)), PRECISION="ieee" if fp32_exact else "tf32")
-    has_rows = int(row_mask is not None)
+    groups = 0 if row_mask is None else m // row_mask.shape[0]  # rows per row of row_mask; 0: no row selection
+    plan = _plan(path, m, n, k, n_docs * rank, rank, bias is not None, groups, x.element_size(), fp32_exact,
+                 tuple(config.items()) if config else (), sms or _sm_count(x.device))
     rows, rows_stride = (x, (0, 0)) if row_mask is None else (row_mask, row_mask.stride())
-    groups = (total, max(rank, 1), 1 if row_mask is None else m // row_mask.shape[0])
-    sms = sms or _sm_count(x.device)
-    config = dict(config or {})
+    bias = x if bias is None else bias  # a placeholder pointer when has_bias is 0 (so is rows)
+    scale = float(scale)
+    if path == "delta":
+        (kernel, grid, sizes, meta), = plan
+        args = (x, lora_a, lora_b, rows, out, *sizes, scale, *x.stride(), *lora_a.stride(), *lora_b.stride(),
+                *rows_stride, *out.stride())
+        return [(kernel, grid, args, meta)]
+    strides = (*x.stride(), *weight.stride(), *lora_a.stride(), *lora_b.stride(), *rows_stride, *out.stride())
+    (kernel, grid, sizes, meta), *reduce = plan
+    if m > DECODE_M:
+        return [(kernel, grid, (x, weight, bias, lora_a, lora_b, rows, out, *sizes, scale, *strides), meta)]
+    part = torch.empty(reduce[0][4], dtype=torch.float32, device=x.device) if reduce else out
+    steps = [(kernel, grid, (x, weight, bias, lora_a, lora_b, rows, out, part, *sizes, scale, *strides), meta)]
+    for kernel, grid, sizes, meta, _ in reduce:
+        args = (part, lora_a, bias, rows, out, *sizes, scale, *lora_a.stride(), *rows_stride, *out.stride())
+        steps.append((kernel, grid, args, meta))
+    return steps
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(path, m, n, k, total, rank, has_bias, groups, element_size, fp32_exact, config, sms):
+    """The shape-only part of launches(): [(kernel or autotuner, grid, int arguments, meta)], the split-K reduce's
+    step with the partials' shape appended. config: the fixed-config items, () for the table/autotuner/rule."""
+    meta = dict(R_PAD=max(16, next_power_of_2(total)), PRECISION="ieee" if fp32_exact else "tf32")
+    head = (m, n, k)
+    ranks = (total, max(rank, 1), max(groups, 1))
+    flags = (int(has_bias), int(groups > 0))  # has_bias, has_rows
+    config = dict(config)
     if path == "delta":
         config = {key: config[key] for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "N_SPLIT")
-                  if key in config} or delta_config(m, x.element_size())
-        m_tiles = triton.cdiv(m, config["BLOCK_M"])
+                  if key in config} or delta_config(m, element_size)
+        m_tiles = cdiv(m, config["BLOCK_M"])
         if "N_SPLIT" in config:
-            chunks = config.pop("N_SPLIT")
-            n_chunk = triton.cdiv(triton.cdiv(n, chunks), config["BLOCK_N"]) * config["BLOCK_N"]
-            chunks = triton.cdiv(n, n_chunk)
+            n_chunk = cdiv(cdiv(n, config.pop("N_SPLIT")), config["BLOCK_N"]) * config["BLOCK_N"]
+            chunks = cdiv(n, n_chunk)
         else:
             chunks, n_chunk = n_split(m_tiles, n, config["BLOCK_N"], sms)
-        args = (x, lora_a, lora_b, rows, out, m, n, k, *groups, n_chunk, float(scale), has_rows, *x.stride(),
-                *lora_a.stride(), *lora_b.stride(), *rows_stride, *out.stride())
-        return [(_delta_kernel, (m_tiles, chunks), args, dict(meta, **config))]
-    flags = (int(bias is not None), has_rows)
-    bias = x if bias is None else bias  # a placeholder pointer when has_bias is 0 (so is rows)
-    strides = (*x.stride(), *weight.stride(), *lora_a.stride(), *lora_b.stride(), *rows_stride, *out.stride())
+        return [(_delta_kernel, (m_tiles, chunks), (*head, *ranks, n_chunk, flags[1]), dict(meta, **config))]
     config.pop("N_SPLIT", None)
     if m > DECODE_M:
-        args = (x, weight, bias, lora_a, lora_b, rows, out, m, n, k, *groups, m_bucket(m), float(scale), *flags,
-                *strides)
-
-        def grid(cfg):
-            return (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
-
         config.pop("SPLIT_K", None)
+        sizes = (*head, *ranks, m_bucket(m), *flags)
         if config:
-            return [(_fused_lora_kernel, grid(config), args, dict(meta, **config))]
-        return [(_fused_lora_autotuned, grid, args, meta)]
+            grid = (cdiv(m, config["BLOCK_M"]) * cdiv(n, config["BLOCK_N"]),)
+            return [(_fused_lora_kernel, grid, sizes, dict(meta, **config))]
+        return [(_fused_lora_autotuned, lambda cfg: (cdiv(m, cfg["BLOCK_M"]) * cdiv(n, cfg["BLOCK_N"]),), sizes, meta)]
     config.pop("BLOCK_M", None)
     if "SPLIT_K" in config:
-        k_split = triton.cdiv(triton.cdiv(k, config.pop("SPLIT_K")), config["BLOCK_K"]) * config["BLOCK_K"]
-        splits = triton.cdiv(k, k_split)
+        k_split = cdiv(cdiv(k, config.pop("SPLIT_K")), config["BLOCK_K"]) * config["BLOCK_K"]
+        splits = cdiv(k, k_split)
     else:
         splits, k_split = split_k(n, k, sms)
-    partial = splits > 1
-    part = torch.empty((splits, m, n + meta["R_PAD"]), dtype=torch.float32, device=x.device) if partial else out
-    args = (x, weight, bias, lora_a, lora_b, rows, out, part, m, n, k, k_split, *groups, float(scale), *flags,
-            int(partial), *strides)
-
-    def decode_grid(cfg):
-        return (triton.cdiv(n, cfg["BLOCK_N"]), splits)
-
+    sizes = (*head, k_split, *ranks, *flags, int(splits > 1))
     if config:
-        plan = [(_decode_kernel, decode_grid(config), args, dict(meta, **config))]
+        plan = [(_decode_kernel, (cdiv(n, config["BLOCK_N"]), splits), sizes, dict(meta, **config))]
     else:
-        plan = [(_decode_autotuned, decode_grid, args, meta)]
-    if partial:
-        reduce_args = (part, lora_a, bias, rows, out, m, n, splits, *groups, float(scale), *flags,
-                       *lora_a.stride(), *rows_stride, *out.stride())
-        plan.append((_reduce_kernel, (triton.cdiv(n, REDUCE_BLOCK_N),), reduce_args,
-                     dict(meta, BLOCK_N=REDUCE_BLOCK_N, num_warps=4, num_stages=1)))
+        plan = [(_decode_autotuned, lambda cfg: (cdiv(n, cfg["BLOCK_N"]), splits), sizes, meta)]
+    if splits > 1:
+        plan.append((_reduce_kernel, (cdiv(n, REDUCE_BLOCK_N),), (m, n, splits, *ranks, *flags),
+                     dict(meta, BLOCK_N=REDUCE_BLOCK_N, num_warps=4, num_stages=1), (splits, m, n + meta["R_PAD"])))
     return plan
-
