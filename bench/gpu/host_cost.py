@@ -4,13 +4,13 @@
 
 A decode call of the injection layer (fused_lora_linear_cat on Llama-3-8B's FFN shapes, M = 1, three rank-2
 documents, bf16, the injection layer's layout, with and without per-row weights) goes through everything it does
-on a GPU: the argument checks, the dispatch table lookup, the vendor GEMM's torch call (the delta path) and the
-Triton launch arguments, on meta-device tensors (no memory, no arithmetic), with the launches stubbed:
-prag_kernels.fused_lora_triton's _launch (Triton) and _vendor_gemm (torch.mm, cuBLAS on a GPU; on the meta device
-it would run Python meta functions, slower than CUDA's dispatch) replaced by no-ops. What is left out is the
-launchers' own host work (Triton binding the arguments, torch's dispatch, the driver calls), which needs a GPU: bench/gpu/kernel_report.py times it there, and graph replay (the serving engine on CUDA) skips
-all of it. Prints one line per call kind (median of 5 runs of --calls calls, µs per call) and the target
-(≤ 10 µs, issue 34).
+on a GPU: the argument checks, the dispatch table lookup and the launch arguments, on meta-device tensors (no
+memory, no arithmetic), with the launches stubbed: prag_kernels.fused_lora_triton's _launch (Triton) and
+_vendor_gemm (F.linear, cuBLAS on a GPU; the stub still allocates its output) replaced by no-ops. What is left
+out is the launchers' own host work (Triton binding its arguments, torch's dispatch, the driver calls), which
+needs a GPU: bench/gpu/kernel_report.py times it there, and graph replay (the serving engine on CUDA) skips all
+of it. Prints one line per call kind (median of 5 runs of --calls calls, µs per call) and the target (≤ 10 µs,
+issue 34).
 """
 
 import argparse
@@ -53,7 +53,10 @@ def per_call_us(fn, calls):
 def measure(calls):
     launched = []
     ft._launch = lambda kernel, grid, args, meta: launched.append(kernel)  # the stubs: no launcher, no GPU
-    ft._vendor_gemm = lambda x, weight, bias, out: launched.append(torch.mm)
+    # the GEMM's stub still allocates its output, as F.linear does
+    ft._vendor_gemm = lambda x, weight, bias, out: (
+        launched.append(torch.mm) or torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
+    )
     rows = []
     for name, (k, n) in SHAPES.items():
         for per_row in (False, True):

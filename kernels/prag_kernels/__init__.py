@@ -3,8 +3,11 @@
     fused_lora_linear(x, weight, bias, lora_a, lora_b, scale, row_docs=None)
         = x Wᵀ + bias + scale · Σ_j (x B_j) A_jᵀ        (docs/design.md, The fused op; see its docstring)
 
-On CUDA Triton (fused_lora_triton.py): one launch for prefill (M > 16) and for decode (M ≤ 16,
-swap-AB) when its output columns fill the GPU, else a split-K launch plus a tiny reduction launch.
+On CUDA Triton (fused_lora_triton.py), by one of two paths chosen per shape from the GPU report's table
+(dispatch.py, dispatch_table.json; without an entry: "delta"):
+    "fused"  base GEMM and LoRA shrink in one K-loop: one launch for prefill (M > 16) and for decode (M ≤ 16,
+             swap-AB) when its output columns fill the GPU, else a split-K launch plus a tiny reduction launch;
+    "delta"  the vendor GEMM (cuBLAS) writes x Wᵀ + bias, then one Triton launch adds the documents' term.
 Three GEMMs in plain torch elsewhere (torch_path.py). The op is the torch.library custom op
 prag::fused_lora_linear (fake impl for torch.compile, autograd from autograd.py); reference.py is the
 specification. compile_gate.py compiles every Triton launch for sm_80/sm_90 on a CPU and checks that
@@ -28,8 +31,9 @@ Merge baseline: merge_lora_(weight, lora_a, lora_b, scale) -> backup, then
 restore_(weight, backup) puts the original weight back bit-exactly.
 
 For tests and benchmarks, the raw Triton launcher fused_lora_linear_triton(x (M, in), ...,
-out=None, config=None) (None without Triton): arguments already valid, out= a tensor to
-write y into, config= fixed block sizes instead of autotuning.
+out=None, config=None, path=None) (None without Triton): arguments already valid, out= a tensor to
+write y into, config= fixed block sizes instead of the table's or the autotuner's, path= "fused" or "delta"
+instead of the table's.
 """
 
 from .fused_lora import fused_lora_linear, fused_lora_linear_cat

@@ -34,6 +34,7 @@ import functools
 import time
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -408,17 +409,17 @@ def lora_linear_triton(x, weight, bias, lora_a, lora_b, scale, row_docs=None, ro
     n_docs, _, rank = lora_b.shape
     if n_docs * rank > MAX_RANK:
         raise ValueError(f"lora_b: total rank D·r = {n_docs * rank} exceeds the Triton kernel's {MAX_RANK}")
-    if out is None:
+    if path is None:
+        path, chosen = choose(x, weight.shape[0], n_docs * rank, row_docs is not None or row_mask is not None)
+        config = config or chosen
+    if path == "delta":  # the vendor GEMM writes x Wᵀ + bias, the Triton launch adds the documents' term
+        out = _vendor_gemm(x, weight, bias, out)
+    elif out is None:
         out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
     if row_docs is not None:
         row_mask = column_mask(row_docs, n_docs, rank, torch.float32)
-    if path is None:
-        path, chosen = choose(x, weight.shape[0], n_docs * rank, row_mask is not None)
-        config = config or chosen
-    if path == "delta":  # the vendor GEMM writes x Wᵀ + bias, the Triton launch adds the documents' term
-        _vendor_gemm(x, weight, bias, out)
     for kernel, grid, args, meta in launches(x, weight, bias, lora_a, lora_b, scale, row_mask, out, config,
                                              path=path):
         _launch(kernel, grid, args, meta)
@@ -430,12 +431,14 @@ def _launch(kernel, grid, args, meta):
     kernel[grid](*args, **meta)
 
 
-def _vendor_gemm(x, weight, bias, out):
-    """out = x Wᵀ + bias through torch (cuBLAS on CUDA): the delta path's base GEMM."""
+def _vendor_gemm(x, weight, bias, out=None):
+    """x Wᵀ + bias through torch (cuBLAS on CUDA), the delta path's base GEMM: F.linear's new tensor, or written
+    into out (the raw launcher's out=). Returns it."""
+    if out is None:
+        return F.linear(x, weight, bias)
     if bias is None:
-        torch.mm(x, weight.T, out=out)
-    else:
-        torch.addmm(bias, x, weight.T, out=out)
+        return torch.mm(x, weight.T, out=out)
+    return torch.addmm(bias, x, weight.T, out=out)
 
 
 def delta_config(m, element_size):
