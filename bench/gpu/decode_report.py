@@ -1,24 +1,29 @@
 """Decode tokens/s of an injected model and documents/s of batched training: the GPU report's model-level rows
-(bench/gpu/kernel_report.py has the kernel-level ones; `make bench-gpu` runs both).
+(bench/gpu/kernel_report.py has the kernel-level ones and, run with --render after this, states the decode targets
+from this JSON; `make bench-gpu` runs both).
 
-    PYTHONPATH=kernels:. python bench/gpu/decode_report.py --out OUT/decode.json      H100/H200: ~2-3 min
-    PYTHONPATH=kernels:. python bench/gpu/decode_report.py --cpu                      dry run, tiny model, < 60 s
+    PYTHONPATH=kernels:. python bench/gpu/decode_report.py --out OUT/decode.json      H100/H200: ~2 min
+    PYTHONPATH=kernels:. python bench/gpu/decode_report.py --cpu                      dry run, tiny model, < 30 s
 
-Models: random weights with the real configs of SmolLM2-135M and Llama-3.2-1B (bf16; --cpu: a 2-layer Llama,
-fp32). Decode: greedy generate of NEW tokens after a PROMPT-token prompt (every row runs to the end), batch 1, 4
-and 16, 3 documents per row (rank 2, α 16), tokens/s = batch · NEW / wall:
+Model: random weights with the real config of Llama-3.2-1B (bf16; --cpu: a 2-layer Llama, fp32); no model files
+travel to a lent GPU. Decode: greedy generate of NEW tokens after a PROMPT-token prompt (every row runs to the end),
+batch 1, 4 and 16, 3 documents per row (rank 2, α 16) drawn from a library of 8, tokens/s = batch · NEW / wall:
     base            the injected model with no document
-    fused           the document pool (model/pool.py), each row its own 3 documents, static KV cache
-    peft            PEFT's mixed-adapter batch: one LoRA adapter per row holding its 3 documents (rank 6, the
-                    same sum), `adapter_names` per row: the peer a user would pick today
+    fused           the document pool (model/pool.py) with 8 slots, each row its 3 documents: the op as the dispatch
+                    table picks it (the kernel report's per-row keys are these calls': 3 of 8 loaded, R_PAD 16)
+    peft            PEFT's mixed-adapter batch: one LoRA adapter per row holding its 3 documents (rank 6, the same
+                    sum), `adapter_names` per row: the peer a user would pick today; its logits are checked against
+                    the fused ones
     merge           W += ΔW of one row's documents, generate, restore: one document set for the whole batch
-each eager and, for base and fused, with CUDA graphs (Hugging Face's generate compiles the decode step with
-torch.compile mode "reduce-overhead" over the static cache when it is not disabled; the first call, which
-compiles, is not timed). Training: train_documents on B documents together (B = 1, 8, 32), one epoch of 4
+Order (--budget S cuts from the end: no row starts after S seconds, a CUDA-graph row not within GRAPH_RESERVE of it):
+every variant eager per batch, then training, then base and fused with CUDA graphs per batch (Hugging Face's
+generate compiles the decode step with torch.compile mode "reduce-overhead" over the static cache; each graph row
+compiles afresh, since a captured graph replays the kernels of the documents active at capture; the first generate,
+which compiles, is not timed). Training: train_documents on B documents together (B = 1, 8, 32), one epoch of 4
 sequences of 64 tokens each, documents/s.
 
 Writes a markdown table to stdout and --md (default: --out with .md), raw rows to --out (JSON, rewritten after
-every row, so a run cut short keeps what it measured). --budget S: no new row starts after S seconds.
+every row, so a run cut short keeps what it measured).
 """
 
 import argparse
@@ -33,7 +38,7 @@ PARSER = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 PARSER.add_argument("--cpu", action="store_true", help="dry run: a tiny model, eager only, no CUDA rows")
 PARSER.add_argument("--out", type=Path, help="raw JSON here (default: none)")
 PARSER.add_argument("--md", type=Path, help="markdown here too (default: --out with suffix .md)")
-PARSER.add_argument("--budget", type=float, default=None, help="seconds (default 200 on a GPU, 60 with --cpu)")
+PARSER.add_argument("--budget", type=float, default=None, help="seconds (default 120 on a GPU, 60 with --cpu)")
 OPTIONS = PARSER.parse_args()
 if OPTIONS.cpu:
     os.environ["TRITON_INTERPRET"] = "1"
@@ -49,35 +54,28 @@ from prag_core.pairs.doc_params import DocParams  # noqa: E402
 CPU = OPTIONS.cpu
 DEVICE = "cpu" if CPU else "cuda"
 DTYPE = torch.float32 if CPU else torch.bfloat16
-BUDGET = OPTIONS.budget or (60.0 if CPU else 200.0)
+BUDGET = OPTIONS.budget or (60.0 if CPU else 120.0)
+GRAPH_RESERVE = 40.0  # seconds a CUDA-graph row may take (its compile): none starts with less left
 START = time.perf_counter()
-RANK, ALPHA, DOCS = 2, 16.0, 3
+RANK, ALPHA, DOCS, LIBRARY = 2, 16.0, 3, 8  # 3 documents per row of 8 loaded, as the kernel report's per-row keys
 PROMPT, NEW = (8, 4) if CPU else (64, 32)
 BATCHES = (1, 4) if CPU else (1, 4, 16)
 TRAIN_BATCHES = (1, 2) if CPU else (1, 8, 32)
-CONFIGS = {  # the real configs' sizes (random weights: speed does not depend on them)
-    "SmolLM2-135M": dict(
-        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-        num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0,
-    ),
-    "Llama-3.2-1B": dict(
-        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-        num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0,
-    ),
-}  # fmt: skip
+MODEL, CONFIG = "Llama-3.2-1B", dict(  # the real config's sizes (random weights: speed does not depend on them)
+    hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+    vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0,
+)  # fmt: skip
 if CPU:
-    CONFIGS = {
-        "tiny Llama": dict(
-            hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            vocab_size=64,
-        )
-    }  # fmt: skip
+    MODEL, CONFIG = "tiny Llama", dict(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=64,
+    )  # fmt: skip
 REPORT = {"meta": {}, "decode": [], "train": [], "errors": []}
 PAD = argparse.Namespace(pad_token_id=0)  # all train_documents reads of a tokenizer for next-token training
 
 
-def over_budget():
-    return time.perf_counter() - START > BUDGET
+def left():
+    return BUDGET - (time.perf_counter() - START)
 
 
 def dump():
@@ -87,9 +85,9 @@ def dump():
         OPTIONS.out.write_text(json.dumps(REPORT, indent=1))
 
 
-def model_of(name):
+def make_model():
     torch.manual_seed(0)
-    config = LlamaConfig(**CONFIGS[name], max_position_embeddings=4096)
+    config = LlamaConfig(**CONFIG, max_position_embeddings=4096)
     with torch.device(DEVICE):
         model = LlamaForCausalLM(config).to(DTYPE).eval()
     model.generation_config = GenerationConfig(pad_token_id=0, eos_token_id=None, bos_token_id=None)
@@ -110,11 +108,18 @@ def documents(model, n, seed):
     return docs
 
 
-def rows_documents(model, batch):
-    """DOCS documents per row, drawn in turn from a library of as many as the pool holds (64 // RANK): at
-    batch 16 rows share some, as popular documents are."""
-    library = documents(model, min(DOCS * batch, 64 // RANK), seed=batch)
+def rows_documents(library, batch):
+    """DOCS documents per row, drawn in turn from the library: at batch 4 and 16 rows share some, as popular
+    documents are."""
     return [[library[(DOCS * i + j) % len(library)] for j in range(DOCS)] for i in range(batch)]
+
+
+def pool_of(model, per_row):
+    """A pool of LIBRARY slots holding every row's documents, row i assigned its own."""
+    pool = DocumentPool(model, RANK, ALPHA, slots=LIBRARY, max_rows=len(per_row))
+    for i, docs in enumerate(per_row):
+        pool.assign(i, [pool.load(id(d), d) for d in docs])
+    return pool
 
 
 def sync():
@@ -133,6 +138,13 @@ def timed_generate(model, ids, graphs, **kwargs):
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **config, **kwargs)
         sync()
     return time.perf_counter() - start
+
+
+def fresh_compile(model):
+    """Forget the compiled decode step and its captured CUDA graphs: the next generate with graphs compiles and
+    captures again, under the documents active then (a graph replays the kernels it captured, whatever is active)."""
+    torch._dynamo.reset()  # also resets the CUDA-graph trees
+    model.__dict__.pop("_compiled_call", None)
 
 
 def peft_model(model, per_row):
@@ -161,43 +173,58 @@ def peft_model(model, per_row):
     return model, names
 
 
-def decode_rows(name):
-    model = model_of(name)
+def eager_rows(model, library):
+    """base, fused, merge and PEFT, eager, at every batch; returns the injected model (PEFT's rows unload it)."""
     for batch in BATCHES:
         ids = torch.randint(1, model.config.vocab_size, (batch, PROMPT), device=DEVICE)
-        per_row = rows_documents(model, batch)
-        pool = DocumentPool(model, RANK, ALPHA, max_rows=batch)
-        for i, docs in enumerate(per_row):
-            pool.assign(i, [pool.load(id(d), d) for d in docs])
+        per_row = rows_documents(library, batch)
+        pool = pool_of(model, per_row)
 
-        def base(graphs, ids=ids):
-            return timed_generate(model, ids, graphs)
-
-        def fused(graphs, pool=pool, ids=ids):
+        def fused(pool=pool, ids=ids):
             with pool.activate():
-                return timed_generate(model, ids, graphs)
+                return timed_generate(model, ids, False)
 
-        def merge(graphs, docs=per_row[0], ids=ids):
+        def merge(docs=per_row[0], ids=ids):
             with merged_documents(model, docs):
-                return timed_generate(model, ids, graphs)
+                return timed_generate(model, ids, False)
 
-        variants = [("base", False, base), ("fused", False, fused), ("merge", False, merge)]
-        if not CPU:
-            variants += [("base", True, base), ("fused", True, fused)]
-        for variant, graphs, run in variants:
-            row(name, batch, variant, graphs, lambda run=run, graphs=graphs: run(graphs))
+        row(batch, "base", False, lambda ids=ids: timed_generate(model, ids, False))
+        row(batch, "fused", False, fused)
+        row(batch, "merge", False, merge)
         with torch.inference_mode(), pool.activate():
             expected = model(input_ids=ids).logits.float()
-        model = peft_row(name, batch, model, ids, per_row, expected)
+        model = peft_row(batch, model, ids, per_row, expected)
+    return model
 
 
-def peft_row(name, batch, model, ids, per_row, expected):
+def graph_rows(model, library):
+    """base and fused with CUDA graphs at every batch, each compiled afresh."""
+    for batch in BATCHES:
+        ids = torch.randint(1, model.config.vocab_size, (batch, PROMPT), device=DEVICE)
+        pool = pool_of(model, rows_documents(library, batch))
+
+        def base(ids=ids):
+            fresh_compile(model)
+            return timed_generate(model, ids, True)
+
+        def fused(pool=pool, ids=ids):
+            fresh_compile(model)
+            with pool.activate():
+                return timed_generate(model, ids, True)
+
+        row(batch, "base", True, base, reserve=GRAPH_RESERVE)
+        row(batch, "fused", True, fused, reserve=GRAPH_RESERVE)
+
+
+def peft_row(batch, model, ids, per_row, expected):
     """PEFT's mixed-adapter batch on the same rows; its logits are checked against the fused ones. Returns the
     injected model again."""
     try:
         import peft  # noqa: F401
     except ImportError:
-        REPORT["decode"].append(dict(model=name, batch=batch, variant="peft", status="skipped (no peft here)"))
+        REPORT["decode"].append(
+            dict(model=MODEL, batch=batch, variant="peft", graphs=False, status="skipped (no peft here)")
+        )
         return model
     mixed, names = peft_model(model, per_row)
     mixed.eval()
@@ -210,13 +237,13 @@ def peft_row(name, batch, model, ids, per_row, expected):
             raise AssertionError(f"PEFT's logits differ from the fused ones: relative error {err:.2e}")
         return timed_generate(mixed, ids, False, adapter_names=names)
 
-    row(name, batch, "peft", False, run)
+    row(batch, "peft", False, run)
     return inject(mixed.unload())
 
 
-def row(name, batch, variant, graphs, run):
-    entry = dict(model=name, batch=batch, variant=variant, graphs=graphs)
-    if over_budget():
+def row(batch, variant, graphs, run, reserve=0.0):
+    entry = dict(model=MODEL, batch=batch, variant=variant, graphs=graphs)
+    if left() < reserve or left() < 0:
         entry["status"] = "skipped (time budget)"
     else:
         try:
@@ -230,11 +257,10 @@ def row(name, batch, variant, graphs, run):
     dump()
 
 
-def train_rows(name):
-    model = model_of(name)
+def train_rows(model):
     for batch in TRAIN_BATCHES:
-        entry = dict(model=name, documents=batch)
-        if over_budget():
+        entry = dict(model=MODEL, documents=batch)
+        if left() < 0:
             REPORT["train"].append({**entry, "status": "skipped (time budget)"})
             continue
         samples = [[torch.randint(1, 60, (64 if not CPU else 8,)).tolist() for _ in range(4)] for _ in range(batch)]
@@ -260,30 +286,35 @@ def markdown():
     lines = [
         f"# Decode and training on {meta['device']}",
         "",
-        f"torch {meta['torch']}, transformers {meta['transformers']}, {meta['dtype']}; {PROMPT}-token prompts, "
-        f"{NEW} new tokens, {DOCS} documents per row (rank {RANK}); {meta['elapsed_s']} s.",
+        f"torch {meta['torch']}, transformers {meta['transformers']}, {meta['dtype']}; {MODEL} (random weights); "
+        f"{PROMPT}-token prompts, {NEW} new tokens, {DOCS} documents per row of {LIBRARY} loaded (rank {RANK}); "
+        f"{meta['elapsed_s']} s.",
         "",
-        "| model | batch | variant | eager tokens/s | CUDA graphs tokens/s | vs base (eager) |",
+        "| batch | variant | eager tokens/s | CUDA graphs tokens/s | fused / this (eager) | fused / this (graphs) |",
         "|---|---|---|---|---|---|",
     ]
-    rows = {(r["model"], r.get("batch"), r["variant"], r.get("graphs")): r for r in REPORT["decode"]}
-    for (model, batch, variant, graphs), r in rows.items():
-        if graphs:
-            continue
-        cell = lambda x: f"{x['tokens_per_s']:.0f}" if x and x.get("status") == "ok" else (x or {}).get("status", "–")  # noqa: E731
-        base = rows.get((model, batch, "base", False))
-        ratio = (
-            f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}×"
-            if r.get("status") == "ok" and base and base.get("status") == "ok"
-            else "–"
-        )
+    rows = {(r["batch"], r["variant"], r.get("graphs")): r for r in REPORT["decode"]}
+
+    def tps(batch, variant, graphs):
+        r = rows.get((batch, variant, graphs))
+        return r.get("tokens_per_s") if r else None
+
+    def cell(batch, variant, graphs):
+        r = rows.get((batch, variant, graphs))
+        return f"{r['tokens_per_s']:.0f}" if r and r.get("tokens_per_s") else (r or {}).get("status", "–")
+
+    def fused_over(batch, variant, graphs):
+        fused, this = tps(batch, "fused", graphs), tps(batch, variant, graphs)
+        return f"{fused / this:.2f}×" if fused and this else "–"
+
+    for batch, variant in dict.fromkeys((b, v) for b, v, _ in rows):
         lines.append(
-            f"| {model} | {batch or '–'} | {variant} | {cell(r)} | {cell(rows.get((model, batch, variant, True)))} "
-            f"| {ratio} |"
+            f"| {batch} | {variant} | {cell(batch, variant, False)} | {cell(batch, variant, True)} "
+            f"| {fused_over(batch, variant, False)} | {fused_over(batch, variant, True)} |"
         )
-    lines += ["", "| model | documents trained together | documents/s |", "|---|---|---|"]
+    lines += ["", "| documents trained together | documents/s |", "|---|---|"]
     for r in REPORT["train"]:
-        lines.append(f"| {r['model']} | {r['documents']} | {r.get('docs_per_s', r['status'])} |")
+        lines.append(f"| {r['documents']} | {r.get('docs_per_s', r['status'])} |")
     if REPORT["errors"]:
         lines += ["", f"{len(REPORT['errors'])} errors (traces in the JSON)."]
     return "\n".join(lines) + "\n"
@@ -295,14 +326,19 @@ def main():
     import transformers
 
     REPORT["meta"] = dict(
+        cpu_mode=CPU,
         device=torch.cuda.get_device_name() if not CPU else "CPU (dry run)",
+        model=MODEL,
         torch=torch.__version__,
         transformers=transformers.__version__,
         dtype=str(DTYPE).removeprefix("torch."),
     )
-    for name in CONFIGS:
-        decode_rows(name)
-    train_rows(next(iter(CONFIGS)))
+    model = make_model()
+    library = documents(model, LIBRARY, seed=1)
+    model = eager_rows(model, library)
+    train_rows(model)
+    if not CPU:
+        graph_rows(model, library)
     text = markdown()
     print(text)
     md = OPTIONS.md or (OPTIONS.out.with_suffix(".md") if OPTIONS.out else None)

@@ -1,72 +1,70 @@
-"""One GPU run that says why the fused LoRA linear is slow: correctness, timings with and without host overhead,
-configs.
+"""One prepared GPU run that decides: both Triton paths checked and timed against the baselines, the dispatch table
+written from the measurements, the targets of issue 34 stated.
 
-    PYTHONPATH=kernels python bench/gpu/kernel_report.py --out OUT/kernel.json     H100/H200: ~4-6 min
-    python bench/gpu/kernel_report.py --cpu [--out f.json]                          dry run, Triton interpreter, < 60 s
+    make bench-gpu                                                       H100/H200: ≤ 8 min with decode_report.py
+    PYTHONPATH=kernels python bench/gpu/kernel_report.py --out bench/results/gpu-report.json [--table PATH]
+    python bench/gpu/kernel_report.py --cpu --out DIR/gpu-report.json    dry run: Triton interpreter, tiny shapes
+    python bench/gpu/kernel_report.py --render --out RESULTS/gpu-report.json --decode RESULTS/gpu-decode.json
 
-Writes a markdown report to stdout and to --md (default: --out with .md), raw numbers to --out (JSON, rewritten
-after every step, so a run cut short still leaves what it measured). --budget S (default 300): no new step
-starts after S seconds; what is left is reported as "skipped (time budget)". Every measurement is wrapped:
-a config that does not compile (e.g. out of shared memory) is a row with its error, not a crash.
+Writes the raw numbers to --out (JSON, rewritten after every key, so a run cut short keeps what it measured), the
+markdown to --md (default: --out with .md) and stdout, and the dispatch table to --table (default: the package's
+kernels/prag_kernels/dispatch_table.json on a GPU; with --cpu, dispatch_table.json beside --out: never the shipped
+one). --render writes the markdown again from --out's JSON and decode_report.py's (--decode) and measures nothing:
+`make bench-gpu` runs it last, so that the decode targets get their numbers. --budget S: no step or key starts after
+S seconds (default 320; --cpu 90); what is left is reported as skipped.
 
-Run order (the budget cuts from the end): correctness bf16, timings Llama-3-8B, host breakdown, prefill configs,
-decode configs Llama-3-8B, correctness fp16, plain GEMM, timings of the other shapes, decode configs 1B down.
+In run order (the budget cuts from the end), after the peak DRAM bandwidth (a 1 GiB device copy):
+  1. correctness, bf16 then fp16 (--cpu: fp32 and fp16, the interpreter's bf16 dot being broken): 14 cases (decode
+     one launch, split-K, 5 forced ragged chunks, prefill middle/large bucket and M 4096, per-row sets, sets per
+     batch element, empty rows, strided x, bias) through four entries against the float64 reference: the raw
+     launcher on each path ("fused", "delta") into a NaN-poisoned out= with the injection layer's operands, the
+     public fused_lora_linear ((D, in, r) pairs, row_docs) and fused_lora_linear_cat, both backend="triton" (the
+     table's path).
+  2. timings per key (dtype, FFN shape, M, rows): bf16 for Llama-3-8B, Llama-3.2-1B and SmolLM2-135M (up: hidden →
+     intermediate, and down), then fp16 in the same order; M in 1, 4, 16, 64, 512, 4096; rows "all" (3 documents)
+     and "per-row" (3 of 8 loaded documents per row, row_mask). Each thing timed first has its output checked
+     against the float64 reference: F.linear; path "fused" for every config the autotuner's pruner allows (and
+     which one the autotuner picks); path "delta" for every DELTA_CONFIGS entry the compile gate compiled for the
+     call (and which one is the rule's); unfused torch F.linear(x, W) + α ((x B) ⊙ w) Aᵀ; merge + linear +
+     restore (rows "all"); PEFT's mixed-adapter forward (per-row, eager, one operand set, where peft is
+     installed). Then the key's table entry is written (the fastest correct candidate; never a path that failed a
+     correctness check in its dtype) and the public op (fused_lora_linear_cat, backend="triton": what the table
+     picks) is timed, graph and eager.
+  3. host µs of one decode call, piece by piece (after the bf16 Llama-3-8B keys).
 
-Sections (bf16, rank 2, α 16, 3 documents unless said):
-  (i)   correctness of every launch path against the float64 reference_fused_lora_linear, fp16 and bf16
-        (--cpu: fp32 and fp16, the interpreter's bf16 dot being broken): decode one launch, decode split-K (auto
-        and forced with a ragged last chunk), prefill (middle and large M bucket, M 4096), per-row row_docs,
-        row_docs per batch element (x (B, T, in)), empty rows (all slots -1), strided x; paths: the raw Triton
-        launcher into a NaN-poisoned out=, the public fused_lora_linear, fused_lora_linear_cat on the injection
-        layer's layout, and the raw launcher on the k-contiguous B layout (the candidate fix).
-  (ii)  per FFN shape (SmolLM2-135M 576↔1536, Llama-3.2-1B 2048↔8192, Llama-3-8B 4096↔14336) and M in
-        {1, 4, 16, 64, 512, 4096} (+ M 32 with 3 of 8 documents per row): F.linear, the public op (CUDA events
-        around back-to-back calls: host overhead counts where it exceeds GPU time), its host-only cost
-        (perf_counter over un-synchronised calls), and the raw launches timed INSIDE a captured CUDA graph (20
-        calls per graph, replayed: GPU time only) for three layouts of B:
-            (D,in,r)   lora_b as the public op takes it (stride along in = r: 2-byte gathers)
-            inject     b_cat = torch.cat([B_d], dim=1), row-major (stride along in = D·r): what prag_core's
-                       injection built before it switched to kT
-            kT         b_cat = cat_rank(b), B_catᵀ contiguous (stride along in = 1: vectorised, pipelined)
-        plus "restack" ((D,in,r) restacked to kT on every call, i.e. the fix inside the public op), unfused
-        torch, merge+linear+restore; bytes moved, GB/s and share of peak DRAM bandwidth, TFLOPS.
-  (ii-b) a decode call's host µs piece by piece (Llama-3-8B, M 1): checks, launches(), Autotuner + JIT launch,
-        the same launch with a fixed config, an empty Triton kernel, F.linear.
-  (iii) experiments: prefill configs at M 4096 and decode configs × SPLIT_K at M 1 and 16, passed as config= to
-        fused_lora_linear_triton (graph time, rel err, registers/spills/shared memory), and a plain Triton GEMM
-        (same tiles, masks and loop, no LoRA) as the ceiling a config can reach.
+graph = GPU µs per call: back-to-back calls captured in one CUDA graph, the graph replayed (median of 5 batches);
+eager = CUDA events around back-to-back calls (host overhead counts where it exceeds the GPU time). The calls rotate
+over copies of the operands that together exceed the L2 three times, so that W streams from DRAM as in a model's
+layers. Bytes moved: W, x, y, the stacked pairs and the row weights, each once.
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[2]
 PARSER = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 PARSER.add_argument("--cpu", action="store_true", help="dry run: tiny shapes, Triton interpreter, no timings")
 PARSER.add_argument("--out", type=Path, help="raw JSON here (default: none)")
 PARSER.add_argument("--md", type=Path, help="markdown here too (default: --out with suffix .md)")
-PARSER.add_argument(
-    "--budget",
-    type=float,
-    default=None,
-    help="seconds after which no new step starts (default 300 on a GPU, 50 with --cpu)",
-)
-PARSER.add_argument(
-    "--autotune-rep",
-    type=float,
-    default=40.0,
-    help="ms of timed runs per config when the autotuner benchmarks (Triton's default is 100; "
-    "0 keeps Triton's own benchmarker)",
-)
+PARSER.add_argument("--table", type=Path, help="dispatch table to write (default: the package's; --cpu: beside --out)")
+PARSER.add_argument("--budget", type=float, help="seconds after which no step or key starts (default 320, --cpu 90)")
+PARSER.add_argument("--autotune-rep", type=float, default=10.0, help="ms the autotuner times each config (0: Triton's)")
+PARSER.add_argument("--render", action="store_true", help="only write the markdown again from --out's JSON")
+PARSER.add_argument("--decode", type=Path, help="decode_report.py's JSON, for the decode targets (with --render)")
 OPTIONS = PARSER.parse_args()
 CPU = OPTIONS.cpu
 if CPU:
@@ -80,6 +78,7 @@ import triton.language as tl  # noqa: E402
 
 from prag_kernels import (  # noqa: E402
     column_mask,
+    dispatch,
     fused_lora_linear,
     fused_lora_linear_cat,
     fused_lora_linear_triton,
@@ -91,92 +90,35 @@ from prag_kernels import fused_lora_triton as ft  # noqa: E402
 from prag_kernels.torch_path import cat_rank  # noqa: E402
 
 START = time.perf_counter()
-BUDGET = OPTIONS.budget if OPTIONS.budget is not None else (50.0 if CPU else 300.0)
+BUDGET = OPTIONS.budget if OPTIONS.budget is not None else (90.0 if CPU else 320.0)
 ALPHA, RANK, DOCS, LOADED = 16.0, 2, 3, 8
 DEVICE = "cpu" if CPU else "cuda"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-BF16 = torch.bfloat16
+NAMES = dispatch.DTYPES  # dtype -> "bf16", "fp16", "fp32"
+MAX_SETS = 32  # operand copies the timed calls rotate over, at most
+TARGET_CARDS = ("H100", "H200")
 
 if CPU:
-    TIME_DTYPE = torch.float16  # the interpreter's bf16 dot is broken
-    CHECK_DTYPES = (torch.float32, torch.float16)
-    # S: decode without split (few K), SD: prefill shape, L: long K so that the split-K decode runs (sms = 8)
-    S, SD, L1, L1D, L8, L8D = (64, 96), (96, 64), (64, 96), (2304, 64), (64, 96), (2304, 64)
-    SHAPES = {"tiny up 64→96": (64, 96), "tiny long-K 2304→64": (2304, 64)}
+    CHECK_DTYPES, TIME_DTYPES = (torch.float32, torch.float16), (torch.float16,)
+    # (label, model, in, out); the long-K one runs the split-K decode (8 "SMs" on the CPU)
+    SHAPES = [("tiny up", "tiny", 64, 96), ("tiny long-K", "tiny", 2304, 160)]
+    SMALL_UP, SMALL_DOWN = (64, 96), (96, 64)
     MS = (1, 37)
-    HETERO_M = 8
 else:
-    TIME_DTYPE = BF16
-    CHECK_DTYPES = (BF16, torch.float16)
-    S, SD, L1, L1D, L8, L8D = (576, 1536), (1536, 576), (2048, 8192), (8192, 2048), (4096, 14336), (14336, 4096)
-    SHAPES = {
-        "Llama-3-8B up 4096→14336": L8,
-        "Llama-3-8B down 14336→4096": L8D,
-        "Llama-3.2-1B up 2048→8192": L1,
-        "Llama-3.2-1B down 8192→2048": L1D,
-        "SmolLM2-135M up 576→1536": S,
-        "SmolLM2-135M down 1536→576": SD,
-    }
+    CHECK_DTYPES = TIME_DTYPES = (torch.bfloat16, torch.float16)
+    MODELS = (("Llama-3-8B", 4096, 14336), ("Llama-3.2-1B", 2048, 8192), ("SmolLM2-135M", 576, 1536))
+    SHAPES = [
+        (f"{model} {direction}", model, k, n)
+        for model, hidden, inter in MODELS
+        for direction, k, n in (("up", hidden, inter), ("down", inter, hidden))
+    ]
+    SMALL_UP, SMALL_DOWN = SHAPES[-2][2:], SHAPES[-1][2:]
     MS = (1, 4, 16, 64, 512, 4096)
-    HETERO_M = 32
-LLAMA8 = [name for name in SHAPES if name.startswith("Llama-3-8B")] or list(SHAPES)[:1]
+TARGET_MODEL = SHAPES[0][1]  # the issue's targets are Llama-3-8B's FFN shapes
+UP, DOWN = SHAPES[0][2:], SHAPES[1][2:]  # correctness: a wide and a long-K shape (split-K at decode)
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); the first three are the shipped large-bucket pool
-PREFILL_EXPERIMENTS = [
-    (128, 128, 64, 8, 3),
-    (128, 64, 64, 4, 4),
-    (64, 128, 64, 4, 4),
-    (128, 256, 64, 8, 3),
-    (128, 256, 64, 8, 4),
-    (256, 128, 64, 8, 3),
-    (128, 128, 64, 4, 4),
-    (128, 128, 64, 8, 4),
-    (128, 128, 128, 8, 3),
-    (64, 256, 32, 4, 4),
-    (64, 256, 64, 4, 3),
-    (128, 256, 32, 8, 4),
-]
-PREFILL_ALL_LAYOUTS = 4  # the first 4 also on the (D,in,r) and inject layouts, the rest on kT only
-# (BLOCK_N, BLOCK_K, warps, stages); the first four are the shipped 16-bit pool
-DECODE_EXPERIMENTS = [
-    (64, 128, 4, 4),
-    (128, 64, 4, 4),
-    (128, 128, 4, 3),
-    (64, 64, 4, 3),
-    (64, 256, 4, 3),
-    (128, 128, 4, 4),
-    (64, 128, 4, 6),
-    (128, 256, 4, 3),
-    (256, 64, 8, 3),
-    (32, 128, 4, 4),
-]
-DECODE_ALL_LAYOUTS = 4
-PLAIN_GEMM = [
-    (128, 128, 64, 8, 3),
-    (128, 256, 64, 8, 3),
-    (128, 128, 64, 4, 4),
-    (64, 256, 32, 4, 4),
-    (128, 256, 64, 8, 4),
-]
-if CPU:  # the dry run exercises the plumbing, not every config
-    PREFILL_EXPERIMENTS, DECODE_EXPERIMENTS, PLAIN_GEMM = (
-        PREFILL_EXPERIMENTS[:4],
-        DECODE_EXPERIMENTS[:3],
-        PLAIN_GEMM[:2],
-    )
-
-REPORT = {
-    "meta": {},
-    "correctness": [],
-    "timing": [],
-    "host_breakdown": [],
-    "prefill_configs": [],
-    "decode_configs": [],
-    "plain_gemm": [],
-    "steps": [],
-    "errors": [],
-}
-NO_CUDA = "skipped (no CUDA)"
+REPORT = {"meta": {}, "correctness": [], "timing": [], "host": [], "steps": [], "errors": []}
+ENTRIES = {}  # table key -> entry, this device's
 OVER_BUDGET = "skipped (time budget)"
 
 
@@ -185,6 +127,10 @@ OVER_BUDGET = "skipped (time budget)"
 
 def elapsed():
     return time.perf_counter() - START
+
+
+def over_budget():
+    return elapsed() > BUDGET
 
 
 def log(msg):
@@ -200,7 +146,7 @@ def clean(v):
     if isinstance(v, (list, tuple)):
         return [clean(x) for x in v]
     if isinstance(v, torch.dtype):
-        return str(v).replace("torch.", "")
+        return NAMES.get(v, str(v))
     return v
 
 
@@ -214,8 +160,11 @@ def dump():
 
 
 def error_text(e):
-    text = f"{type(e).__name__}: {e}".replace("\n", " ")
-    return text[:300]
+    return f"{type(e).__name__}: {e}".replace("\n", " ")[:300]
+
+
+def record_error(what, e):
+    REPORT["errors"].append({"what": what, "error": error_text(e), "trace": traceback.format_exc()[-2000:]})
 
 
 def sync():
@@ -232,16 +181,33 @@ def rel_err(y, ref):
     return (y - ref).norm().item() / (den if den > 0 else 1.0)
 
 
+def config_dict(config):
+    """A triton.Config as the config= dict the launcher and the table take."""
+    return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def cfg_text(cfg):
+    if not isinstance(cfg, dict):
+        return "–"
+    keys = (("BLOCK_M", "M"), ("BLOCK_N", "N"), ("BLOCK_K", "K"), ("num_warps", "w"), ("num_stages", "s"))
+    keys += (("SPLIT_K", "split"), ("N_SPLIT", "chunks"))
+    return " ".join(f"{short}{cfg[key]}" for key, short in keys if key in cfg)
+
+
 # ---------------------------------------------------------------- timing (CUDA only)
 
 
-def events_us(fn, target_s=0.004, samples=7):
-    """Median µs per call: CUDA events around batches of back-to-back calls (host overhead counts where it
-    exceeds the GPU time, as in a decode loop)."""
-    fn()
+def events_us(fn, target_s=0.004, samples=5):
+    """Median µs per call of back-to-back calls fn(0), fn(1), …: CUDA events around each batch of calls."""
+    counter = itertools.count()
+
+    def call():
+        return fn(next(counter))
+
+    call()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    fn()
+    call()
     torch.cuda.synchronize()
     calls = max(1, min(200, int(target_s / max(time.perf_counter() - t0, 1e-6))))
     out = []
@@ -249,337 +215,484 @@ def events_us(fn, target_s=0.004, samples=7):
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
         for _ in range(calls):
-            fn()
+            call()
         end.record()
         end.synchronize()
         out.append(begin.elapsed_time(end) * 1e3 / calls)
     return statistics.median(out)
 
 
-def host_us(fn, calls=50, samples=3):
-    """Median µs of CPU time per call: perf_counter around un-synchronised calls (the launch queue absorbs them)."""
-    fn()
+def graph_us(fn, calls):
+    """Median GPU µs per call: fn(0) … fn(calls - 1) captured in one CUDA graph, the graph replayed."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up off the capture: compiles, autotuning, allocator
+        fn(0)
+        fn(1)
+    torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(i)
+    return events_us(lambda _: graph.replay()) / calls
+
+
+def host_us(fn, calls=50, samples=3):
+    """Median CPU µs per call: perf_counter around un-synchronised calls (the launch queue absorbs them)."""
+    fn()
+    sync()
     out = []
     for _ in range(samples):
         t0 = time.perf_counter()
         for _ in range(calls):
             fn()
         out.append((time.perf_counter() - t0) * 1e6 / calls)
-        torch.cuda.synchronize()
+        sync()
     return statistics.median(out)
 
 
-def graph_us(fn, calls=20, target_s=0.004, samples=5):
-    """Median µs per call of GPU time only: `calls` calls captured in one CUDA graph, the graph replayed."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up off the capture: compiles, autotuning, allocator
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return events_us(graph.replay, target_s, samples) / calls
-
-
-def measure(kind, fn, calls=20):
-    """One timing as (µs or None, note): CPU mode runs fn once (so the path is exercised) and reports no time."""
+def measure(what, fn, expected, dtype, calls, mode="graph", poison=()):
+    """{"us", "rel_err", "ok"[, "error"]}: fn(0)'s output (the `poison` outputs NaN before it) against the float64
+    `expected`, then µs per call, "graph" or "eager" (none on the CPU). A failure is a row, not a crash."""
     try:
-        if CPU:
-            fn()
-            return None, NO_CUDA
-        if kind == "events":
-            return events_us(fn), None
-        if kind == "host":
-            return host_us(fn), None
-        return graph_us(fn, calls), None
-    except Exception as e:  # noqa: BLE001 - a failed measurement is a row, not a crash
+        for out in poison:
+            out.fill_(float("nan"))
+        y = fn(0)
+        sync()
+        err = rel_err(y, expected)
+        result = dict(rel_err=err, ok=err < TOL[dtype], us=None)
+        if not CPU:
+            result["us"] = graph_us(fn, calls) if mode == "graph" else events_us(fn)
+        return result
+    except Exception as e:  # noqa: BLE001 - a config that fails to compile or run is a row with its error
         try:
             sync()
         except Exception:  # noqa: BLE001
             pass
-        REPORT["errors"].append({"what": kind, "error": error_text(e), "trace": traceback.format_exc()[-2000:]})
-        return None, error_text(e)
+        record_error(what, e)
+        return dict(rel_err=None, ok=False, us=None, error=error_text(e))
+
+
+def peak_dram_gbps():
+    """GB/s of a 1 GiB device-to-device copy, bytes read plus written (METHOD.md: measure the ceiling once)."""
+    src = torch.randint(0, 256, (1 << 30,), dtype=torch.uint8, device=DEVICE)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / events_us(lambda _: dst.copy_(src), target_s=0.02) / 1e3
 
 
 # ---------------------------------------------------------------- operands
 
 
+def generator(seed):
+    return torch.Generator(DEVICE).manual_seed(seed)
+
+
 def operands(k, n, m, dtype, docs=DOCS, bias=False, seed=0, strided=False):
-    """x (m, k), W, bias or None, A (docs, n, r), B (docs, k, r): values ~ a trained adapter's, the LoRA term
-    about as large as the base."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(m, k + (64 if strided else 0), generator=g)[:, :k]
-    w = torch.randn(n, k, generator=g) / k**0.5
-    b_ = torch.randn(n, generator=g) * 0.1 if bias else None
-    a = torch.randn(docs, n, RANK, generator=g) * 0.02
-    b = torch.randn(docs, k, RANK, generator=g) / k**0.5
-    move = lambda t: None if t is None else t.to(DEVICE, dtype)  # noqa: E731
-    x = x.to(DEVICE, dtype) if not strided else torch.empty(m, k + 64, device=DEVICE, dtype=dtype)[:, :k].copy_(x)
-    return x, move(w), move(b_), move(a), move(b)
+    """x (m, k), W (n, k), bias or None, A (docs, n, r), B (docs, k, r), drawn on the device: values like a trained
+    adapter's, the documents' term about as large as the base. strided: x's rows 64 elements apart beyond k."""
+    g = generator(seed)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, device=DEVICE) * scale).to(dtype)
+
+    x = randn(m, k + (64 if strided else 0))[:, :k]
+    w = randn(n, k, scale=k**-0.5)
+    b = randn(n, scale=0.1) if bias else None
+    return x, w, b, randn(docs, n, RANK, scale=0.02), randn(docs, k, RANK, scale=k**-0.5)
 
 
-def layouts(a, b):
-    """{layout: (lora_a, lora_b) as the raw launcher takes them}: the (D, in, r) pair, the injection layer's
-    stacking (b_cat = torch.cat(dim=1): rows of `in` contiguous) and the k-contiguous stacking (cat_rank)."""
-    a_cat = cat_rank(a)  # (out, R), a_cat.T contiguous: what inject._stack builds for A
-    b_inject = torch.cat(list(b.unbind(0)), dim=1)  # (in, R) row-major: inject._stack's old B layout
-    return {
-        "(D,in,r)": (a, b),
-        "inject": (a_cat.unsqueeze(0), b_inject.unsqueeze(0)),
-        "kT": (a_cat.unsqueeze(0), cat_rank(b).unsqueeze(0)),
-    }
-
-
-def row_sets(groups, docs, mode, seed=1):
-    """(groups, 3) document ids; mode docs: some -1 slots; empty: every other row all -1."""
+def row_sets(groups, docs, mode="docs", seed=1):
+    """(groups, 3) document ids of `docs`: 3 distinct per row; "holes": some -1 slots; "empty": also every other row
+    all -1."""
     g = torch.Generator().manual_seed(seed)
     rows = torch.stack([torch.randperm(docs, generator=g)[:3] for _ in range(groups)])
-    rows[::5, 2] = -1
+    if mode in ("holes", "empty"):
+        rows[::5, 2] = -1
     if mode == "empty":
         rows[::2, :] = -1
     return rows.to(DEVICE)
 
 
-def shape_name(k, n):
-    for name, shape in SHAPES.items():
-        if shape == (k, n):
-            return name
-    return f"{k}→{n}"
+def fused_configs(x, n, r_pad):
+    """The fused path's configs the autotuner's pruner allows for this call, as config= dicts."""
+    m, k = x.shape
+    if m <= ft.DECODE_M:
+        named = {"x_ptr": x, "K_SPLIT": ft.split_k(n, k, ft._sm_count(x.device))[1]}
+        return [config_dict(c) for c in ft._decode_configs_for(ft.DECODE_CONFIGS, named, R_PAD=r_pad)]
+    named = {"x_ptr": x, "M_BUCKET": ft.m_bucket(m)}
+    return [config_dict(c) for c in ft._prefill_configs_for(ft.PREFILL_CONFIGS, named, R_PAD=r_pad)]
 
 
-# ---------------------------------------------------------------- (i) correctness
+def delta_configs(x, r_pad):
+    """The DELTA_CONFIGS entries the compile gate compiled for this call: operand size, R_PAD, BLOCK_M ≤ 16 at
+    decode and > 16 at prefill (the table may name only these)."""
+    decode = x.shape[0] <= ft.DECODE_M
+    return [
+        config_dict(c)
+        for c in ft.DELTA_CONFIGS
+        if c.operand_bytes == x.element_size()
+        and r_pad <= c.r_pad_max
+        and (c.kwargs["BLOCK_M"] <= ft.DECODE_M) == decode
+    ]
+
+
+def launch_kind(path, x, n, config=None):
+    """Which launch path a call takes: fused decode one launch / split-K, fused prefill, delta decode / prefill."""
+    m, k = x.shape
+    if path == "delta":
+        return "delta decode" if m <= ft.DECODE_M else "delta prefill"
+    if m > ft.DECODE_M:
+        return "fused prefill"
+    split = (config or {}).get("SPLIT_K") or ft.split_k(n, k, ft._sm_count(x.device))[0]
+    return "fused decode, split-K" if split > 1 else "fused decode, one launch"
+
+
+# ---------------------------------------------------------------- 1. correctness
 
 
 def correctness_cases():
-    decode_forced = dict(BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3, SPLIT_K=5)
+    big = not CPU
     return [
-        dict(what="decode, one launch", shape=S, m=1),
-        dict(what="decode, one launch, bias", shape=L8, m=1, bias=True),
-        dict(what="decode, split-K (auto)", shape=L8D, m=16),
-        dict(what="decode, split-K (auto), bias", shape=L1D, m=4, bias=True),
-        dict(what="decode, split-K forced 5 chunks (last one ragged)", shape=S, m=3, config=decode_forced),
-        dict(what="prefill, middle bucket, bias", shape=SD, m=37, bias=True),
-        dict(what="prefill, large bucket", shape=L1, m=512 if not CPU else 300),
-        dict(what="prefill, largest M", shape=L8D, m=4096 if not CPU else 64),
-        dict(what="per-row row_docs, decode (split-K)", shape=L8D, m=8, rows="docs", docs=LOADED),
-        dict(what="per-row row_docs, prefill, bias", shape=S, m=64, rows="docs", docs=LOADED, bias=True),
-        dict(what="row_docs per batch element, x (2, 4, in), decode", shape=L1, lead=(2, 4), rows="docs", docs=LOADED),
+        dict(what="decode, one launch", shape=UP, m=1),
+        dict(what="decode, split-K, bias", shape=DOWN, m=16, bias=True),
         dict(
-            what="row_docs per batch element, x (4, 16, in), prefill", shape=S, lead=(4, 16), rows="docs", docs=LOADED
+            what="decode, 5 K chunks (fused) / 5 column chunks (delta) forced, last ragged", shape=DOWN, m=3, forced=1
         ),
-        dict(what="empty rows (all slots -1), decode", shape=L8, m=16, rows="empty", docs=LOADED),
-        dict(what="empty rows (all slots -1), prefill", shape=SD, m=48, rows="empty", docs=LOADED),
-        dict(what="strided x (row stride in + 64), decode", shape=L1, m=5, strided=True),
-        dict(what="strided x (row stride in + 64), prefill", shape=S, m=40, strided=True),
+        dict(what="prefill, middle bucket, bias", shape=SMALL_DOWN, m=37, bias=True),
+        dict(what="prefill, large bucket", shape=UP, m=512 if big else 300),
+        dict(what="prefill, largest M", shape=DOWN, m=4096 if big else 64),
+        dict(what="per-row sets, decode", shape=DOWN, m=8, rows="holes"),
+        dict(what="per-row sets, prefill, bias", shape=SMALL_UP, m=64, rows="holes", bias=True),
+        dict(what="a set per batch element, x (2, 4, in), decode", shape=UP, lead=(2, 4), rows="holes"),
+        dict(what="a set per batch element, x (4, 16, in), prefill", shape=SMALL_UP, lead=(4, 16), rows="holes"),
+        dict(what="empty rows (all slots -1), decode", shape=UP, m=16, rows="empty"),
+        dict(what="empty rows (all slots -1), prefill", shape=SMALL_DOWN, m=48, rows="empty"),
+        dict(what="strided x (row stride in + 64), decode", shape=UP, m=5, strided=True),
+        dict(what="strided x (row stride in + 64), prefill", shape=SMALL_UP, m=40, strided=True),
     ]
 
 
 def check_case(case, dtype):
+    """The case through the four entries (only the raw launcher's two paths when configs are forced)."""
     k, n = case["shape"]
     lead = case.get("lead")
-    m = lead[0] * lead[1] if lead else case["m"]
-    docs, mode = case.get("docs", DOCS), case.get("rows")
-    x, w, bias, a, b = operands(
-        k,
-        n,
-        m,
-        dtype,
-        docs=docs,
-        bias=case.get("bias", False),
-        strided=case.get("strided", False),
-        seed=zlib.crc32(case["what"].encode()) % 1000,
-    )
+    m = math.prod(lead) if lead else case["m"]
+    docs = LOADED if case.get("rows") else DOCS
+    seed = zlib.crc32(case["what"].encode()) % 1000
+    x, w, bias, a, b = operands(k, n, m, dtype, docs, case.get("bias", False), seed, case.get("strided", False))
     groups = lead[0] if lead else m
-    row_docs = row_sets(groups, docs, mode) if mode else None
+    row_docs = row_sets(groups, docs, case["rows"]) if case.get("rows") else None
     per_row = None if row_docs is None else row_docs.repeat_interleave(m // groups, dim=0)
-    ref = reference_fused_lora_linear(
-        x.double(), w.double(), None if bias is None else bias.double(), a.double(), b.double(), ALPHA, per_row
-    )
-    base = x.double() @ w.double().T + (0 if bias is None else bias.double())
+    bias64 = None if bias is None else bias.double()
+    ref = reference_fused_lora_linear(x.double(), w.double(), bias64, a.double(), b.double(), ALPHA, per_row)
+    base = x.double() @ w.double().T + (0 if bias is None else bias64)
     empty = None if per_row is None else (per_row < 0).all(1)
     x_in = x.view(*lead, k) if lead else x
     mask = None if row_docs is None else column_mask(row_docs, docs, RANK, dtype)
-    lay = layouts(a, b)
-    cfg = case.get("config")
+    a_cat, b_cat = cat_rank(a), cat_rank(b)  # the injection layer's operands: a_cat.T and b_cat.T contiguous
+    r_pad = dispatch.r_pad(docs * RANK)
+    forced = {}
+    if case.get("forced"):
+        forced = dict(
+            fused=dict(fused_configs(x, n, r_pad)[0], SPLIT_K=5),
+            delta=dict(ft.delta_config(m, x.element_size()), N_SPLIT=5),
+        )
 
-    def raw(layout):
-        la, lb = lay[layout]
+    def raw(path):
         out = torch.full((m, n), float("nan"), device=DEVICE, dtype=dtype)
-        kw = dict(row_docs=row_docs) if layout == "(D,in,r)" else dict(row_mask=mask)
-        return fused_lora_linear_triton(x, w, bias, la, lb, ALPHA, out=out, config=cfg, **kw)
+        return fused_lora_linear_triton(
+            x, w, bias, a_cat[None], b_cat[None], ALPHA, row_mask=mask, out=out, config=forced.get(path), path=path
+        )
 
-    paths = {"raw (D,in,r), out=NaN": lambda: raw("(D,in,r)"), "raw kT, out=NaN": lambda: raw("kT")}
-    if cfg is None:
-        paths["public fused_lora_linear"] = lambda: fused_lora_linear(x_in, w, bias, a, b, ALPHA, row_docs)
-        paths["fused_lora_linear_cat (inject layout)"] = lambda: fused_lora_linear_cat(
-            x_in, w, bias, lay["inject"][0][0], lay["inject"][1][0], ALPHA, mask
+    entries = {f"raw launcher, {p}": (p, forced.get(p), lambda p=p: raw(p)) for p in ("fused", "delta")}
+    if not forced:
+        path, config = dispatch.choose(x, n, docs * RANK, row_docs is not None)
+        entries[f"fused_lora_linear → {path}"] = (
+            path,
+            config,
+            lambda: fused_lora_linear(x_in, w, bias, a, b, ALPHA, row_docs, backend="triton"),
+        )
+        entries[f"fused_lora_linear_cat → {path}"] = (
+            path,
+            config,
+            lambda: fused_lora_linear_cat(x_in, w, bias, a_cat, b_cat, ALPHA, mask, backend="triton"),
         )
     rows = []
-    for path, fn in paths.items():
-        entry = dict(case=case["what"], path=path, dtype=dtype, shape=f"{k}→{n}", m=m, tol=TOL[dtype])
+    for entry, (path, config, fn) in entries.items():
+        row = dict(case=case["what"], entry=entry, path=path, kind=launch_kind(path, x, n, config), dtype=dtype)
+        row.update(shape=f"{k}→{n}", m=m, tol=TOL[dtype])
         try:
-            y = fn()
+            y = fn().reshape(m, n)
             sync()
-            y2 = y.reshape(m, n)
-            err = rel_err(y2, ref)
-            delta_ref = ref - base
-            d_norm = delta_ref.norm().item()
-            d_err = rel_err(y2.double() - base, delta_ref) if d_norm > 0 else None
-            empty_err = None
-            if empty is not None and empty.any():
-                empty_err = rel_err(y2[empty], base[empty])
-            ok = (
-                err < TOL[dtype]
-                and (d_err is None or d_err < 5 * TOL[dtype])
-                and (empty_err is None or empty_err < TOL[dtype])
-            )
-            entry.update(rel_err=err, lora_rel_err=d_err, empty_rows_rel_err=empty_err, ok=bool(ok))
+            err, lora_err = rel_err(y, ref), rel_err(y.double() - base, ref - base)
+            empty_err = rel_err(y[empty], base[empty]) if empty is not None and empty.any() else None
+            ok = err < TOL[dtype] and lora_err < 5 * TOL[dtype] and (empty_err is None or empty_err < TOL[dtype])
+            row.update(rel_err=err, lora_rel_err=lora_err, empty_rows_rel_err=empty_err, ok=bool(ok))
         except Exception as e:  # noqa: BLE001
-            entry.update(ok=False, error=error_text(e))
-            REPORT["errors"].append(
-                {
-                    "what": f"check {case['what']} {path}",
-                    "error": error_text(e),
-                    "trace": traceback.format_exc()[-2000:],
-                }
-            )
-        rows.append(entry)
+            row.update(ok=False, error=error_text(e))
+            record_error(f"check {case['what']}, {entry}", e)
+        rows.append(row)
     return rows
 
 
 def run_correctness(dtype):
     for case in correctness_cases():
         if over_budget():
-            REPORT["correctness"].append(dict(case=case["what"], dtype=dtype, path="all", ok=None, note=OVER_BUDGET))
+            REPORT["correctness"].append(dict(case=case["what"], dtype=dtype, entry="all", ok=None, note=OVER_BUDGET))
             continue
-        for entry in check_case(case, dtype):
-            REPORT["correctness"].append(entry)
-            if not entry["ok"]:
-                log(f"CHECK FAILED {entry}")
+        for row in check_case(case, dtype):
+            REPORT["correctness"].append(row)
+            if not row["ok"]:
+                log(f"CHECK FAILED {row}")
+    dump()
 
 
-# ---------------------------------------------------------------- (ii) timing table
+def failed_paths(dtype):
+    """The paths with a failed correctness check in this dtype: the table never names them for it."""
+    return {c["path"] for c in REPORT["correctness"] if c.get("ok") is False and c["dtype"] == dtype}
 
 
-def moved_bytes(k, n, m, docs, elem=2):
-    """What one call must move at least: W, x, the loaded pairs A and B, y, each once."""
-    return (n * k + m * k + docs * RANK * (n + k) + m * n) * elem
+# ---------------------------------------------------------------- 2. timings and the table
 
 
-def peak_gbps():
-    if CPU:
-        return None
-    try:
-        import triton.testing
-
-        return float(triton.testing.get_dram_gbps())
-    except Exception as e:  # noqa: BLE001
-        REPORT["errors"].append({"what": "get_dram_gbps", "error": error_text(e)})
-        return None
+def weight_sets(k, n, dtype, seed):
+    """Copies of W (n, k) and of 8 documents' pairs, enough that together they exceed the L2 three times (one on the
+    CPU): the timed calls rotate over them, so W streams from DRAM as it does across a model's layers."""
+    one = (n * k + LOADED * RANK * (n + k)) * torch.empty((), dtype=dtype).element_size()
+    count = 1 if CPU else min(MAX_SETS, math.ceil(3 * REPORT["meta"]["l2_bytes"] / one))
+    sets = [operands(k, n, 0, dtype, LOADED, seed=seed + i) for i in range(count)]
+    return [(w, a, b) for _, w, _, a, b in sets]
 
 
-def best_config(autotuner):
-    """The config the autotuner ran last, as a config= dict."""
-    cfg = getattr(autotuner, "best_config", None)
-    return None if cfg is None else dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-
-
-def timing_row(name, k, n, m, hetero=False):
-    """All timings of one (shape, M)."""
-    docs = LOADED if hetero else DOCS
-    x, w, _, a, b = operands(k, n, m, TIME_DTYPE, docs=docs)
-    row_docs = row_sets(m, docs, "docs") if hetero else None
-    mask = None if row_docs is None else column_mask(row_docs, docs, RANK, TIME_DTYPE)
-    lay = layouts(a, b)
-    out = torch.empty(m, n, device=DEVICE, dtype=TIME_DTYPE)
-    a_cat, b_kt = lay["kT"][0][0], lay["kT"][1][0]
-
-    def raw(layout):
-        la, lb = lay[layout]
-        kw = dict(row_docs=row_docs) if layout == "(D,in,r)" else dict(row_mask=mask)
-        return lambda: fused_lora_linear_triton(x, w, None, la, lb, ALPHA, out=out, **kw)
-
-    def restack():
-        return fused_lora_linear_triton(
-            x, w, None, cat_rank(a).unsqueeze(0), cat_rank(b).unsqueeze(0), ALPHA, out=out, row_mask=mask
+def key_sets(weights, m, docs, seed):
+    """One operand set per weight copy, as the injection layer holds them: x (m, k), W, the first `docs` documents'
+    pairs (D, n, r) / (D, k, r) for merge, a_cat (n, R) / b_cat (k, R) with a_cat.T and b_cat.T contiguous, out."""
+    sets = []
+    for i, (w, a, b) in enumerate(weights):
+        x = torch.randn(m, w.shape[1], generator=generator(seed + i), device=DEVICE).to(w.dtype)
+        a3, b3 = a[:docs], b[:docs]
+        a_cat, b_cat = cat_rank(a3), cat_rank(b3)
+        out = torch.empty(m, w.shape[0], device=DEVICE, dtype=w.dtype)
+        sets.append(
+            SimpleNamespace(x=x, w=w, a3=a3, b3=b3, a_cat=a_cat, b_cat=b_cat, a1=a_cat[None], b1=b_cat[None], out=out)
         )
+    return sets
 
-    def unfused():
-        shrink = x @ b_kt
-        return F.linear(x, w) + ALPHA * ((shrink if mask is None else shrink * mask) @ a_cat.T)
 
-    def merged():
-        backup = merge_lora_(w, a, b, ALPHA)
-        y = F.linear(x, w)
-        restore_(w, backup)
+def references(s, mask):
+    """(y, x Wᵀ) in float64 for set s: the reference's sum with the documents stacked (the same value; its per-row
+    loop is too slow at M = 4096)."""
+    x, w = s.x.double(), s.w.double()
+    base = x @ w.T
+    shrink = x @ s.b_cat.double()
+    if mask is not None:
+        shrink = shrink * mask.double()
+    return base + ALPHA * shrink @ s.a_cat.double().T, base
+
+
+def peft_forward(s, row_docs):
+    """fn(i): PEFT's mixed-adapter forward on set s (one set, no rotation: building adapters is slow), one adapter
+    per distinct document set among the rows (its documents side by side, rank 3·r: the same sum), named per row."""
+    from peft import LoraConfig, get_peft_model
+
+    doc_sets = sorted({tuple(r) for r in row_docs.tolist()})
+    names = [f"set{doc_sets.index(tuple(r))}" for r in row_docs.tolist()]
+    n, k = s.w.shape
+    model = torch.nn.Sequential(torch.nn.Linear(k, n, bias=False, device="meta"))  # its W: the set's
+    model[0].weight = torch.nn.Parameter(s.w, requires_grad=False)
+    for j, docs in enumerate(doc_sets):
+        rank = len(docs) * RANK  # PEFT scales by lora_alpha / r: lora_alpha = α·r gives α
+        config = LoraConfig(r=rank, lora_alpha=ALPHA * rank, target_modules=["0"], init_lora_weights=False)
+        if j == 0:
+            model = get_peft_model(model, config, adapter_name="set0")
+        else:
+            model.add_adapter(f"set{j}", config)
+        layer = model.base_model.model[0]
+        with torch.no_grad():  # PEFT's A is our Bᵀ (r, in), its B our A (out, r)
+            layer.lora_A[f"set{j}"].weight.copy_(torch.cat([s.b3[d] for d in docs], 1).T)
+            layer.lora_B[f"set{j}"].weight.copy_(torch.cat([s.a3[d] for d in docs], 1))
+    model.eval()  # adapter_names needs eval mode
+    return lambda i: model(s.x, adapter_names=names)
+
+
+def time_key(dtype, label, model, k, n, m, per_row, weights):
+    """Every measurement of one key, its table entry written, then the public op timed as the table dispatches it."""
+    docs = LOADED if per_row else DOCS
+    seed = zlib.crc32(f"{label} {m} {per_row}".encode()) % 10000
+    sets = key_sets(weights, m, docs, seed)
+    row_docs = row_sets(m, docs, seed=seed) if per_row else None
+    mask = None if row_docs is None else column_mask(row_docs, docs, RANK, dtype)
+    ref, base = references(sets[0], mask)
+    call_key = dispatch.key(dtype, m, k, n, docs * RANK, per_row)
+    count = len(sets)
+    calls = count * math.ceil((20 if m < 1024 else 5) / count)
+    elem = sets[0].x.element_size()
+    row = dict(dtype=dtype, shape=label, model=model, k=k, n=n, m=m, rows=call_key[5], r_pad=call_key[4], sets=count)
+    row["moved_bytes"] = (n * k + m * k + m * n + docs * RANK * (n + k) + (m * docs * RANK if per_row else 0)) * elem
+    outs = [s.out for s in sets]
+
+    def timed(what, fn, expected=ref, mode="graph"):
+        return measure(f"{label} M={m} {row['rows']} {what}", fn, expected, dtype, calls, mode, outs)
+
+    def raw(path, config):
+        def fn(i):
+            s = sets[i % count]
+            return fused_lora_linear_triton(
+                s.x, s.w, None, s.a1, s.b1, ALPHA, row_mask=mask, out=s.out, config=config, path=path
+            )
+
+        return fn
+
+    def unfused(i):
+        s = sets[i % count]
+        shrink = s.x @ s.b_cat
+        return F.linear(s.x, s.w) + ALPHA * ((shrink if mask is None else shrink * mask) @ s.a_cat.T)
+
+    def merged(i):
+        s = sets[i % count]
+        backup = merge_lora_(s.w, s.a3, s.b3, ALPHA)
+        y = F.linear(s.x, s.w)
+        restore_(s.w, backup)
         return y
 
-    api = lambda: fused_lora_linear(x, w, None, a, b, ALPHA, row_docs)  # noqa: E731
-    cat_api = lambda: fused_lora_linear_cat(x, w, None, lay["inject"][0][0], lay["inject"][1][0], ALPHA, mask)  # noqa: E731
-    linear = lambda: F.linear(x, w)  # noqa: E731
-    calls = 20 if m < 1024 else 5
-    row = dict(shape=name, k=k, n=n, m=m, docs=f"3 of {docs} per row" if hetero else str(docs), notes={})
-    plan = [
-        ("linear_events", "events", linear),
-        ("linear_graph", "graph", linear),
-        ("api_events", "events", api),
-        ("api_host", "host", api),
-        ("raw_dinr_graph", "graph", raw("(D,in,r)")),
-        ("cat_api_events", "events", cat_api),
-        ("cat_api_host", "host", cat_api),
-        ("raw_inject_graph", "graph", raw("inject")),
-        ("raw_kT_graph", "graph", raw("kT")),
-        ("restack_graph", "graph", restack),
-        ("unfused_events", "events", unfused),
-        ("unfused_graph", "graph", unfused),
-    ]
-    if not hetero:
-        plan.append(("merge_events", "events", merged))
+    def public(i):
+        s = sets[i % count]
+        return fused_lora_linear_cat(s.x, s.w, None, s.a_cat, s.b_cat, ALPHA, mask, backend="triton")
+
+    def linear(i):
+        return F.linear(sets[i % count].x, sets[i % count].w)
+
     with torch.inference_mode():
-        for key, kind, fn in plan:
-            if kind == "graph" and key.startswith("api"):
-                continue
-            value, note = measure(kind, fn, calls)
-            row[key] = value
-            if note:
-                row["notes"][key] = note
-            if key == "raw_dinr_graph":
-                auto = ft._decode_autotuned if m <= ft.DECODE_M else ft._fused_lora_autotuned
-                row["config_dinr"] = best_config(auto)
-            if key == "raw_kT_graph":
-                auto = ft._decode_autotuned if m <= ft.DECODE_M else ft._fused_lora_autotuned
-                row["config_kT"] = best_config(auto)
-    if m <= ft.DECODE_M:
-        row["split_k"] = ft.split_k(n, k, ft._sm_count(x.device))[0]
-    row["moved_bytes"] = moved_bytes(k, n, m, docs)
-    row["flops"] = 2 * m * n * k + 2 * m * docs * RANK * (n + k)
-    row["w_bytes"] = n * k * 2
+        row["F.linear"] = timed("F.linear", linear, base)
+        row["F.linear eager"] = timed("F.linear eager", linear, base, "eager")
+        x0 = sets[0].x
+        configs = [("fused", c) for c in fused_configs(x0, n, call_key[4])]
+        configs += [("delta", c) for c in delta_configs(x0, call_key[4])]
+        row["candidates"] = [
+            dict(path=path, config=c, **timed(f"{path} {cfg_text(c)}", raw(path, c))) for path, c in configs
+        ]
+        row["autotuned"] = autotuned_choice(raw("fused", None), m)
+        row["rule"] = ft.delta_config(m, elem)
+        row["unfused"] = timed("unfused", unfused)
+        if per_row:
+            row["PEFT eager"] = peft_measure(sets, row_docs, timed)
+        else:
+            row["merge"] = timed("merge", merged)
+        entry = table_entry(row, call_key)
+        row["chosen"] = None if entry is None else {"path": entry["path"], "config": entry["config"]}
+        if entry is not None:
+            ENTRIES[call_key] = entry
+            write_table()
+        row["public"] = timed("public op", public)
+        row["public eager"] = timed("public op eager", public, mode="eager")
     REPORT["timing"].append(row)
     return row
 
 
-def run_timing(names, ms, hetero=True):
-    for name in names:
-        k, n = SHAPES[name]
-        for m in ms:
+def autotuned_choice(fn, m):
+    """The config the fused path's autotuner picks for this call (it times its configs on the first call)."""
+    try:
+        fn(0)
+        sync()
+    except Exception as e:  # noqa: BLE001
+        record_error("autotune", e)
+        return None
+    autotuner = ft._decode_autotuned if m <= ft.DECODE_M else ft._fused_lora_autotuned
+    return config_dict(autotuner.best_config)
+
+
+def peft_measure(sets, row_docs, timed):
+    try:
+        fn = peft_forward(sets[0], row_docs)
+    except ImportError:
+        return dict(us=None, ok=None, note="skipped (no peft here)")
+    except Exception as e:  # noqa: BLE001
+        record_error("PEFT adapters", e)
+        return dict(us=None, ok=False, error=error_text(e))
+    return timed("PEFT eager", fn, mode="eager")
+
+
+def table_entry(row, call_key):
+    """The key's entry: the fastest candidate that is correct here and whose path passed every correctness check
+    in this dtype (on the CPU nothing is timed: the first correct one, so that the plumbing runs), with the µs of
+    the baselines beside it; None when no candidate qualifies."""
+    bad = failed_paths(row["dtype"])
+    good = [c for c in row["candidates"] if c["ok"] and c["path"] not in bad and (CPU or c["us"] is not None)]
+    if not good:
+        return None
+    best = good[0] if CPU else min(good, key=lambda c: c["us"])
+    dtype, m, k, n, r_pad, rows = call_key
+    us = {"F.linear": row["F.linear"]["us"], "unfused": row["unfused"]["us"], "merge": row.get("merge", {}).get("us")}
+    for path in dispatch.PATHS:
+        us[path] = best_us(row, path)
+    return dict(
+        dtype=dtype, m=m, out=n, r_pad=r_pad, rows=rows, path=best["path"], config=best["config"], us=us, **{"in": k}
+    )
+
+
+def best_us(row, path):
+    times = [c["us"] for c in row["candidates"] if c["path"] == path and c["ok"] and c["us"] is not None]
+    return min(times, default=None)
+
+
+def table_path():
+    """--table, else the package's table on a GPU and dispatch_table.json beside --out (or in a temporary folder)
+    with --cpu: a dry run never touches the shipped table."""
+    if OPTIONS.table:
+        path = OPTIONS.table
+    elif not CPU:
+        path = dispatch.TABLE
+    else:
+        folder = OPTIONS.out.parent if OPTIONS.out else Path(tempfile.mkdtemp(prefix="prag-kernel-report-"))
+        path = folder / "dispatch_table.json"
+    if CPU and path.resolve() == dispatch.TABLE.resolve():
+        sys.exit("kernel_report.py --cpu: a dry run does not write the shipped dispatch table; pass another --table")
+    return path
+
+
+def write_table():
+    """This device's entries so far into the table file; other devices' entries stay."""
+    meta = REPORT["meta"]
+    source = (
+        f"bench/gpu/kernel_report.py {meta['started'][:10]}: graph-replay µs, torch {meta['torch']}, "
+        f"triton {meta['triton']}" + (", CPU dry run (nothing timed)" if CPU else "")
+    )
+    dispatch.write_device(meta["device"], meta["capability"], list(ENTRIES.values()), source, path=meta["table"])
+
+
+def prepare_table():
+    """The run's table starts as a copy of the shipped one (when it is another file), and the dispatcher reads it:
+    the public op's timings and checks then take the path this run wrote."""
+    path = Path(REPORT["meta"]["table"])
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(dispatch.TABLE, path)
+    dispatch.TABLE = path
+    dispatch.clear_caches()
+
+
+def run_timing(dtype, model):
+    for label, shape_model, k, n in SHAPES:
+        if shape_model != model:
+            continue
+        weights = None
+        for m, per_row in itertools.product(MS, (False, True)):
+            rows = "per-row" if per_row else "all"
             if over_budget():
-                REPORT["timing"].append(dict(shape=name, k=k, n=n, m=m, docs=str(DOCS), notes={"all": OVER_BUDGET}))
+                skipped = dict(dtype=dtype, shape=label, model=model, k=k, n=n, m=m, rows=rows, status=OVER_BUDGET)
+                REPORT["timing"].append(skipped)
                 continue
-            log(f"timing {name} M={m}")
-            timing_row(name, k, n, m)
-        if hetero and (name in LLAMA8 or CPU):
-            if over_budget():
-                continue
-            log(f"timing {name} M={HETERO_M} per-row documents")
-            timing_row(name, k, n, HETERO_M, hetero=True)
+            weights = weights or weight_sets(k, n, dtype, seed=zlib.crc32(label.encode()) % 10000)
+            log(f"timing {NAMES[dtype]} {label} M={m} {rows}")
+            time_key(dtype, label, model, k, n, m, per_row, weights)
+            dump()
+        del weights
         if not CPU:
             torch.cuda.empty_cache()
-        dump()
+
+
+# ---------------------------------------------------------------- 3. host µs of a decode call
 
 
 @triton.jit
@@ -588,298 +701,49 @@ def _noop(x_ptr):
     pid = tl.program_id(0)  # noqa: F841
 
 
-HOST_ITEMS = [
-    ("F.linear", "torch's cuBLAS launch, for scale"),
-    ("empty Triton kernel, 1 arg", "Triton's launcher floor"),
-    ("check_operands", "the public op's argument checks"),
-    ("launches() only", "our Python: strides, split_k, arg tuple (~36 args), closures; no launch"),
-    ("launch plan, autotuned", "Autotuner.run + JITFunction.run for the prebuilt plan (all launches)"),
-    ("launch plan, fixed config", "JITFunction.run alone for the same config (no autotuner)"),
-    ("raw launcher, out=", "fused_lora_linear_triton(..., out=): launches() + plan + column_mask if any"),
-    ("public op", "fused_lora_linear: checks + raw launcher + torch.empty(out)"),
-    ("cat entry (inject layout)", "fused_lora_linear_cat"),
-]
+def run_host():
+    """Where a decode call's host µs go (the first shape, M 1, rows "all"): CPU µs per un-synchronised call of each
+    piece (on the CPU each runs once, untimed)."""
+    label, _, k, n = SHAPES[0]
+    dtype = TIME_DTYPES[0]
+    x, w, _, a, b = operands(k, n, 1, dtype)
+    a_cat, b_cat = cat_rank(a), cat_rank(b)
+    out = torch.empty(1, n, device=DEVICE, dtype=dtype)
+    path, config = dispatch.choose(x, n, DOCS * RANK, False)
 
-
-def run_host_breakdown(names, m=1):
-    """Where a decode call's host µs go (hypothesis a): each piece timed as CPU µs per un-synchronised call."""
-    from prag_kernels.checks import check_operands
-
-    for name in names:
-        k, n = SHAPES[name]
-        x, w, _, a, b = operands(k, n, m, TIME_DTYPE)
-        lay = layouts(a, b)
-        out = torch.empty(m, n, device=DEVICE, dtype=TIME_DTYPE)
-        plan = ft.launches(x, w, None, a, b, ALPHA, None, out)
-        fused_lora_linear_triton(x, w, None, a, b, ALPHA, out=out)  # autotunes
-        fixed = best_config(ft._decode_autotuned if m <= ft.DECODE_M else ft._fused_lora_autotuned) or {}
-        fixed_plan = ft.launches(x, w, None, a, b, ALPHA, None, out, dict(fixed))
-
-        def run_plan(p):
-            return lambda: [kernel[grid](*args, **meta) for kernel, grid, args, meta in p]
-
-        fns = {
-            "F.linear": lambda: F.linear(x, w),
-            "empty Triton kernel, 1 arg": lambda: _noop[(1,)](x),
-            "check_operands": lambda: check_operands(x, w, None, a, b),
-            "launches() only": lambda: ft.launches(x, w, None, a, b, ALPHA, None, out),
-            "launch plan, autotuned": run_plan(plan),
-            "launch plan, fixed config": run_plan(fixed_plan),
-            "raw launcher, out=": lambda: fused_lora_linear_triton(x, w, None, a, b, ALPHA, out=out),
-            "public op": lambda: fused_lora_linear(x, w, None, a, b, ALPHA),
-            "cat entry (inject layout)": lambda: fused_lora_linear_cat(
-                x, w, None, lay["inject"][0][0], lay["inject"][1][0], ALPHA
-            ),
-        }
-        row = dict(shape=name, k=k, n=n, m=m, launches=len(plan), fixed_config=fixed, host_us={}, notes={})
-        with torch.inference_mode():
-            for item, _ in HOST_ITEMS:
-                if over_budget():
-                    row["notes"][item] = OVER_BUDGET
-                    continue
-                value, note = measure("host", fns[item])
-                row["host_us"][item] = value
-                if note:
-                    row["notes"][item] = note
-            row["gpu_graph_us"], note = (None, NO_CUDA) if CPU else measure("graph", fns["raw launcher, out="])
-        REPORT["host_breakdown"].append(row)
-        log(f"host breakdown {name}: {row['host_us']}")
-        dump()
-
-
-# ---------------------------------------------------------------- (iii) experiments
-
-
-def fp32_reference(x, w, a, b):
-    xf, af, bf = x.float(), cat_rank(a).float(), cat_rank(b).float()
-    return (xf @ w.float().T + ALPHA * (xf @ bf) @ af.T).double()
-
-
-def compiled_info(x, w, la, lb, out, cfg):
-    """[(kernel, regs, spills, shared bytes)] of the launches for this config (a launch returns its kernel)."""
-    info = []
-    for kernel, grid, args, meta in ft.launches(x, w, None, la, lb, ALPHA, None, out, dict(cfg)):
-        compiled = kernel[grid](*args, **meta)
-        md = getattr(compiled, "metadata", None)
-        info.append(
-            dict(
-                kernel=getattr(getattr(kernel, "fn", kernel), "__name__", str(kernel)),
-                regs=getattr(compiled, "n_regs", None),
-                spills=getattr(compiled, "n_spills", None),
-                shared=getattr(md, "shared", None),
-            )
+    def raw(path, config=None):
+        return lambda: fused_lora_linear_triton(
+            x, w, None, a_cat[None], b_cat[None], ALPHA, out=out, config=config, path=path
         )
-    return info
 
-
-def config_row(section, name, k, n, m, layout, cfg, x, w, lay, ref, extra=None):
-    """One config's row of `section`: kernels, relative error, graph µs (marked over budget when out of time)."""
-    if over_budget():
-        REPORT[section].append(dict(shape=name, m=m, layout=layout, config=cfg, status=OVER_BUDGET))
-        return
-    la, lb = lay[layout]
-    out = torch.empty(m, n, device=DEVICE, dtype=x.dtype)
-    row = dict(shape=name, k=k, n=n, m=m, layout=layout, config=dict(cfg), **(extra or {}))
-    try:
-        row["kernels"] = compiled_info(x, w, la, lb, out, cfg)  # compiles (and runs) first: errors surface here
-        sync()
-        row["rel_err"] = rel_err(out, ref)
-        fn = lambda: fused_lora_linear_triton(x, w, None, la, lb, ALPHA, out=out, config=dict(cfg))  # noqa: E731
-        row["graph_us"], note = (None, NO_CUDA) if CPU else measure("graph", fn, 20 if m < 1024 else 5)
-        row["status"] = ("ok" if row["rel_err"] < 5 * TOL[x.dtype] else "WRONG RESULT") + (f"; {note}" if note else "")
-    except Exception as e:  # noqa: BLE001
-        try:
-            sync()
-        except Exception:  # noqa: BLE001
-            pass
-        row["status"] = error_text(e)
-    REPORT[section].append(row)
-    return row
-
-
-def linear_graph_us(x, w):
-    value, _ = measure("graph", lambda: F.linear(x, w), 20 if x.shape[0] < 1024 else 5)
-    return value
-
-
-def run_prefill_experiments(names):
-    m = 4096 if not CPU else 37
-    for name in names:
-        k, n = SHAPES[name]
-        if over_budget():
-            REPORT["prefill_configs"].append(dict(shape=name, m=m, status=OVER_BUDGET))
-            continue
-        x, w, _, a, b = operands(k, n, m, TIME_DTYPE)
-        lay, ref = layouts(a, b), fp32_reference(x, w, a, b)
-        base = linear_graph_us(x, w)
-        with torch.inference_mode():
-            for i, (bm, bn, bk, warps, stages) in enumerate(PREFILL_EXPERIMENTS):
-                cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
-                for layout in ("kT", "(D,in,r)", "inject") if i < PREFILL_ALL_LAYOUTS else ("kT",):
-                    log(f"prefill config {name} {layout} {cfg}")
-                    config_row(
-                        "prefill_configs",
-                        name,
-                        k,
-                        n,
-                        m,
-                        layout,
-                        cfg,
-                        x,
-                        w,
-                        lay,
-                        ref,
-                        dict(linear_graph_us=base, flops=2 * m * n * k),
-                    )
-        del x, w, a, b, ref
-        if not CPU:
-            torch.cuda.empty_cache()
-        dump()
-
-
-def run_decode_experiments(names, ms=(1, 16)):
-    for name in names:
-        k, n = SHAPES[name]
-        for m in ms:
-            if over_budget():
-                REPORT["decode_configs"].append(dict(shape=name, m=m, status=OVER_BUDGET))
-                continue
-            x, w, _, a, b = operands(k, n, m, TIME_DTYPE)
-            lay, ref = layouts(a, b), fp32_reference(x, w, a, b)
-            base = linear_graph_us(x, w)
-            auto_split = ft.split_k(n, k, ft._sm_count(x.device))[0]
-            splits = sorted({1, 2, auto_split} | ({4, 8} if auto_split > 1 else set()))
-            if CPU:
-                splits = sorted({1, 2})
-            with torch.inference_mode():
-                for i, (bn, bk, warps, stages) in enumerate(DECODE_EXPERIMENTS):
-                    for split in splits:
-                        cfg = dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages, SPLIT_K=split)
-                        for layout in ("kT", "(D,in,r)", "inject") if i < DECODE_ALL_LAYOUTS else ("kT",):
-                            config_row(
-                                "decode_configs",
-                                name,
-                                k,
-                                n,
-                                m,
-                                layout,
-                                cfg,
-                                x,
-                                w,
-                                lay,
-                                ref,
-                                dict(
-                                    linear_graph_us=base, auto_split=auto_split, moved_bytes=moved_bytes(k, n, m, DOCS)
-                                ),
-                            )
-            log(f"decode configs {name} M={m} done")
-            del x, w, a, b, ref
-            dump()
-
-
-@triton.jit(do_not_specialize=("M",))
-def _plain_gemm(
-    x_ptr,
-    w_ptr,
-    y_ptr,
-    M,
-    N,
-    K,
-    stride_xm,
-    stride_wn,
-    stride_ym,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr = 8,
-):
-    """y = x Wᵀ with _fused_lora_kernel's tile order, pointer arithmetic, masks and K-loop, and no LoRA: the
-    ceiling a prefill config reaches in Triton (contiguous x and W)."""
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    group_id = pid // (GROUP_M * num_pid_n)
-    first_m = group_id * GROUP_M
-    group_m = min(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * num_pid_n)) % group_m
-    pid_n = (pid % (GROUP_M * num_pid_n)) // group_m
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    m_ok, n_ok = offs_m < M, offs_n < N
-    x_ptrs = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :]
-    w_ptrs = w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_ok = offs_k < K - k0
-        x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(x, w, acc)
-        x_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
-    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
-
-
-def run_plain_gemm(names):
-    m = 4096 if not CPU else 37
-    for name in names:
-        k, n = SHAPES[name]
-        x, w, _, _, _ = operands(k, n, m, TIME_DTYPE)
-        ref = (x.float() @ w.float().T).double()
-        y = torch.empty(m, n, device=DEVICE, dtype=TIME_DTYPE)
-        for bm, bn, bk, warps, stages in PLAIN_GEMM:
-            cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
-            row = dict(shape=name, k=k, n=n, m=m, config=cfg, flops=2 * m * n * k)
-            if over_budget():
-                row["status"] = OVER_BUDGET
-                REPORT["plain_gemm"].append(row)
-                continue
-            grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
-
-            def fn():
-                return _plain_gemm[grid](
-                    x,
-                    w,
-                    y,
-                    m,
-                    n,
-                    k,
-                    x.stride(0),
-                    w.stride(0),
-                    y.stride(0),
-                    BLOCK_M=bm,
-                    BLOCK_N=bn,
-                    BLOCK_K=bk,
-                    num_warps=warps,
-                    num_stages=stages,
-                )
-
+    pieces = {
+        "F.linear (cuBLAS), for scale": lambda: F.linear(x, w),
+        "an empty Triton kernel, 1 argument": lambda: _noop[(1,)](x),
+        "dispatch.choose: the table's answer": lambda: dispatch.choose(x, n, DOCS * RANK, False),
+        "launches(): the table path's launch list": lambda: ft.launches(
+            x, w, None, a_cat[None], b_cat[None], ALPHA, None, out, config, path=path
+        ),
+        "raw launcher, path fused (autotuned)": raw("fused"),
+        "raw launcher, path delta (rule): cuBLAS + 1 launch": raw("delta"),
+        "fused_lora_linear_cat, backend triton (the table's path)": lambda: fused_lora_linear_cat(
+            x, w, None, a_cat, b_cat, ALPHA, backend="triton"
+        ),
+    }
+    row = dict(shape=label, m=1, dtype=dtype, path=path, config=config, host_us={}, errors={})
+    with torch.inference_mode():
+        for what, fn in pieces.items():
             try:
-                compiled = fn()
-                sync()
-                row.update(
-                    rel_err=rel_err(y, ref),
-                    regs=getattr(compiled, "n_regs", None),
-                    spills=getattr(compiled, "n_spills", None),
-                    shared=getattr(getattr(compiled, "metadata", None), "shared", None),
-                )
-                row["graph_us"], note = (None, NO_CUDA) if CPU else measure("graph", fn, 5 if m >= 1024 else 20)
-                row["status"] = ("ok" if row["rel_err"] < 5 * TOL[x.dtype] else "WRONG RESULT") + (
-                    f"; {note}" if note else ""
-                )
+                if CPU:
+                    fn()  # the interpreter's µs mean nothing: run each piece once
+                row["host_us"][what] = None if CPU else host_us(fn)
             except Exception as e:  # noqa: BLE001
-                row["status"] = error_text(e)
-            REPORT["plain_gemm"].append(row)
-            log(f"plain GEMM {name} {cfg}: {row.get('graph_us')}")
-        dump()
+                row["errors"][what] = error_text(e)
+                record_error(f"host {what}", e)
+    REPORT["host"].append(row)
+    dump()
 
 
 # ---------------------------------------------------------------- driver
-
-
-def over_budget():
-    return elapsed() > BUDGET
 
 
 def step(name, fn, *args):
@@ -894,15 +758,15 @@ def step(name, fn, *args):
         status = "done"
     except Exception as e:  # noqa: BLE001
         status = error_text(e)
-        REPORT["errors"].append({"what": name, "error": status, "trace": traceback.format_exc()[-3000:]})
+        record_error(name, e)
         log(f"{name} FAILED: {status}")
     REPORT["steps"].append(dict(step=name, status=status, seconds=round(elapsed() - t0, 1)))
     dump()
 
 
 def quick_autotune(rep_ms):
-    """The autotuners benchmark each config with triton.testing.do_bench for rep_ms instead of 100 ms (the
-    report's own measurements then decide; the run fits its budget)."""
+    """The autotuners time each config for rep_ms instead of Triton's 100 ms: this report times every config
+    itself, the autotuner's pick is only reported."""
     if CPU or rep_ms <= 0:
         return
     import triton.testing
@@ -914,38 +778,54 @@ def quick_autotune(rep_ms):
         autotuner.__dict__["do_bench"] = bench  # do_bench is a cached_property: the instance value wins
 
 
-def meta():
+def driver_version():
     try:
-        import numpy
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True
+        )
+        return done.stdout.strip().splitlines()[0] if done.returncode == 0 else None
+    except (OSError, IndexError):
+        return None
 
-        numpy_version = numpy.__version__
-    except ImportError:
-        numpy_version = None
+
+def meta():
     info = dict(
         cpu_mode=CPU,
+        device="cpu",  # the dispatcher's name for the interpreter's device
+        capability=[0, 0],
         torch=torch.__version__,
         triton=triton.__version__,
-        numpy=numpy_version,
         python=platform.python_version(),
         budget_s=BUDGET,
         autotune_rep_ms=OPTIONS.autotune_rep,
         alpha=ALPHA,
         rank=RANK,
         docs=DOCS,
-        time_dtype=TIME_DTYPE,
+        loaded=LOADED,
         started=time.strftime("%Y-%m-%d %H:%M:%S"),
+        table=str(table_path()),
     )
+    try:
+        import peft
+
+        info["peft"] = peft.__version__
+    except ImportError:
+        info["peft"] = None
     if not CPU:
         props = torch.cuda.get_device_properties(0)
         info.update(
             device=torch.cuda.get_device_name(),
             capability=list(torch.cuda.get_device_capability()),
             sms=props.multi_processor_count,
-            l2_bytes=getattr(props, "L2_cache_size", None),
+            l2_bytes=props.L2_cache_size,
             cuda=torch.version.cuda,
-            peak_dram_gbps=peak_gbps(),
+            driver=driver_version(),
         )
     return info
+
+
+def measure_peak():
+    REPORT["meta"]["peak_dram_gbps"] = peak_dram_gbps()
 
 
 # ---------------------------------------------------------------- markdown
@@ -955,298 +835,282 @@ def fmt(v, digits=1):
     if v is None:
         return "–"
     if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
         return f"{v:.{digits}f}" if abs(v) >= 0.01 or v == 0 else f"{v:.1e}"
     return str(v)
+
+
+def md_row(*cells):
+    return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 def ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
 
-def cfg_text(cfg):
-    if not isinstance(cfg, dict):
-        return "–"
-    keys = [
-        ("BLOCK_M", "M"),
-        ("BLOCK_N", "N"),
-        ("BLOCK_K", "K"),
-        ("num_warps", "w"),
-        ("num_stages", "s"),
-        ("SPLIT_K", "split"),
-    ]
-    return " ".join(f"{short}{cfg[key]}" for key, short in keys if key in cfg)
+def us_of(r, what):
+    return (r.get(what) or {}).get("us")
 
 
-TIMING_COLUMNS = [
-    "shape",
-    "M",
-    "docs",
-    "F.linear events",
-    "F.linear graph",
-    "fused API events",
-    "fused API host",
-    "raw (D,in,r) graph",
-    "cat API events",
-    "cat API host",
-    "raw inject graph",
-    "raw kT graph",
-    "restack graph",
-    "unfused events",
-    "unfused graph",
-    "merge events",
-    "kT graph / linear graph",
-    "(D,in,r) graph / kT graph",
-    "MB moved",
-    "GB/s",
-    "% peak",
-    "TFLOPS kT / linear",
-    "autotuned config (D,in,r) / kT",
+ALL_ROWS = ("all", "per-row")
+KERNEL_TARGETS = [  # (target, rows, Ms, baseline, test of chosen µs / baseline µs)
+    ("chosen path ≤ 1.05× F.linear at M ≤ 16, rows all", ("all",), (1, 4, 16), "F.linear", ("≤", 1.05)),
+    ("chosen path ≤ 1.10× F.linear at M ≤ 16, per-row sets", ("per-row",), (1, 4, 16), "F.linear", ("≤", 1.10)),
+    ("chosen path ≤ 1.10× F.linear at M = 4096, rows all and per-row", ALL_ROWS, (4096,), "F.linear", ("≤", 1.10)),
+    ("chosen path faster than unfused torch at every M", ALL_ROWS, MS, "unfused", ("<", 1.0)),
+    ("chosen path faster than merge + linear + restore at every M", ("all",), MS, "merge", ("<", 1.0)),
 ]
+DECODE_TARGETS = [  # (target, baseline variant, test of fused tokens/s / baseline tokens/s)
+    ("decode tokens/s, 3 documents per row, ≥ 0.9× the base model's", "base", ("≥", 0.9)),
+    ("decode tokens/s, 3 documents per row, ≥ 2× PEFT's mixed-adapter batch", "peft", ("≥", 2.0)),
+]
+TESTS = {"≤": lambda r, limit: r <= limit, "<": lambda r, limit: r < limit, "≥": lambda r, limit: r >= limit}
 
 
-def markdown():
-    info = REPORT["meta"]
-    peak = info.get("peak_dram_gbps")
-    l2 = info.get("l2_bytes") or 0
+def judge(pairs, test):
+    """(status, numbers) of a target over [(label, value, baseline)]: not met as soon as a measured pair fails the
+    test, not measured while pairs are missing, else met; the numbers name the pair closest to failing."""
+    op, limit = test
+    measured = [(label, a, b) for label, a, b in pairs if a is not None and b is not None]
+    if not measured:
+        return "not measured", "–"
+    passed = sum(TESTS[op](a / b, limit) for _, a, b in measured)
+    label, a, b = (min if op == "≥" else max)(measured, key=lambda p: p[1] / p[2])
+    numbers = f"worst: {label}, {fmt(a)} vs {fmt(b)} ({a / b:.2f}×); {passed} of {len(pairs)} pass"
+    if passed < len(measured):
+        return "**not met**", numbers
+    return ("met" if len(measured) == len(pairs) else "not measured"), numbers
+
+
+def kernel_targets(report):
+    """The kernel targets over the bf16 keys of TARGET_MODEL: the public op's graph µs against a baseline's."""
+    rows = {(r["shape"], r["m"], r["rows"]): r for r in report["timing"] if "public" in r and r["dtype"] == "bf16"}
+    labels = [label for label, model, _, _ in SHAPES if model == TARGET_MODEL]
+    out = []
+    for target, kinds, ms, baseline, test in KERNEL_TARGETS:
+        pairs = []
+        for label, m, kind in itertools.product(labels, ms, kinds):
+            r = rows.get((label, m, kind), {})
+            pairs.append((f"{label} M={m} {kind}", us_of(r, "public"), us_of(r, baseline)))
+        out.append((target, *judge(pairs, test), "µs, graph replay"))
+    return out
+
+
+def decode_targets(decode):
+    """The decode targets over decode_report.py's rows: per model and batch, eager, and CUDA graphs where both the
+    fused and the baseline row ran with them."""
+    if decode is None:
+        return [(target, "not measured", "–", "no decode_report.py JSON") for target, _, _ in DECODE_TARGETS]
+    tps = {(r["model"], r["batch"], r["variant"], r.get("graphs")): r.get("tokens_per_s") for r in decode["decode"]}
+    out = []
+    for target, baseline, test in DECODE_TARGETS:
+        pairs = []
+        for model, batch in sorted({(model, batch) for model, batch, _, _ in tps}):
+            for graphs in (False, True):
+                fused, base = tps.get((model, batch, "fused", graphs)), tps.get((model, batch, baseline, graphs))
+                if not graphs or (fused and base):
+                    pairs.append((f"{model} batch {batch} {'graphs' if graphs else 'eager'}", fused, base))
+        out.append((target, *judge(pairs, test), f"tokens/s on {decode['meta']['device']}"))
+    return out
+
+
+def targets_section(report, decode):
+    """Each target met, not met or not measured: numbers from a CPU dry run or from another card decide none."""
     lines = [
-        f"# Fused LoRA linear kernel report: {info.get('device', 'CPU dry run (Triton interpreter)')}",
+        "## Targets of issue 34",
         "",
-        f"torch {info['torch']}, triton {info['triton']}, numpy {info['numpy']}; "
-        f"{'SMs ' + str(info.get('sms')) + ', L2 ' + fmt(l2 / 2**20) + ' MiB, ' if not CPU else ''}"
-        f"peak DRAM {fmt(peak, 0)} GB/s (triton.testing.get_dram_gbps); time dtype {clean(TIME_DTYPE)}, rank "
-        f"{RANK}, α {ALPHA:g}; elapsed {fmt(elapsed())} s of budget {BUDGET:g} s; autotuner benchmark rep "
-        f"{OPTIONS.autotune_rep:g} ms.",
+        f"H100 or H200, bf16, rank {RANK}, {DOCS} documents (per-row: 3 of {LOADED} loaded per row), {TARGET_MODEL} "
+        "FFN shapes (up and down), graph replay; chosen path = the public op as the table dispatches it. Decode: "
+        "decode_report.py's model, eager, and CUDA graphs where both rows were measured.",
         "",
+        "| target | status | numbers |",
+        "|---|---|---|",
     ]
-    # (i)
-    checks = REPORT["correctness"]
-    failed = [c for c in checks if c.get("ok") is False]
-    lines += [
-        f"## (i) Correctness vs float64 reference: {sum(1 for c in checks if c.get('ok'))} ok, "
-        f"{len(failed)} failed, {sum(1 for c in checks if c.get('ok') is None)} skipped",
+    kernel = [(*t, not_deciding(report["meta"])) for t in kernel_targets(report)]
+    decode_rows = [(*t, decode and not_deciding(decode["meta"])) for t in decode_targets(decode)]
+    for target, status, numbers, unit, reason in kernel + decode_rows:
+        status = f"not measured ({reason})" if reason else status
+        lines.append(md_row(target, status, numbers if numbers == "–" else f"{numbers} ({unit})"))
+    return lines
+
+
+def not_deciding(meta):
+    """Why a run's numbers decide no target (None: they do)."""
+    if meta.get("cpu_mode"):
+        return "CPU dry run"
+    if not any(card in meta.get("device", "") for card in TARGET_CARDS):
+        return f"{meta.get('device')} is no H100/H200"
+    return None
+
+
+def chosen_section(report):
+    peak = report["meta"].get("peak_dram_gbps")
+    lines = [
+        "## The dispatch table: what each key measured and chose",
         "",
-        "| case | dtype | M | shape | path | rel err | LoRA-term rel err | empty rows rel err | ok |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "µs per call, graph replay unless marked eager; chosen = the fastest correct candidate (written to the table); "
+        'public op = fused_lora_linear_cat, backend "triton", as the table then dispatches it; GB/s and % peak from '
+        "the public op's graph time and the bytes it must move.",
+        "",
+        "| dtype | shape | M | rows | chosen | public op | × F.linear | F.linear | best fused | best delta | unfused "
+        "| merge | PEFT eager | public op eager | F.linear eager | MB | GB/s | % peak | autotuned (fused) |",
+        "|" + "---|" * 19,
+    ]
+    for r in report["timing"]:
+        head = f"| {r['dtype']} | {r['shape']} | {r['m']} | {r['rows']} |"
+        if "public" not in r:
+            lines.append(f"{head} {r.get('status', '–')} |" + " |" * 14)
+            continue
+        chosen = r.get("chosen")
+        public = us_of(r, "public")
+        gbps = None if public is None else r["moved_bytes"] / public / 1e3
+        lines.append(
+            f"{head} {'none correct' if chosen is None else chosen['path'] + ' ' + cfg_text(chosen['config'])} "
+            f"| {fmt(public)} | {fmt(ratio(public, us_of(r, 'F.linear')), 2)} | {fmt(us_of(r, 'F.linear'))} "
+            f"| {fmt(best_us(r, 'fused'))} | {fmt(best_us(r, 'delta'))} | {fmt(us_of(r, 'unfused'))} "
+            f"| {fmt(us_of(r, 'merge'))} | {fmt(us_of(r, 'PEFT eager'))} | {fmt(us_of(r, 'public eager'))} "
+            f"| {fmt(us_of(r, 'F.linear eager'))} | {fmt(r['moved_bytes'] / 1e6, 2)} | {fmt(gbps, 0)} "
+            f"| {fmt(None if gbps is None or not peak else 100 * gbps / peak, 0)} | {cfg_text(r.get('autotuned'))} |"
+        )
+    return lines
+
+
+def correctness_section(report):
+    checks = report["correctness"]
+    groups = {}
+    for c in checks:
+        if c.get("ok") is not None:
+            groups.setdefault((c["kind"], c["dtype"]), []).append(c)
+    failed = [c for c in checks if c.get("ok") is False]
+    lines = [
+        f"### Correctness against the float64 reference: {sum(1 for c in checks if c.get('ok'))} ok, {len(failed)} "
+        f"failed, {sum(1 for c in checks if c.get('ok') is None)} skipped",
+        "",
+        "| launch path | dtype | checks | ok | worst rel err | worst documents' term rel err |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (kind, dtype), rows in sorted(groups.items()):
+        errs = [c.get("rel_err") for c in rows if isinstance(c.get("rel_err"), float)]
+        lora = [c.get("lora_rel_err") for c in rows if isinstance(c.get("lora_rel_err"), float)]
+        ok = sum(1 for c in rows if c["ok"])
+        lines.append(md_row(kind, dtype, len(rows), ok, fmt(max(errs, default=None)), fmt(max(lora, default=None))))
+    lines += [
+        "",
+        "| case | dtype | M | shape | entry | rel err | term rel err | empty rows rel err | ok |",
+        "|" + "---|" * 9,
     ]
     for c in checks:
-        lines.append(
-            f"| {c['case']} | {clean(c['dtype'])} | {c.get('m', '–')} | {c.get('shape', '–')} | {c['path']} "
-            f"| {fmt(c.get('rel_err'))} | {fmt(c.get('lora_rel_err'))} | {fmt(c.get('empty_rows_rel_err'))} "
-            f"| {'ok' if c.get('ok') else (c.get('note') or c.get('error') or '**FAIL**')} |"
-        )
-    # (ii)
-    lines += [
+        status = "ok" if c.get("ok") else (c.get("note") or c.get("error") or "**FAIL**")
+        errs = (fmt(c.get(key)) for key in ("rel_err", "lora_rel_err", "empty_rows_rel_err"))
+        lines.append(md_row(c["case"], c["dtype"], c.get("m", "–"), c.get("shape", "–"), c["entry"], *errs, status))
+    return lines
+
+
+def candidates_section(report):
+    lines = [
+        "### Every candidate, graph µs (rel err when wrong, the error when it failed)",
         "",
-        "## (ii) Timings, µs per call (median)",
-        "",
-        "events = CUDA events around back-to-back calls (host overhead included where it exceeds GPU time); "
-        "host = CPU µs per call; graph = GPU time only (20 calls captured in a CUDA graph, replayed). "
-        "Layouts of B: (D,in,r) = public op, inject = row-major torch.cat(dim=1) (prag_core's old layout), "
-        "kT = cat_rank "
-        "(B_catᵀ contiguous); restack = (D,in,r) → kT copy on every call + kT kernel. "
-        "GB/s, % peak and TFLOPS from the kT graph time; (L2) = W fits in L2, so bandwidth is not DRAM's. "
-        "The autotuner's key (M bucket, N, K, R_PAD, dtypes) holds no strides: the inject and kT launches reuse "
-        "the config tuned on (D,in,r) (section iii times them per config).",
-        "",
-        "| " + " | ".join(TIMING_COLUMNS) + " |",
-        "|" + "---|" * len(TIMING_COLUMNS),
+        "| dtype | shape | M | rows | fused | delta (rule: *) |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in REPORT["timing"]:
-        if "linear_events" not in r:
-            lines.append(
-                f"| {r['shape']} | {r['m']} | {r.get('docs')} | "
-                + " | ".join(["–"] * (len(TIMING_COLUMNS) - 4))
-                + f" | {r['notes'].get('all', '')} |"
-            )
+    for r in report["timing"]:
+        if "candidates" not in r:
             continue
-        kt = r.get("raw_kT_graph")
-        gbps = None if kt is None else r["moved_bytes"] / kt / 1e3
-        share = None if gbps is None or not peak else 100 * gbps / peak
-        in_l2 = " (L2)" if l2 and r["w_bytes"] < l2 else ""
-        tf_kt = None if kt is None else r["flops"] / kt / 1e6
-        tf_lin = None if r.get("linear_graph") is None else 2 * r["m"] * r["n"] * r["k"] / r["linear_graph"] / 1e6
-        split = f" split {r['split_k']}" if r.get("split_k", 1) > 1 else ""
+        cells = {"fused": [], "delta": []}
+        for c in r["candidates"]:
+            text = f"{cfg_text(c['config'])}{'*' if c['config'] == r.get('rule') else ''}: "
+            text += c.get("error") or (fmt(c["us"]) if c["ok"] else f"WRONG (rel err {fmt(c['rel_err'])})")
+            cells[c["path"]].append(text)
         lines.append(
-            f"| {r['shape']} | {r['m']} | {r['docs']} | {fmt(r.get('linear_events'))} | {fmt(r.get('linear_graph'))} "
-            f"| {fmt(r.get('api_events'))} | {fmt(r.get('api_host'))} | {fmt(r.get('raw_dinr_graph'))} "
-            f"| {fmt(r.get('cat_api_events'))} | {fmt(r.get('cat_api_host'))} | {fmt(r.get('raw_inject_graph'))} "
-            f"| {fmt(kt)} | {fmt(r.get('restack_graph'))} | {fmt(r.get('unfused_events'))} "
-            f"| {fmt(r.get('unfused_graph'))} | {fmt(r.get('merge_events'))} "
-            f"| {fmt(ratio(kt, r.get('linear_graph')), 2)}× | {fmt(ratio(r.get('raw_dinr_graph'), kt), 2)}× "
-            f"| {fmt(r['moved_bytes'] / 1e6, 3)} | {fmt(gbps, 0)}{in_l2} | {fmt(share, 0)}{in_l2} "
-            f"| {fmt(tf_kt, 0)} / {fmt(tf_lin, 0)} "
-            f"| {cfg_text(r.get('config_dinr'))} / {cfg_text(r.get('config_kT'))}{split} |"
+            md_row(r["dtype"], r["shape"], r["m"], r["rows"], "; ".join(cells["fused"]), "; ".join(cells["delta"]))
         )
-    notes = [
-        f"{r['shape']} M={r['m']} {k}: {v}"
-        for r in REPORT["timing"]
-        for k, v in r.get("notes", {}).items()
-        if v not in (NO_CUDA, OVER_BUDGET)
-    ]
-    if notes:
-        lines += ["", "Measurement errors:", ""] + [f"- {n}" for n in notes]
-    if REPORT["host_breakdown"]:
-        rows = REPORT["host_breakdown"]
+    return lines
+
+
+def host_section(report):
+    lines = ["### Host µs of one decode call, piece by piece (CPU time of un-synchronised calls)", ""]
+    for r in report["host"]:
         lines += [
+            f"{r['shape']}, M {r['m']}, {r['dtype']}, rows all; the table's path: {r['path']} {cfg_text(r['config'])}.",
             "",
-            "## (ii-b) Host µs per decode call, piece by piece (CPU time of un-synchronised calls)",
-            "",
-            "| piece | what | "
-            + " | ".join(
-                f"{r['shape']} M={r['m']} ({r['launches']} launch{'es' if r['launches'] > 1 else ''})" for r in rows
-            )
-            + " |",
-            "|---|---|" + "---|" * len(rows),
+            "| piece | host µs |",
+            "|---|---|",
         ]
-        for item, what in HOST_ITEMS:
-            lines.append(
-                f"| {item} | {what} | "
-                + " | ".join(
-                    fmt(r["host_us"].get(item)) if r["host_us"].get(item) is not None else r["notes"].get(item, "–")
-                    for r in rows
-                )
-                + " |"
-            )
-        lines.append(
-            "| GPU time | raw launcher inside a CUDA graph | "
-            + " | ".join(fmt(r.get("gpu_graph_us")) for r in rows)
-            + " |"
-        )
-    # (iii)
-    lines += [
-        "",
-        "## (iii) Prefill configs (config= to fused_lora_linear_triton), graph µs",
-        "",
-        "| shape | M | layout | config | graph µs | / F.linear graph | TFLOPS | rel err | regs | spills "
-        "| shared KB | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in REPORT["prefill_configs"]:
-        lines.append(_config_line(r, r.get("flops")))
-    lines += [
-        "",
-        "## (iii) Decode configs × SPLIT_K, graph µs (M ≤ 16; auto = the split launches() picks)",
-        "",
-        "| shape | M | layout | config | graph µs | / F.linear graph | GB/s | % peak | rel err | regs | spills "
-        "| shared KB | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in REPORT["decode_configs"]:
-        lines.append(_config_line(r, None, peak))
-    lines += [
-        "",
-        "## (iii) Plain Triton GEMM (same tiles/masks/loop, no LoRA): the ceiling of a config",
-        "",
-        "| shape | M | config | graph µs | TFLOPS | rel err | regs | spills | shared KB | status |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in REPORT["plain_gemm"]:
-        t = r.get("graph_us")
-        lines.append(
-            f"| {r['shape']} | {r['m']} | {cfg_text(r.get('config'))} | {fmt(t)} "
-            f"| {fmt(None if t is None else r['flops'] / t / 1e6, 0)} | {fmt(r.get('rel_err'))} "
-            f"| {fmt(r.get('regs'))} | {fmt(r.get('spills'))} "
-            f"| {fmt(None if r.get('shared') is None else r['shared'] / 1024, 0)} | {r.get('status')} |"
-        )
-    lines += ["", "## Summary", ""] + summary_lines(peak)
-    if REPORT["errors"]:
-        lines += ["", f"## Errors ({len(REPORT['errors'])}, traces in the JSON)", ""]
-        lines += [f"- {e['what']}: {e['error']}" for e in REPORT["errors"][:40]]
-    lines += [
-        "",
-        "Steps: " + "; ".join(f"{s['step']} {s['status']} ({s.get('seconds', 0)} s)" for s in REPORT["steps"]),
-    ]
-    return "\n".join(lines) + "\n"
+        lines += [
+            f"| {what} | {fmt(us) if what not in r['errors'] else r['errors'][what]} |"
+            for what, us in r["host_us"].items()
+        ]
+    return lines
 
 
-def _config_line(r, flops=None, peak=None):
-    t = r.get("graph_us")
-    kernels = r.get("kernels") or []
-    regs = "/".join(fmt(x.get("regs")) for x in kernels) or "–"
-    spills = "/".join(fmt(x.get("spills")) for x in kernels) or "–"
-    shared = "/".join(fmt(None if x.get("shared") is None else x["shared"] / 1024, 0) for x in kernels) or "–"
-    cfg = cfg_text(r.get("config"))
-    if (
-        r.get("auto_split") is not None
-        and isinstance(r.get("config"), dict)
-        and r["config"].get("SPLIT_K") == r["auto_split"]
-    ):
-        cfg += " (auto)"
-    base = r.get("linear_graph_us")
-    cols = [r.get("shape", "–"), str(r.get("m", "–")), r.get("layout", "–"), cfg, fmt(t), f"{fmt(ratio(t, base), 2)}×"]
-    if flops is not None or "moved_bytes" not in r:
-        cols.append(fmt(None if t is None or not flops else flops / t / 1e6, 0))
-    else:
-        gbps = None if t is None else r["moved_bytes"] / t / 1e3
-        cols += [fmt(gbps, 0), fmt(None if gbps is None or not peak else 100 * gbps / peak, 0)]
-    cols += [fmt(r.get("rel_err")), regs, spills, shared, str(r.get("status", "–"))]
-    return "| " + " | ".join(cols) + " |"
+def markdown(report, decode):
+    info = report["meta"]
+    card = "CPU dry run (Triton interpreter)" if info["cpu_mode"] else f"{info['device']}, driver {info.get('driver')}"
+    cuda = f", CUDA {info['cuda']}" if info.get("cuda") else ""
+    keys = {}  # dtype -> [keys measured, keys planned]
+    for r in report["timing"]:
+        counts = keys.setdefault(r["dtype"], [0, 0])
+        counts[0] += "public" in r
+        counts[1] += 1
+    lines = [
+        f"# GPU report: {card}{cuda}, torch {info['torch']}, triton {info['triton']}, {info['started'][:10]}",
+        "",
+        f"`make bench-gpu` (bench/gpu/kernel_report.py, then decode_report.py), rank {RANK}, α {ALPHA:g}. Keys "
+        f"measured: {', '.join(f'{d} {a} of {b}' for d, (a, b) in keys.items()) or 'none'} (the time budget cuts fp16 "
+        f"first). Dispatch table: {len([r for r in report['timing'] if r.get('chosen')])} entries written to "
+        f"`{info['table']}`. Peak DRAM bandwidth {fmt(info.get('peak_dram_gbps'), 0)} GB/s (1 GiB device copy); "
+        f"PEFT {info.get('peft') or 'not installed'}; {fmt(info.get('elapsed_s'))} s of a {info['budget_s']:g} s "
+        "budget.",
+        "",
+    ]
+    lines += targets_section(report, decode) + [""] + chosen_section(report)
+    lines += ["", "## Details", ""] + correctness_section(report) + [""] + candidates_section(report)
+    lines += [""] + host_section(report)
+    if report["errors"]:
+        lines += ["", f"### Errors ({len(report['errors'])}, traces in the JSON)", ""]
+        lines += [f"- {e['what']}: {e['error']}" for e in report["errors"][:40]]
+    steps = "; ".join(f"{s['step']} {s['status']} ({s.get('seconds', 0)} s)" for s in report["steps"])
+    return "\n".join(lines + ["", f"Steps: {steps}"]) + "\n"
 
 
-def summary_lines(peak):
-    out = []
-    for section, label in (("prefill_configs", "prefill"), ("decode_configs", "decode")):
-        groups = {}
-        for r in REPORT[section]:
-            if str(r.get("status", "")).startswith("ok") and r.get("graph_us"):
-                groups.setdefault((r["shape"], r["m"], r["layout"]), []).append(r)
-        for (shape, m, layout), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
-            best = min(rows, key=lambda r: r["graph_us"])
-            out.append(
-                f"- best {label} config, {shape} M={m} {layout}: {cfg_text(best['config'])} "
-                f"{fmt(best['graph_us'])} µs = {fmt(ratio(best['graph_us'], best.get('linear_graph_us')), 2)}× "
-                f"F.linear (graph)"
-            )
-    for r in REPORT["timing"]:
-        if r.get("m", 0) <= 16 and r.get("api_events") and r.get("api_host") and r.get("raw_dinr_graph"):
-            out.append(
-                f"- decode {r['shape']} M={r['m']}: public op {fmt(r['api_events'])} µs (events) vs host "
-                f"{fmt(r['api_host'])} µs/call vs GPU {fmt(r['raw_dinr_graph'])} µs ((D,in,r) graph), "
-                f"{fmt(r.get('raw_kT_graph'))} µs (kT graph), F.linear graph {fmt(r.get('linear_graph'))} µs: "
-                f"{'host-bound' if r['api_host'] > 0.8 * r['api_events'] else 'GPU-bound'}"
-            )
-    return out or ["- (no GPU numbers)"]
+def write_markdown():
+    decode = json.loads(OPTIONS.decode.read_text()) if OPTIONS.decode and OPTIONS.decode.exists() else None
+    text = markdown(clean(REPORT), decode)
+    print(text)
+    md = OPTIONS.md or (OPTIONS.out.with_suffix(".md") if OPTIONS.out else None)
+    if md:
+        md.parent.mkdir(parents=True, exist_ok=True)
+        md.write_text(text)
 
 
 # ---------------------------------------------------------------- main
 
 
 def main():
+    if OPTIONS.render:
+        REPORT.update(json.loads(OPTIONS.out.read_text()))
+        write_markdown()
+        return 0
     if not CPU and not torch.cuda.is_available():
         sys.exit("kernel_report.py: no CUDA GPU here; run with --cpu for the dry run")
     REPORT["meta"] = meta()
+    prepare_table()
     quick_autotune(OPTIONS.autotune_rep)
     log(f"start: {REPORT['meta']}")
     dump()
-    names = list(SHAPES)
-    others = [n for n in names if n not in LLAMA8]
-    first_dtype, second_dtype = CHECK_DTYPES
-    # most decisive first; the budget cuts from the end
-    step(f"correctness {clean(first_dtype)}", run_correctness, first_dtype)
-    step("timing Llama-3-8B", run_timing, LLAMA8, MS)
-    step("host breakdown", run_host_breakdown, LLAMA8)
-    step("prefill configs", run_prefill_experiments, LLAMA8)
-    step("decode configs Llama-3-8B", run_decode_experiments, LLAMA8)
-    step(f"correctness {clean(second_dtype)}", run_correctness, second_dtype)
-    step("plain Triton GEMM", run_plain_gemm, LLAMA8[:1])
-    step("timing other shapes", run_timing, others, MS, False)
-    step(
-        "decode configs Llama-3.2-1B down",
-        run_decode_experiments,
-        [n for n in names if "1B down" in n] or others[:1],
-        (1,),
-    )
-    text = markdown()
-    print(text)
-    md = OPTIONS.md or (OPTIONS.out.with_suffix(".md") if OPTIONS.out else None)
-    if md:
-        md.parent.mkdir(parents=True, exist_ok=True)
-        md.write_text(text)
+    if not CPU:
+        step("peak DRAM bandwidth", measure_peak)
+    for dtype in CHECK_DTYPES:  # correctness first: the table never names a path that failed in its dtype
+        step(f"correctness {NAMES[dtype]}", run_correctness, dtype)
+    models = list(dict.fromkeys(model for _, model, _, _ in SHAPES))
+    for dtype in TIME_DTYPES:  # most decisive first; the budget cuts from the end
+        for model in models:
+            step(f"timing {NAMES[dtype]} {model}", run_timing, dtype, model)
+            if dtype == TIME_DTYPES[0] and model == TARGET_MODEL:
+                step("host µs of a decode call", run_host)
     dump()
+    write_markdown()
     failed = [c for c in REPORT["correctness"] if c.get("ok") is False]
-    log(f"done: {len(failed)} failed checks, {len(REPORT['errors'])} errors")
+    log(f"done: {len(failed)} failed checks, {len(REPORT['errors'])} errors, {len(ENTRIES)} table entries")
     return 1 if failed else 0
 
 
