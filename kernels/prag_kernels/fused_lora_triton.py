@@ -62,13 +62,14 @@ def _config(block_n, block_k, warps, stages, r_pad_max, operand_bytes=2, block_m
 # Every config here passes the compile gate (tests/test_kernel_compile.py, table in
 # bench/results/kernel-compile.md) for every specialisation the pruners may pick it for.
 PREFILL_CONFIGS = [
+    # 16-bit: BLOCK_M ≥ 64 (sm_90's wgmma takes 64 rows a warpgroup), BLOCK_K and BLOCK_N ≥ 16·num_warps (B's
+    # BLOCK_K × R_PAD and A's R_PAD × BLOCK_N tiles give each thread 16 bytes to load at R_PAD 16)
     # middle: 16 < M ≤ 256
-    _config(32, 32, 4, 3, 64, block_m=32),
-    _config(64, 32, 4, 3, 64, block_m=64),
-    _config(64, 64, 4, 4, 32, block_m=64),
+    _config(64, 64, 4, 3, 64, block_m=64),
+    _config(64, 64, 4, 4, 64, block_m=64),
     _config(128, 64, 4, 4, 16, block_m=64),
     # prefill: M in the hundreds to thousands, compute bound (BLOCK_M 64 serves both families)
-    _config(128, 64, 8, 3, 32, block_m=128),
+    _config(128, 128, 8, 2, 32, block_m=128),
     _config(64, 64, 4, 4, 16, block_m=128),
     # fp32 (ieee FMA or tf32): small tiles for every M, larger ones spill
     _config(32, 32, 4, 2, 64, operand_bytes=4, block_m=32),
@@ -88,9 +89,10 @@ DELTA_CONFIGS = [
     _config(64, 256, 4, 3, 64, block_m=16),
     _config(128, 128, 4, 3, 64, block_m=16),
     _config(128, 64, 4, 3, 64, block_m=64),
-    _config(128, 64, 8, 3, 64, block_m=128),
-    _config(64, 64, 4, 2, 64, operand_bytes=4, block_m=16),
-    _config(64, 32, 4, 2, 64, operand_bytes=4, block_m=32),
+    _config(128, 128, 8, 3, 32, block_m=128),
+    # fp32 (ieee FMA or tf32) at R_PAD 64: 8 warps and 32-wide tiles keep the shrink and expand tiles in registers
+    _config(32, 32, 8, 3, 64, operand_bytes=4, block_m=16),
+    _config(32, 32, 8, 3, 64, operand_bytes=4, block_m=32),
 ]
 
 
