@@ -477,8 +477,11 @@ def pool_section(name):
 
 
 def gpu_section(name):
-    """A GPU run, kept as the markdown it was recorded in (card, driver and versions in its first paragraph)."""
+    """A GPU run, kept as the markdown it was recorded in (card, driver and versions in its title or first
+    paragraph), up to its "## Details" (the per-check and per-candidate tables stay in the file), headings one
+    level down."""
     title, _, body = (RESULTS / name).read_text().partition("\n")
+    body = body.split("\n## Details", 1)[0].replace("\n## ", "\n### ")
     return f"## `{name}`\n\n" + source(name, "the card it names", "in its title") + f"\n{title.lstrip('# ')}.\n{body}"
 
 
@@ -542,7 +545,8 @@ def render():
         ("serve_ray.json", serve_ray_section("serve_ray.json")),
         *((p.name, gpu_section(p.name)) for p in sorted(RESULTS.glob("gpu-*.md"))),
     ]
-    covered = {n for n, _ in sections} | {f"{SUITES_RUN}.md"}
+    raw_gpu = {p.with_suffix(".json").name for p in RESULTS.glob("gpu-*.md")}  # their numbers are the markdown's
+    covered = {n for n, _ in sections} | {f"{SUITES_RUN}.md"} | raw_gpu
     left = sorted(
         p.name
         for p in RESULTS.iterdir()

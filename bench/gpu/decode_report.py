@@ -52,6 +52,8 @@ from prag_core.offline.train import TrainConfig, train_documents  # noqa: E402
 from prag_core.pairs.doc_params import DocParams  # noqa: E402
 
 CPU = OPTIONS.cpu
+if CPU:
+    torch.set_num_threads(1)  # a tiny model: on a loaded machine thread barriers cost more than threads give
 DEVICE = "cpu" if CPU else "cuda"
 DTYPE = torch.float32 if CPU else torch.bfloat16
 BUDGET = OPTIONS.budget or (60.0 if CPU else 120.0)

@@ -89,6 +89,8 @@ from prag_kernels import (  # noqa: E402
 from prag_kernels import fused_lora_triton as ft  # noqa: E402
 from prag_kernels.torch_path import cat_rank  # noqa: E402
 
+if CPU:
+    torch.set_num_threads(1)  # tiny shapes: on a loaded machine thread barriers cost more than threads give
 START = time.perf_counter()
 BUDGET = OPTIONS.budget if OPTIONS.budget is not None else (90.0 if CPU else 320.0)
 ALPHA, RANK, DOCS, LOADED = 16.0, 2, 3, 8
@@ -1042,6 +1044,12 @@ def host_section(report):
     return lines
 
 
+def repo_path(path):
+    """path relative to the repository when inside it (a GPU run's table: kernels/prag_kernels/…)."""
+    path = Path(path)
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def markdown(report, decode):
     info = report["meta"]
     card = "CPU dry run (Triton interpreter)" if info["cpu_mode"] else f"{info['device']}, driver {info.get('driver')}"
@@ -1051,15 +1059,16 @@ def markdown(report, decode):
         counts = keys.setdefault(r["dtype"], [0, 0])
         counts[0] += "public" in r
         counts[1] += 1
+    measured = ", ".join(f"{dtype} {done} of {planned}" for dtype, (done, planned) in keys.items()) or "none"
+    entries = sum(1 for r in report["timing"] if r.get("chosen"))
     lines = [
         f"# GPU report: {card}{cuda}, torch {info['torch']}, triton {info['triton']}, {info['started'][:10]}",
         "",
         f"`make bench-gpu` (bench/gpu/kernel_report.py, then decode_report.py), rank {RANK}, α {ALPHA:g}. Keys "
-        f"measured: {', '.join(f'{d} {a} of {b}' for d, (a, b) in keys.items()) or 'none'} (the time budget cuts fp16 "
-        f"first). Dispatch table: {len([r for r in report['timing'] if r.get('chosen')])} entries written to "
-        f"`{info['table']}`. Peak DRAM bandwidth {fmt(info.get('peak_dram_gbps'), 0)} GB/s (1 GiB device copy); "
-        f"PEFT {info.get('peft') or 'not installed'}; {fmt(info.get('elapsed_s'))} s of a {info['budget_s']:g} s "
-        "budget.",
+        f"measured: {measured} (the time budget cuts fp16 first). Dispatch table: {entries} entries written to "
+        f"`{repo_path(info['table'])}`. Peak DRAM bandwidth {fmt(info.get('peak_dram_gbps'), 0)} GB/s (a 1 GiB "
+        f"device copy); PEFT {info.get('peft') or 'not installed'}; {fmt(info.get('elapsed_s'))} s of a "
+        f"{info['budget_s']:g} s budget.",
         "",
     ]
     lines += targets_section(report, decode) + [""] + chosen_section(report)
