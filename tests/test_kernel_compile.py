@@ -57,9 +57,6 @@ def test_every_kernel_config_compiles_to_wide_pipelined_loads_without_spills():
     want |= {("_reduce_kernel", f"BLOCK_M 16, BLOCK_N {REDUCE_BLOCK_N} / 4 / 1")}
     assert {(row["kernel"], row["config (blocks / warps / stages)"]) for row in rows} == want
     for row in rows:
-        if row["pass"] == "**kernel**":  # fails through a known kernel-code defect the gate names on stderr
-            assert row["kernel"] in gate.KERNEL_CAUSES and f"KERNEL {row['kernel']}: " in done.stderr, row
-            continue
         assert row["pass"] == "yes", row
         sixteen_bit = "fp32" not in row["types"]
         stages = int(row["config (blocks / warps / stages)"].split(" / ")[-1])
@@ -73,9 +70,9 @@ def test_every_kernel_config_compiles_to_wide_pipelined_loads_without_spills():
                 assert row[f"sm_{cap} cp.async"] == "yes", row
         if row["kernel"] == "_fused_lora_kernel" and sixteen_bit:
             assert row["sm_90 wgmma"] == "yes", row
-    head = re.match(r"# Kernel compile gate: (\d+) specialisations × 2 targets, (\d+) of \1 pass, (\d+) fail", text)
-    total, passed, kernel = map(int, head.groups())
-    assert total == passed + kernel and total > 100
+    head = re.match(r"# Kernel compile gate: (\d+) specialisations × 2 targets, (\d+) of \1 pass", text)
+    total, passed = map(int, head.groups())
+    assert total == passed > 100
 
 
 def test_ptx_readers_on_hand_written_ptx():

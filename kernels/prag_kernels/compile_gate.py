@@ -28,12 +28,6 @@ shapes are a real model's, the operands contiguous, so the strides the pipeliner
 K-loops without cp.async). A global load whose .loc is no tl.load line cannot be named: it fails nothing and is
 counted (table column "not named").
 
-A failure the kernel code causes whatever the config (KERNEL_CAUSES: a runtime int argument without the
-divisibility it always has) is reported, but tested before it is blamed on the kernel: the job is compiled a second
-time with that argument specialised as the JIT would specialise it; if that compile passes, the row says `kernel`,
-stderr names the cause and the fix, and the exit status stays 0 (the config is right, the kernel needs the fix);
-if not, the job fails.
-
 The arguments are meta-device tensors, so nothing is allocated. Compiles run in a process pool and land in
 Triton's cache (~/.triton/cache), so a rerun on unchanged kernels takes seconds.
 """
@@ -75,19 +69,6 @@ CHECKED = ("W", "B", "A")  # x is a few rows at decode: reported, not checked
 WIDE = 16  # bytes a thread per load: one 128-bit access, what streaming a 16-bit operand at bandwidth takes
 K_LOOPS = ("_fused_lora_kernel", "_decode_kernel", "_delta_kernel")  # their K-loop feeds tl.dot
 SOURCE = Path(ft.__file__)
-# kernel -> (runtime int argument, why it makes loads narrow or tiles spill): applies while the argument is in the
-# kernel's do_not_specialize, i.e. until the kernel code is fixed
-KERNEL_CAUSES = {
-    "_delta_kernel": (
-        "N_CHUNK",
-        "N_CHUNK is in do_not_specialize, so the expand's n0 = pid_n·N_CHUNK + i·BLOCK_N has no known divisibility "
-        "and A's and y's column offsets are not provably 16-byte aligned: A and y are loaded (and y stored) an "
-        "element at a time, each with its own 64-bit address, which also spills; N_CHUNK is always a multiple of "
-        "BLOCK_N (≥ 16), so letting the JIT specialise it (or n_lo = tl.multiple_of(pid_n * N_CHUNK, BLOCK_N)) "
-        "gives one binary with 16-byte loads",
-    ),
-}
-
 
 def calls():
     """(what, x, weight, bias, lora_a, lora_b, row_mask, out, tf32) for every kind of call, on the meta device."""
@@ -197,19 +178,6 @@ def specialise(kernel, args, constexprs):
 
 
 KERNELS = {k.fn.__name__: k for k in (ft._fused_lora_kernel, ft._decode_kernel, ft._reduce_kernel, ft._delta_kernel)}
-
-
-def fixed(job):
-    """The job as it would compile with its kernel's KERNEL_CAUSES argument specialised (divisible by 16, as the
-    JIT would give it), or None where the kernel has no such cause (any more)."""
-    name, signature, consts, attrs, warps, stages = job
-    if name not in KERNEL_CAUSES:
-        return None
-    arg = KERNEL_CAUSES[name][0]
-    index = next(i for i, p in enumerate(KERNELS[name].params) if p.name == arg)
-    if not KERNELS[name].params[index].do_not_specialize:
-        return None
-    return name, signature, consts, tuple(sorted(attrs + (((index,), 16),))), warps, stages
 
 
 def source_lines(text, first=1):
@@ -332,12 +300,11 @@ def compile_job(job, targets=tuple(TARGETS)):
 
 
 def run(processes=2):
-    """[(job, calls, results, results with the kernel cause fixed or None)] for every job, compiled in a pool."""
+    """[(job, calls, results)] for every job, compiled in a pool of `processes`."""
     found = jobs()
-    extra = [f for f in map(fixed, found) if f is not None]
     with ProcessPoolExecutor(processes) as pool:
-        compiled = dict(zip([*found, *extra], pool.map(compile_job, [*found, *extra], chunksize=4)))
-    return [(job, found[job], compiled[job], compiled.get(fixed(job))) for job in found]
+        results = list(pool.map(compile_job, found, chunksize=4))
+    return [(job, found[job], res) for job, res in zip(found, results)]
 
 
 def dtype(job):
@@ -378,13 +345,9 @@ def problems(job, result):
     return [f"sm_{cap}: {p}" for p in found]
 
 
-def verdict(job, results, results_fixed):
-    """'yes' (passes), 'kernel' (fails, but passes with its KERNEL_CAUSES argument specialised) or 'no'."""
-    if not any(problems(job, r) for r in results):
-        return "yes"
-    if results_fixed and not any(problems(job, r) for r in results_fixed):
-        return "kernel"
-    return "no"
+def passes(job, results):
+    """No problem on any target."""
+    return not any(problems(job, r) for r in results)
 
 
 def describe(job):
@@ -403,15 +366,14 @@ def type_name(job):
 def summary(rows):
     """{(kernel, config): e} over each row's variants: per target the largest regs/shared/stack, the narrowest load
     per operand, async copies and wgmma only if every variant has them; the types, variants, the most loads not
-    named and the worst verdict."""
+    named and whether every variant passes."""
     out = {}
-    rank = {"yes": 0, "kernel": 1, "no": 2}
-    for job, _, results, results_fixed in rows:
-        e = out.setdefault((job[0], describe(job)[0]), {"variants": 0, "types": set(), "pass": "yes", "unnamed": 0})
+    for job, _, results in rows:
+        e = out.setdefault((job[0], describe(job)[0]), {"variants": 0, "types": set(), "pass": True, "unnamed": 0})
         e["variants"] += 1
         e["types"].add(type_name(job))
         e["unnamed"] = max(e["unnamed"], *(result["unnamed"] for result in results))
-        e["pass"] = max(e["pass"], verdict(job, results, results_fixed), key=rank.get)
+        e["pass"] = e["pass"] and passes(job, results)
         for result in results:
             t = e.setdefault(result["cap"], dict(result, narrowest={}))
             for key in ("regs", "shared", "stack"):
@@ -425,14 +387,14 @@ def summary(rows):
 
 def table(rows):
     """Markdown: one line per (kernel, config) with its worst values per target over its variants."""
-    verdicts = [verdict(job, results, results_fixed) for job, _, results, results_fixed in rows]
+    passed = sum(passes(job, results) for job, _, results in rows)
     columns = []
     for cap in TARGETS:
         columns += [f"sm_{cap} regs", f"sm_{cap} shared KB", f"sm_{cap} stack B", f"sm_{cap} W/B/A load B"]
         columns += [f"sm_{cap} cp.async"] + ([f"sm_{cap} wgmma"] if cap >= 90 else [])
     lines = [
         f"# Kernel compile gate: {len(rows)} specialisations × {len(TARGETS)} targets, "
-        f"{verdicts.count('yes')} of {len(rows)} pass, {verdicts.count('kernel')} fail through the kernel code",
+        f"{passed} of {len(rows)} pass",
         "",
         f"Written by tests/test_kernel_compile.py (`python -m prag_kernels.compile_gate`), Triton "
         f"{triton.__version__}. Each row is one autotune config (or fixed launch) of one kernel; its numbers are "
@@ -444,9 +406,7 @@ def table(rows):
         "cp.async: asynchronous copies in the PTX (a pipelined K-loop); wgmma: sm_90's warpgroup MMA. Pass: "
         f"stack 0 (no spills), shared ≤ {TARGETS[80] // 1024} KB on sm_80, ≤ {TARGETS[90] // 1024} KB on sm_90; "
         f"for fp16/bf16 every W, B and A load ≥ {WIDE} bytes; cp.async where a K-loop with tl.dot has "
-        "num_stages > 1; wgmma in the fused prefill kernel on sm_90 (fp16/bf16). `kernel`: fails as compiled "
-        "now, passes with the kernel code's known defect fixed (compile_gate.KERNEL_CAUSES; the gate's stderr "
-        "says which and how).",
+        "num_stages > 1; wgmma in the fused prefill kernel on sm_90 (fp16/bf16).",
         "",
         "| kernel | config (blocks / warps / stages) | types | variants | not named | "
         + " | ".join(columns)
@@ -460,7 +420,7 @@ def table(rows):
             loads = "/".join(str(t["narrowest"].get(operand, "–")) for operand in CHECKED)
             cells += [str(t["regs"]), f"{t['shared'] / 1024:.0f}", str(t["stack"]), loads, yes(t["async_copies"])]
             cells += [yes(t["wgmma"])] if cap >= 90 else []
-        verdict_cell = {"yes": "yes", "kernel": "**kernel**", "no": "**no**"}[e["pass"]]
+        verdict_cell = "yes" if e["pass"] else "**no**"
         types = ", ".join(sorted(e["types"]))
         head = f"| {kernel} | {config} | {types} | {e['variants']} | {e['unnamed']} |"
         lines.append(f"{head} {' | '.join(cells)} | {verdict_cell} |")
@@ -472,30 +432,17 @@ def yes(flag):
 
 
 def report(rows, out=sys.stderr):
-    """A stderr line per failing job: what failed on which target and why ("KERNEL" where the kernel code's known
-    defect is the cause, then one line per such kernel on the defect and its fix). Returns how many fail."""
-    failed, causes = 0, set()
-    for job, calls_, results, results_fixed in rows:
+    """A stderr line per failing job: what failed on which target and why. Returns how many fail."""
+    failed = 0
+    for job, calls_, results in rows:
         found = [p for r in results for p in problems(job, r)]
-        if not found:
-            continue
-        config, what = describe(job)
-        line = f"{job[0]} {config} {what} ({', '.join(calls_[:2])}): {'; '.join(found)}"
-        if verdict(job, results, results_fixed) == "kernel":
-            causes.add(job[0])
-            print(f"KERNEL {line}; passes with {KERNEL_CAUSES[job[0]][0]} specialised", file=out)
-        else:
+        if found:
             failed += 1
-            print(f"FAIL {line}", file=out)
-            if results_fixed:
-                still = [p for r in results_fixed for p in problems(job, r)]
-                print(f"     and with {KERNEL_CAUSES[job[0]][0]} specialised: {'; '.join(still)}", file=out)
+            config, what = describe(job)
+            print(f"FAIL {job[0]} {config} {what} ({', '.join(calls_[:2])}): {'; '.join(found)}", file=out)
         unnamed = {f"sm_{r['cap']}": r["unnamed"] for r in results if r["unnamed"]}
         if unnamed:
             print(f"     global loads not traced to a tl.load line: {unnamed}", file=out)
-    for name in sorted(causes):
-        arg, why = KERNEL_CAUSES[name]
-        print(f"KERNEL {name}: fails through the kernel code, passes with {arg} specialised. {why}", file=out)
     return failed
 
 

@@ -294,7 +294,9 @@ def _reduce_kernel(
               stride_ym, stride_yn, R_PAD, PRECISION, False)
 
 
-@triton.jit(do_not_specialize=RUNTIME + ("N_CHUNK",))
+# N_CHUNK is specialised (always a multiple of BLOCK_N ≥ 16: one binary): its divisibility is what lets the expand
+# load A and load/store y 16 bytes at a time (as a runtime value every column offset was unaligned)
+@triton.jit(do_not_specialize=RUNTIME)
 def _delta_kernel(
     x_ptr, a_ptr, b_ptr, rows_ptr, y_ptr,
     M, N, K, R, RANK, ROWS_PER_GROUP, N_CHUNK, has_rows, scale,
