@@ -11,7 +11,8 @@ On CUDA Triton (fused_lora_triton.py), by one of two paths chosen per shape from
 Three GEMMs in plain torch elsewhere (torch_path.py). The op is the torch.library custom op
 prag::fused_lora_linear (fake impl for torch.compile, autograd from autograd.py); reference.py is the
 specification. compile_gate.py compiles every Triton launch for sm_80/sm_90 on a CPU and checks that
-none spills and all fit shared memory (`python -m prag_kernels.compile_gate`).
+none spills, all fit shared memory, W/B/A are loaded 16 bytes at a time, K-loops are pipelined (cp.async) and
+the sm_90 prefill uses wgmma (`python -m prag_kernels.compile_gate`).
 
 Fast entry for callers that cache the stacked documents (the injection layer):
 
