@@ -228,7 +228,13 @@ def peft_row(batch, model, ids, per_row, expected):
             dict(model=MODEL, batch=batch, variant="peft", graphs=False, status="skipped (no peft here)")
         )
         return model
-    mixed, names = peft_model(model, per_row)
+    try:
+        mixed, names = peft_model(model, per_row)
+    except Exception as e:  # noqa: BLE001  PEFT refused the model: the row says why, a fresh model goes on
+        entry = dict(model=MODEL, batch=batch, variant="peft", graphs=False)
+        failed(entry, e)
+        REPORT["decode"].append(entry)
+        return make_model()
     mixed.eval()
 
     def run():
@@ -252,11 +258,16 @@ def row(batch, variant, graphs, run, reserve=0.0):
             seconds = run()
             entry.update(status="ok", seconds=round(seconds, 4), tokens_per_s=round(batch * NEW / seconds, 1))
         except Exception as e:  # noqa: BLE001  a variant that fails is a row with its error, not a crash
-            entry["status"] = f"error: {type(e).__name__}: {str(e)[:200]}"
-            REPORT["errors"].append(dict(what=entry, trace=traceback.format_exc()[-2000:]))
+            failed(entry, e)
     print(f"decode {entry}", file=sys.stderr, flush=True)
     REPORT["decode"].append(entry)
     dump()
+
+
+def failed(entry, e):
+    """The entry's status is the error; its trace goes to the JSON's errors."""
+    entry["status"] = f"error: {type(e).__name__}: {str(e)[:200]}"
+    REPORT["errors"].append(dict(what=dict(entry), trace=traceback.format_exc()[-2000:]))
 
 
 def train_rows(model):
@@ -276,8 +287,7 @@ def train_rows(model):
             seconds = time.perf_counter() - start
             entry.update(status="ok", seconds=round(seconds, 3), docs_per_s=round(batch / seconds, 2))
         except Exception as e:  # noqa: BLE001
-            entry["status"] = f"error: {type(e).__name__}: {str(e)[:200]}"
-            REPORT["errors"].append(dict(what=entry, trace=traceback.format_exc()[-2000:]))
+            failed(entry, e)
         print(f"train {entry}", file=sys.stderr, flush=True)
         REPORT["train"].append(entry)
         dump()
