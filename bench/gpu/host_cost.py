@@ -3,14 +3,14 @@
     PYTHONPATH=kernels python bench/gpu/host_cost.py [--calls 20000] [--out FILE.json]
 
 A decode call of the injection layer (fused_lora_linear_cat on Llama-3-8B's FFN shapes, M = 1, three rank-2
-documents, bf16, the injection layer's layout, with and without per-row weights) goes through everything it does
-on a GPU: the argument checks, the dispatch table lookup and the launch arguments, on meta-device tensors (no
-memory, no arithmetic), with the launches stubbed: prag_kernels.fused_lora_triton's _launch (Triton) and
-_vendor_gemm (F.linear, cuBLAS on a GPU; the stub still allocates its output) replaced by no-ops. What is left
-out is the launchers' own host work (Triton binding its arguments, torch's dispatch, the driver calls), which
-needs a GPU: bench/gpu/kernel_report.py times it there, and graph replay (the serving engine on CUDA) skips all
-of it. Prints one line per call kind (the fastest of 5 runs of --calls calls, µs per call) and the target (≤ 10 µs,
-issue 34).
+documents, bf16, the injection layer's layout, with and without per-row weights, under no_grad as in generate)
+goes through everything it does on a GPU: the argument checks, the dispatch table lookup and the launch
+arguments, on meta-device tensors (no memory, no arithmetic), with the launches stubbed:
+prag_kernels.fused_lora_triton's _launch (Triton) and _vendor_gemm (F.linear, cuBLAS on a GPU; the stub still
+allocates its output) replaced by no-ops. What is left out is the launchers' own host work (Triton binding its
+arguments, torch's dispatch, the driver calls), which needs a GPU: bench/gpu/kernel_report.py times it there,
+and graph replay (the serving engine on CUDA) skips all of it. Prints one line per call kind (the fastest of 5
+runs of --calls calls, µs per call) and the target (≤ 10 µs, issue 34).
 """
 
 import argparse
@@ -63,7 +63,8 @@ def measure(calls):
             launched.clear()
             fused_lora_linear_cat(*args, backend="triton")
             paths = sorted({kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__ for kernel in launched})
-            us = per_call_us(lambda args=args: fused_lora_linear_cat(*args, backend="triton"), calls)
+            with torch.no_grad():  # as in generate
+                us = per_call_us(lambda args=args: fused_lora_linear_cat(*args, backend="triton"), calls)
             rows.append({"shape": name, "rows": "per-row" if per_row else "all", "kernels": paths, "us": us})
     return rows
 

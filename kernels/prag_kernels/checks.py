@@ -44,44 +44,46 @@ def check_operands(x, weight, bias, lora_a, lora_b, names=("lora_a", "lora_b")):
 
 
 def check_cat(x, weight, bias, a_cat, b_cat):
-    """check_operands for documents already stacked along rank: a_cat (out, R), b_cat (in, R)."""
-    if x.dim() == 0 or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+    """check_operands for documents already stacked along rank: a_cat (out, R), b_cat (in, R). Each shape is read
+    once: this runs on every decode call on CUDA (the op's host cost)."""
+    xs, ws, a_s, bs = x.shape, weight.shape, a_cat.shape, b_cat.shape
+    if not xs or len(ws) != 2 or xs[-1] != ws[1]:
         raise ValueError(
-            f"weight: expected (out, in) with in = x.shape[-1], got {tuple(weight.shape)} "
-            f"for x of shape {tuple(x.shape)}"
+            f"weight: expected (out, in) with in = x.shape[-1], got {tuple(ws)} for x of shape {tuple(xs)}"
         )
-    if a_cat.dim() != 2 or a_cat.shape[0] != weight.shape[0]:
-        raise ValueError(f"a_cat: expected (out={weight.shape[0]}, R), got shape {tuple(a_cat.shape)}")
-    if b_cat.dim() != 2 or b_cat.shape != (weight.shape[1], a_cat.shape[1]):
-        raise ValueError(f"b_cat: expected (in={weight.shape[1]}, R={a_cat.shape[1]}), got shape {tuple(b_cat.shape)}")
+    if len(a_s) != 2 or a_s[0] != ws[0]:
+        raise ValueError(f"a_cat: expected (out={ws[0]}, R), got shape {tuple(a_s)}")
+    if len(bs) != 2 or bs[0] != ws[1] or bs[1] != a_s[1]:
+        raise ValueError(f"b_cat: expected (in={ws[1]}, R={a_s[1]}), got shape {tuple(bs)}")
+    dtype, device = x.dtype, x.device
     if (
-        not (x.dtype == weight.dtype == a_cat.dtype == b_cat.dtype)
-        or not (x.device == weight.device == a_cat.device == b_cat.device)
-        or not x.is_floating_point()
+        not (dtype == weight.dtype == a_cat.dtype == b_cat.dtype)
+        or not (device == weight.device == a_cat.device == b_cat.device)
+        or not dtype.is_floating_point
     ):
         raise ValueError(
             f"x, weight, a_cat, b_cat: expected one floating dtype and one device, got "
             f"{[(t.dtype, str(t.device)) for t in (x, weight, a_cat, b_cat)]}"
         )
-    if bias is not None and (bias.shape != weight.shape[:1] or bias.dtype != x.dtype or bias.device != x.device):
+    if bias is not None and (bias.shape != ws[:1] or bias.dtype != dtype or bias.device != device):
         raise ValueError(
-            f"bias: expected ({weight.shape[0]},) {x.dtype} on {x.device}, "
-            f"got {tuple(bias.shape)} {bias.dtype} on {bias.device}"
+            f"bias: expected ({ws[0]},) {dtype} on {device}, got {tuple(bias.shape)} {bias.dtype} on {bias.device}"
         )
 
 
 def row_groups(x, rows, name):
     """Rows of x (M = all leading dims) per row of `rows`: 1 when rows has M rows, or, for x (B, T.., in),
     T.. when rows has one row per batch element B. Anything else is a ValueError naming `rows`."""
-    m = x.shape[:-1].numel()
-    if rows.dim() != 2 or rows.device != x.device:
-        raise ValueError(f"{name}: expected a 2-D tensor on {x.device}, got shape {tuple(rows.shape)} on {rows.device}")
-    if rows.shape[0] == m:
+    xs, rs = x.shape, rows.shape
+    m = xs[:-1].numel()
+    if len(rs) != 2 or rows.device != x.device:
+        raise ValueError(f"{name}: expected a 2-D tensor on {x.device}, got shape {tuple(rs)} on {rows.device}")
+    if rs[0] == m:
         return 1
-    if x.dim() >= 3 and rows.shape[0] == x.shape[0]:
-        return m // x.shape[0]
+    if len(xs) >= 3 and rs[0] == xs[0]:
+        return m // xs[0]
     raise ValueError(
-        f"{name}: {rows.shape[0]} rows for x of shape {tuple(x.shape)}; "
+        f"{name}: {rs[0]} rows for x of shape {tuple(xs)}; "
         f"expected {m} (one per row) or, for x (B, T, in), B (one per batch element)"
     )
 

@@ -70,6 +70,7 @@ WIDE = 16  # bytes a thread per load: one 128-bit access, what streaming a 16-bi
 K_LOOPS = ("_fused_lora_kernel", "_decode_kernel", "_delta_kernel")  # their K-loop feeds tl.dot
 SOURCE = Path(ft.__file__)
 
+
 def calls():
     """(what, x, weight, bias, lora_a, lora_b, row_mask, out, tf32) for every kind of call, on the meta device."""
     shapes = [(f"decode {name}", 1, k, n) for name, (k, n) in DECODE_SHAPES.items()]
@@ -393,8 +394,7 @@ def table(rows):
         columns += [f"sm_{cap} regs", f"sm_{cap} shared KB", f"sm_{cap} stack B", f"sm_{cap} W/B/A load B"]
         columns += [f"sm_{cap} cp.async"] + ([f"sm_{cap} wgmma"] if cap >= 90 else [])
     lines = [
-        f"# Kernel compile gate: {len(rows)} specialisations × {len(TARGETS)} targets, "
-        f"{passed} of {len(rows)} pass",
+        f"# Kernel compile gate: {len(rows)} specialisations × {len(TARGETS)} targets, {passed} of {len(rows)} pass",
         "",
         f"Written by tests/test_kernel_compile.py (`python -m prag_kernels.compile_gate`), Triton "
         f"{triton.__version__}. Each row is one autotune config (or fixed launch) of one kernel; its numbers are "

@@ -53,12 +53,12 @@ def key(dtype, m, k, n, total_rank, per_row):
 
 def choose(x, n, total_rank, per_row):
     """(path, config or None) for x (M, in) times an (n, in) weight with total_rank stacked columns."""
-    return _choose_call(x.device, x.dtype, *x.shape, n, total_rank, per_row)
+    return choose_for(x.device, x.dtype, *x.shape, n, total_rank, per_row)
 
 
-@functools.lru_cache(maxsize=4096)
-def _choose_call(device, dtype, m, k, n, total_rank, per_row):
-    """choose's answer per call signature: one cache lookup per call at decode (the op's host cost)."""
+def choose_for(device, dtype, m, k, n, total_rank, per_row):
+    """choose for a call described by its device, dtype and sizes. (The launcher caches the answer with the rest
+    of a call's plan; on_table_change says when to forget it.)"""
     return _choose(*_device(device), key(dtype, m, k, n, total_rank, per_row))
 
 
@@ -118,8 +118,17 @@ def write_device(name, capability, entries, source, path=None):
     clear_caches()
 
 
+_LISTENERS = []
+
+
+def on_table_change(forget):
+    """Call forget() whenever the table changes (for a cache that holds answers of choose_for)."""
+    _LISTENERS.append(forget)
+
+
 def clear_caches():
     """Forget the loaded table and every answer given (after the table file changed)."""
     load_table.cache_clear()
     _choose.cache_clear()
-    _choose_call.cache_clear()
+    for forget in _LISTENERS:
+        forget()

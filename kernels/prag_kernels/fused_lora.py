@@ -69,8 +69,7 @@ def fused_lora_linear_cat(x, weight, bias, a_cat, b_cat, scale, row_mask=None, *
             check_cat(x, weight, bias, a_cat, b_cat)
             raise
     check_cat(x, weight, bias, a_cat, b_cat)
-    # one "document" of rank R: views, no copy
-    return _run(x, weight, bias, a_cat.unsqueeze(0), b_cat.unsqueeze(0), scale, None, row_mask, backend)
+    return _run(x, weight, bias, a_cat, b_cat, scale, None, row_mask, backend)
 
 
 def _flatten(x):
@@ -126,22 +125,24 @@ if lora_linear_triton is not None:
 
 
 def _run(x, weight, bias, lora_a, lora_b, scale, row_docs, row_mask, backend):
-    backend = _pick(x, lora_a, backend)
-    if lora_a.shape[0] * lora_a.shape[2] == 0:
+    """y for checked arguments; lora_a, lora_b (D, n, r), or stacked (n, R) from the cat entry: one document of
+    rank R, passed as it is to an eager Triton launch (no per-call views at decode), unsqueezed for the rest."""
+    total = lora_a.shape[-1] * (lora_a.shape[0] if lora_a.dim() == 3 else 1)
+    backend = _pick(x, total, backend)
+    if total == 0:
         return F.linear(x, weight, bias)  # exactly nn.Linear
+    grad = torch.compiler.is_compiling() or _wants_grad(x, weight, bias, lora_a, lora_b)
+    if lora_a.dim() == 2 and (grad or backend == "torch"):
+        lora_a, lora_b = lora_a.unsqueeze(0), lora_b.unsqueeze(0)
     args = (_flatten(x), weight, bias, lora_a, lora_b, float(scale), row_docs, row_mask)
-    if torch.compiler.is_compiling() or _wants_grad(x, weight, bias, lora_a, lora_b):
-        y = _op(*args, backend)
-    else:
-        y = _PATHS[backend](*args)
-    return _unflatten(x, y)
+    return _unflatten(x, _op(*args, backend) if grad else _PATHS[backend](*args))
 
 
-def _pick(x, lora_a, backend):
-    """The path's name: "triton" for CUDA tensors when importable (and the rank fits), else "torch"."""
+def _pick(x, total, backend):
+    """The path's name for total stacked rank columns: "triton" for CUDA tensors when importable (and the rank
+    fits), else "torch"."""
     if backend is None:
-        use_triton = x.is_cuda and lora_linear_triton is not None and lora_a.shape[0] * lora_a.shape[2] <= MAX_RANK
-        return "triton" if use_triton else "torch"
+        return "triton" if x.is_cuda and lora_linear_triton is not None and total <= MAX_RANK else "torch"
     if backend in _PATHS:
         return backend
     raise ValueError(

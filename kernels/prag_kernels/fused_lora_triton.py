@@ -38,7 +38,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .dispatch import choose
+from . import dispatch
 from .torch_path import column_mask
 
 MAX_RANK = 64  # total rank D·r the kernels take (R_PAD ≤ 64); beyond it the torch path
@@ -403,31 +403,31 @@ def lora_linear_triton(x, weight, bias, lora_a, lora_b, scale, row_docs=None, ro
                        config=None, path=None):
     """y (M, out) for x (M, in); arguments as prag_kernels.fused_lora_linear, already checked.
 
-    row_docs (G, J) ids or row_mask (G, R) column weights (at most one), G dividing M. Any strides.
+    lora_a (D, out, r) and lora_b (D, in, r), or documents already stacked, (out, R) and (in, R): one document of
+    rank R. row_docs (G, J) ids or row_mask (G, R) column weights (at most one), G dividing M. Any strides.
     path: "fused" (M ≤ DECODE_M the decode kernel, else the prefill kernel), "delta" (the vendor GEMM, then
     _delta_kernel), or None: the dispatch table's choice for this device and shape (prag_kernels.dispatch).
     out: an optional (M, out) tensor to write y into. config: fixed block sizes instead of the table's or the
     autotuner's (tests use small blocks to get many tiles): BLOCK_M/BLOCK_N/BLOCK_K, num_warps/num_stages, for
     the fused decode SPLIT_K (the number of K chunks), for the delta path N_SPLIT (the number of column chunks);
     keys a path does not use are ignored."""
-    n_docs, _, rank = lora_b.shape
-    if n_docs * rank > MAX_RANK:
-        raise ValueError(f"lora_b: total rank D·r = {n_docs * rank} exceeds the Triton kernel's {MAX_RANK}")
-    if path is None:
-        path, chosen = choose(x, weight.shape[0], n_docs * rank, row_docs is not None or row_mask is not None)
-        config = config or chosen
+    if row_docs is not None:
+        row_mask = column_mask(row_docs, *documents(lora_b), torch.float32)
+    path, steps = plan(x, weight, bias, lora_b, row_mask, config, path)
     if path == "delta":  # the vendor GEMM writes x Wᵀ + bias, the Triton launch adds the documents' term
         out = _vendor_gemm(x, weight, bias, out)
     elif out is None:
         out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
-    if row_docs is not None:
-        row_mask = column_mask(row_docs, n_docs, rank, torch.float32)
-    for kernel, grid, args, meta in launches(x, weight, bias, lora_a, lora_b, scale, row_mask, out, config,
-                                             path=path):
+    for kernel, grid, args, meta in bind(path, steps, x, weight, bias, lora_a, lora_b, scale, row_mask, out):
         _launch(kernel, grid, args, meta)
     return out
+
+
+def documents(lora):
+    """(D, r) of a (D, n, r) tensor; (1, R) of a stacked (n, R) one."""
+    return (lora.shape[0], lora.shape[2]) if lora.dim() == 3 else (1, lora.shape[1])
 
 
 def _launch(kernel, grid, args, meta):
@@ -464,41 +464,60 @@ def n_split(m_tiles, n, block_n, sms):
 
 
 def launches(x, weight, bias, lora_a, lora_b, scale, row_mask, out, config=None, sms=None, path="fused"):
-    """The Triton launches of `path` for out = y, as (kernel or autotuner, grid, args, meta) in order; for the
-    delta path out must already hold x Wᵀ + bias (the vendor GEMM's part). sms: the GPU's SM count (default:
-    x's device's). lora_linear_triton runs them, the compile gate compiles them.
+    """The Triton launches of `path` (None: the dispatch table's) for out = y, as (kernel or autotuner, grid, args,
+    meta) in order; for the delta path out must already hold x Wᵀ + bias (the vendor GEMM's part). sms: the GPU's
+    SM count (default: x's device's). The compile gate compiles them; lora_linear_triton runs them."""
+    path, steps = plan(x, weight, bias, lora_b, row_mask, config, path, sms)
+    return bind(path, steps, x, weight, bias, lora_a, lora_b, scale, row_mask, out)
 
-    Everything that depends only on shapes and flags comes from _plan (cached); per call only the tensors and
-    their strides are read (the op's host cost at decode, bench/gpu/host_cost.py)."""
-    (m, k), n, (n_docs, _, rank) = x.shape, weight.shape[0], lora_b.shape
-    fp32_exact = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+
+def plan(x, weight, bias, lora_b, row_mask, config=None, path=None, sms=None):
+    """(path, steps) for a call: the path (None: the dispatch table's, with its config unless config is given) and
+    its launches' shape-only part (_plan, cached: per call only this signature is read, the op's host cost at
+    decode, bench/gpu/host_cost.py)."""
+    (m, k), (n_docs, rank) = x.shape, documents(lora_b)
     groups = 0 if row_mask is None else m // row_mask.shape[0]  # rows per row of row_mask; 0: no row selection
-    plan = _plan(path, m, n, k, n_docs * rank, rank, bias is not None, groups, x.element_size(), fp32_exact,
-                 tuple(config.items()) if config else (), sms or _sm_count(x.device))
+    fp32_exact = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    return _plan(path, x.device, x.dtype, m, weight.shape[0], k, n_docs * rank, rank, bias is not None, groups,
+                 fp32_exact, tuple(config.items()) if config else (), sms)
+
+
+def bind(path, steps, x, weight, bias, lora_a, lora_b, scale, row_mask, out):
+    """plan's steps with this call's tensors and strides: [(kernel or autotuner, grid, args, meta)]."""
+    # (stride_d, stride_n, stride_r); a stacked (n, R) operand is its only document
+    a_strides = lora_a.stride() if lora_a.dim() == 3 else (0, *lora_a.stride())
+    b_strides = lora_b.stride() if lora_b.dim() == 3 else (0, *lora_b.stride())
     rows, rows_stride = (x, (0, 0)) if row_mask is None else (row_mask, row_mask.stride())
     bias = x if bias is None else bias  # a placeholder pointer when has_bias is 0 (so is rows)
     scale = float(scale)
     if path == "delta":
-        (kernel, grid, sizes, meta), = plan
-        args = (x, lora_a, lora_b, rows, out, *sizes, scale, *x.stride(), *lora_a.stride(), *lora_b.stride(),
-                *rows_stride, *out.stride())
+        (kernel, grid, sizes, meta), = steps
+        args = (x, lora_a, lora_b, rows, out, *sizes, scale, *x.stride(), *a_strides, *b_strides, *rows_stride,
+                *out.stride())
         return [(kernel, grid, args, meta)]
-    strides = (*x.stride(), *weight.stride(), *lora_a.stride(), *lora_b.stride(), *rows_stride, *out.stride())
-    (kernel, grid, sizes, meta), *reduce = plan
-    if m > DECODE_M:
+    strides = (*x.stride(), *weight.stride(), *a_strides, *b_strides, *rows_stride, *out.stride())
+    (kernel, grid, sizes, meta), *reduce = steps
+    if x.shape[0] > DECODE_M:
         return [(kernel, grid, (x, weight, bias, lora_a, lora_b, rows, out, *sizes, scale, *strides), meta)]
     part = torch.empty(reduce[0][4], dtype=torch.float32, device=x.device) if reduce else out
-    steps = [(kernel, grid, (x, weight, bias, lora_a, lora_b, rows, out, part, *sizes, scale, *strides), meta)]
+    bound = [(kernel, grid, (x, weight, bias, lora_a, lora_b, rows, out, part, *sizes, scale, *strides), meta)]
     for kernel, grid, sizes, meta, _ in reduce:
-        args = (part, lora_a, bias, rows, out, *sizes, scale, *lora_a.stride(), *rows_stride, *out.stride())
-        steps.append((kernel, grid, args, meta))
-    return steps
+        args = (part, lora_a, bias, rows, out, *sizes, scale, *a_strides, *rows_stride, *out.stride())
+        bound.append((kernel, grid, args, meta))
+    return bound
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(path, m, n, k, total, rank, has_bias, groups, element_size, fp32_exact, config, sms):
-    """The shape-only part of launches(): [(kernel or autotuner, grid, int arguments, meta)], the split-K reduce's
-    step with the partials' shape appended. config: the fixed-config items, () for the table/autotuner/rule."""
+def _plan(path, device, dtype, m, n, k, total, rank, has_bias, groups, fp32_exact, config, sms):
+    """(path, [(kernel or autotuner, grid, int arguments, meta)]), the split-K reduce's step with the partials'
+    shape appended. path None: the dispatch table's, and its config unless config (the fixed-config items) is
+    given; () for the autotuner or the delta rule. Cleared when the table changes."""
+    if total > MAX_RANK:
+        raise ValueError(f"lora_b: total rank D·r = {total} exceeds the Triton kernel's {MAX_RANK}")
+    if path is None:
+        path, chosen = dispatch.choose_for(device, dtype, m, k, n, total, groups > 0)
+        config = config or tuple((chosen or {}).items())
+    sms, element_size = sms or _sm_count(device), dtype.itemsize
     meta = dict(R_PAD=max(16, next_power_of_2(total)), PRECISION="ieee" if fp32_exact else "tf32")
     head = (m, n, k)
     ranks = (total, max(rank, 1), max(groups, 1))
@@ -513,15 +532,16 @@ def _plan(path, m, n, k, total, rank, has_bias, groups, element_size, fp32_exact
             chunks = cdiv(n, n_chunk)
         else:
             chunks, n_chunk = n_split(m_tiles, n, config["BLOCK_N"], sms)
-        return [(_delta_kernel, (m_tiles, chunks), (*head, *ranks, n_chunk, flags[1]), dict(meta, **config))]
+        return path, [(_delta_kernel, (m_tiles, chunks), (*head, *ranks, n_chunk, flags[1]), dict(meta, **config))]
     config.pop("N_SPLIT", None)
     if m > DECODE_M:
         config.pop("SPLIT_K", None)
         sizes = (*head, *ranks, m_bucket(m), *flags)
         if config:
             grid = (cdiv(m, config["BLOCK_M"]) * cdiv(n, config["BLOCK_N"]),)
-            return [(_fused_lora_kernel, grid, sizes, dict(meta, **config))]
-        return [(_fused_lora_autotuned, lambda cfg: (cdiv(m, cfg["BLOCK_M"]) * cdiv(n, cfg["BLOCK_N"]),), sizes, meta)]
+            return path, [(_fused_lora_kernel, grid, sizes, dict(meta, **config))]
+        return path, [(_fused_lora_autotuned, lambda cfg: (cdiv(m, cfg["BLOCK_M"]) * cdiv(n, cfg["BLOCK_N"]),), sizes,
+                       meta)]
     config.pop("BLOCK_M", None)
     if "SPLIT_K" in config:
         k_split = cdiv(cdiv(k, config.pop("SPLIT_K")), config["BLOCK_K"]) * config["BLOCK_K"]
@@ -536,4 +556,7 @@ def _plan(path, m, n, k, total, rank, has_bias, groups, element_size, fp32_exact
     if splits > 1:
         plan.append((_reduce_kernel, (cdiv(n, REDUCE_BLOCK_N),), (m, n, splits, *ranks, *flags),
                      dict(meta, BLOCK_N=REDUCE_BLOCK_N, num_warps=4, num_stages=1), (splits, m, n + meta["R_PAD"])))
-    return plan
+    return path, plan
+
+
+dispatch.on_table_change(_plan.cache_clear)
