@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 OUT = ROOT / "docs" / "results.md"
+DISPATCH_TABLE = ROOT / "kernels" / "prag_kernels" / "dispatch_table.json"  # written by the GPU report
 sys.path.insert(0, str(BENCH / "suites"))  # report.py: the suites' targets, recomputed from the raw JSON
 sys.path.insert(0, str(BENCH / "experiments"))  # sweep.py: how a sweep row labels its training configuration
 
@@ -454,7 +455,10 @@ def compile_section(name):
         f"## `{name}`\n\n"
         + source(name, "any (Triton compiles for sm_80 and sm_90 without a GPU)", "not recorded")
         + f"\n{title}. Written by tests/test_kernel_compile.py; per autotune config, the worst registers, "
-        "shared memory and stack over the specialisations it can be picked for.\n\n" + "\n".join(rows) + "\n"
+        "shared memory, stack and narrowest W/B/A load (bytes a thread) over the specialisations it can be picked "
+        "for, and whether the PTX pipelines its K-loop (cp.async) and, on sm_90, uses wgmma.\n\n"
+        + "\n".join(rows)
+        + "\n"
     )
 
 
@@ -472,6 +476,56 @@ def pool_section(name):
         + f"\nbench/load/pool_bench.py: {r['model']}, {r['slots']} slots at rank {r['rank']}, {r['threads']} "
         f"thread(s), a KV cache of {r['context']} tokens, torch {r['torch']}.\n\n"
         + table(["measure", "value"], rows)
+        + "\n"
+    )
+
+
+def host_cost_section(name):
+    r = json.loads((RESULTS / name).read_text())
+    rows = [(row["shape"], row["rows"], ", ".join(row["kernels"]), f"{row['us']:.1f}") for row in r["rows"]]
+    worst = max(row["us"] for row in r["rows"])
+    return (
+        f"## `{name}`\n\n"
+        + source(name, f"{r['machine']}, load average {r['loadavg']}", r["date"])
+        + "\nbench/gpu/host_cost.py: the Python work of one decode call of the fused op as the injection layer makes "
+        "it (bf16, M = 1, three rank-2 documents, meta-device tensors, the Triton launch and the vendor GEMM stubbed; "
+        f"the fastest of 5 runs of {r['calls']} calls; torch {r['torch']}, Python {r['python']}). Target ≤ "
+        f"{r['target_us']:.0f} µs: {'met' if worst <= r['target_us'] else 'not met'} ({worst:.1f} µs at worst).\n\n"
+        + table(["shape", "rows", "launches (stubbed)", "µs per call"], rows)
+        + "\n"
+    )
+
+
+def dispatch_section():
+    """What the shipped dispatch table holds: the GPU runs that wrote it, or the statement that none has."""
+    raw = json.loads(DISPATCH_TABLE.read_text())
+    name = DISPATCH_TABLE.relative_to(ROOT)
+    head = f"## `{name.name}`\n\nFrom `{name}`, written by `make bench-gpu` (bench/gpu/kernel_report.py). "
+    if not raw["devices"]:
+        return head + (
+            "No GPU run has written an entry: every call on CUDA takes the rule (the delta path, "
+            "prag_kernels.dispatch). The GPU targets of issue 34 (the chosen path ≤ 1.05× F.linear at M ≤ 16, "
+            "≤ 1.10× with per-row sets and at M = 4096, faster than unfused torch and merge at every M; decode "
+            "tokens/s with three documents per row ≥ 0.9× the base model's and ≥ 2× PEFT's mixed-adapter batch) "
+            "are **not measured**.\n"
+        )
+    rows = []
+    for device, d in sorted(raw["devices"].items()):
+        paths = [e["path"] for e in d["entries"]]
+        rows.append(
+            (
+                device,
+                ".".join(map(str, d["capability"])),
+                d.get("source", "—"),
+                len(paths),
+                paths.count("fused"),
+                paths.count("delta"),
+            )
+        )
+    return (
+        head
+        + "Per device, the keys measured and the path each chose:\n\n"
+        + table(["device", "capability", "source", "keys", "fused", "delta"], rows)
         + "\n"
     )
 
@@ -543,6 +597,8 @@ def render():
         ("hops.jsonl", hops_section("hops.jsonl")),
         ("scale.jsonl", scale_section("scale.jsonl")),
         ("serve_ray.json", serve_ray_section("serve_ray.json")),
+        ("host_cost.json", host_cost_section("host_cost.json")),
+        ("dispatch_table.json", dispatch_section()),
         *((p.name, gpu_section(p.name)) for p in sorted(RESULTS.glob("gpu-*.md"))),
     ]
     raw_gpu = {p.with_suffix(".json").name for p in RESULTS.glob("gpu-*.md")}  # their numbers are the markdown's

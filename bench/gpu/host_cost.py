@@ -1,6 +1,6 @@
 """The fused op's host cost at decode, measured on the CPU with the launches stubbed: what Python does per call.
 
-    PYTHONPATH=kernels python bench/gpu/host_cost.py [--calls 20000] [--out FILE.json]
+    PYTHONPATH=kernels python bench/gpu/host_cost.py [--calls 20000] [--out bench/results/host_cost.json]
 
 A decode call of the injection layer (fused_lora_linear_cat on Llama-3-8B's FFN shapes, M = 1, three rank-2
 documents, bf16, the injection layer's layout, with and without per-row weights, under no_grad as in generate)
@@ -15,6 +15,8 @@ runs of --calls calls, µs per call) and the target (≤ 10 µs, issue 34).
 
 import argparse
 import json
+import os
+import platform
 import time
 from pathlib import Path
 
@@ -81,7 +83,17 @@ def main(argv=None):
     worst = max(r["us"] for r in rows)
     print(f"worst {worst:.1f} µs per call: target ≤ {TARGET_US:.0f} µs {'met' if worst <= TARGET_US else 'NOT met'}")
     if args.out:
-        args.out.write_text(json.dumps({"rows": rows, "target_us": TARGET_US, "torch": torch.__version__}, indent=1))
+        record = dict(
+            rows=rows,
+            target_us=TARGET_US,
+            calls=args.calls,
+            date=time.strftime("%Y-%m-%d"),
+            machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+            loadavg=round(os.getloadavg()[0], 2),
+            torch=torch.__version__,
+            python=platform.python_version(),
+        )
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def fused_lora_linear(x, weight, bias, lora_a, lora_b, scale, row_docs=None, *, 
     check_operands(x, weight, bias, lora_a, lora_b)
     if row_docs is not None:
         check_row_docs(x, row_docs, lora_a.shape[0])
-    return _run(x, weight, bias, lora_a, lora_b, scale, row_docs, None, backend)
+    return _run(x, weight, bias, lora_a, lora_b, scale, row_docs, None, backend, lora_a.shape[0] * lora_a.shape[2])
 
 
 def fused_lora_linear_cat(x, weight, bias, a_cat, b_cat, scale, row_mask=None, *, backend=None):
@@ -69,15 +69,7 @@ def fused_lora_linear_cat(x, weight, bias, a_cat, b_cat, scale, row_mask=None, *
             check_cat(x, weight, bias, a_cat, b_cat)
             raise
     check_cat(x, weight, bias, a_cat, b_cat)
-    return _run(x, weight, bias, a_cat, b_cat, scale, None, row_mask, backend)
-
-
-def _flatten(x):
-    return x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-
-
-def _unflatten(x, y):
-    return y if x.dim() == 2 else y.view(*x.shape[:-1], y.shape[-1])
+    return _run(x, weight, bias, a_cat, b_cat, scale, None, row_mask, backend, a_cat.shape[1])
 
 
 def _wants_grad(x, weight, bias, lora_a, lora_b):
@@ -124,18 +116,20 @@ if lora_linear_triton is not None:
     )
 
 
-def _run(x, weight, bias, lora_a, lora_b, scale, row_docs, row_mask, backend):
-    """y for checked arguments; lora_a, lora_b (D, n, r), or stacked (n, R) from the cat entry: one document of
-    rank R, passed as it is to an eager Triton launch (no per-call views at decode), unsqueezed for the rest."""
-    total = lora_a.shape[-1] * (lora_a.shape[0] if lora_a.dim() == 3 else 1)
+def _run(x, weight, bias, lora_a, lora_b, scale, row_docs, row_mask, backend, total):
+    """y for checked arguments with `total` stacked rank columns; lora_a, lora_b (D, n, r), or stacked (n, R) from
+    the cat entry: one document of rank R, passed as it is to an eager Triton launch (no per-call views at decode),
+    unsqueezed for the rest. Leading dims of x are flattened to rows and restored on y."""
     backend = _pick(x, total, backend)
     if total == 0:
         return F.linear(x, weight, bias)  # exactly nn.Linear
     grad = torch.compiler.is_compiling() or _wants_grad(x, weight, bias, lora_a, lora_b)
     if lora_a.dim() == 2 and (grad or backend == "torch"):
         lora_a, lora_b = lora_a.unsqueeze(0), lora_b.unsqueeze(0)
-    args = (_flatten(x), weight, bias, lora_a, lora_b, float(scale), row_docs, row_mask)
-    return _unflatten(x, _op(*args, backend) if grad else _PATHS[backend](*args))
+    flat = x.dim() == 2
+    args = (x if flat else x.reshape(-1, x.shape[-1]), weight, bias, lora_a, lora_b, float(scale), row_docs, row_mask)
+    y = _op(*args, backend) if grad else _PATHS[backend](*args)
+    return y if flat else y.view(*x.shape[:-1], y.shape[-1])
 
 
 def _pick(x, total, backend):
