@@ -38,16 +38,22 @@ def table_rows(text):
     return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines if line[2] == "_"]
 
 
-def test_every_kernel_config_compiles_to_wide_pipelined_loads_without_spills():
+def compiling(*args, timeout):
+    """python args... without the Triton interpreter; asserts it succeeds, returns the finished process."""
     done = subprocess.run(
-        [sys.executable, "-W", "ignore", "-m", "prag_kernels.compile_gate", "--out", str(TABLE)],
+        [sys.executable, "-W", "ignore", *args],
         cwd=ROOT,
         env=COMPILING,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_every_kernel_config_compiles_to_wide_pipelined_loads_without_spills():
+    compiling("-m", "prag_kernels.compile_gate", "--out", str(TABLE), timeout=900)
     text = TABLE.read_text()
     rows = table_rows(text)
     # one row per autotune config of each kernel (decode rows show the fixed 16-wide x tile), the reduce unpipelined
@@ -182,16 +188,7 @@ def test_row_major_b_cat_is_reported_narrow_and_not_pipelined():
     """The old layout, b_cat (in, R) row-major (stride R along `in`), in the bf16 decode kernel for sm_90: B is
     gathered 2 bytes at a time and is the one K-loop operand left out of the cp.async pipeline; the injection
     layer's layout (stride 1 along `in`) loads it 16 bytes at a time, asynchronously."""
-    done = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", ROW_MAJOR_B],
-        cwd=ROOT,
-        env=COMPILING,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout)
+    found = json.loads(compiling("-c", ROW_MAJOR_B, timeout=600).stdout)
     old, new = found["row-major"], found["b_cat.T contiguous"]
     assert old["narrowest"]["B"] == 2 and old["narrowest"]["W"] == 16, old
     assert "B" not in old["async_operands"] and "W" in old["async_operands"], old

@@ -83,6 +83,12 @@ def reference(case):
     return reference_fused_lora_linear(*args, case["scale"], None if rows is None else rows.cpu())
 
 
+def case_launches(case, row_mask, out, **options):
+    """launches() for a make_case case with row_mask weights, writing out."""
+    operands = (case[n] for n in ("x", "weight", "bias", "lora_a", "lora_b", "scale"))
+    return launches(*operands, row_mask, out, **options)
+
+
 def assert_lora_matters(case, ref):
     """Guard against a vacuous pass: with documents in play the LoRA term moves y well past the tolerance."""
     if case["lora_a"].shape[0] and (case["row_docs"] is None or (case["row_docs"] >= 0).any()):
@@ -181,17 +187,7 @@ def test_kernel_row_mask_float_weights_and_split_k_partials(m):
     a_cat, b_cat = (cat_rank(case[n]).double().cpu() for n in ("lora_a", "lora_b"))
     ref = x @ w.T + b + case["scale"] * ((x @ b_cat) * mask.double().cpu().repeat_interleave(2, 0)) @ a_cat.T
     out = torch.full((m, 47), float("nan"), device=TRITON_DEVICE)
-    plan = launches(
-        case["x"],
-        case["weight"],
-        case["bias"],
-        case["lora_a"],
-        case["lora_b"],
-        case["scale"],
-        mask,
-        out,
-        config=SMALL_BLOCKS,
-    )
+    plan = case_launches(case, mask, out, config=SMALL_BLOCKS)
     assert len(plan) == (2 if m <= 16 else 1)
     if m <= 16:
         part = plan[0][2][7]
@@ -219,18 +215,7 @@ def test_delta_launch_adds_into_y_at_every_element(m):
     out = base.float().to(TRITON_DEVICE)
     rows = torch.zeros(m + 1, 6)
     rows[::2], rows[1::2] = mask, mask[: (m + 1) // 2]  # one row of weights per row of x
-    plan = launches(
-        case["x"],
-        case["weight"],
-        case["bias"],
-        case["lora_a"],
-        case["lora_b"],
-        case["scale"],
-        rows[:m].to(TRITON_DEVICE),
-        out,
-        config=dict(SMALL_BLOCKS, N_SPLIT=3),
-        path="delta",
-    )
+    plan = case_launches(case, rows[:m].to(TRITON_DEVICE), out, config=dict(SMALL_BLOCKS, N_SPLIT=3), path="delta")
     ((kernel, grid, args, meta),) = plan
     assert grid == (cdiv(m, 16), 3) and args[4] is out
     kernel[grid](*args, **meta)
