@@ -7,10 +7,10 @@ from this JSON; `make bench-gpu` runs both).
 
 Model: random weights with the real config of Llama-3.2-1B (bf16; --cpu: a 2-layer Llama, fp32); no model files
 travel to a lent GPU. Decode: greedy generate of NEW tokens after a PROMPT-token prompt (every row runs to the end),
-batch 1, 4 and 16, 3 documents per row (rank 2, α 16) drawn from a library of 8, tokens/s = batch · NEW / wall:
+batch 1, 4 and 16, 3 documents per row (rank 2, α 16) drawn from a library of 32, tokens/s = batch · NEW / wall:
     base            the injected model with no document
-    fused           the document pool (model/pool.py) with 8 slots, each row its 3 documents: the op as the dispatch
-                    table picks it (the kernel report's per-row keys are these calls': 3 of 8 loaded, R_PAD 16)
+    fused           the document pool (model/pool.py) with its default 32 slots, each row its 3 documents: the op as
+                    the dispatch table picks it (the kernel report's per-row keys are these calls': 3 of 32, R_PAD 64)
     peft            PEFT's mixed-adapter batch: one LoRA adapter per row holding its 3 documents (rank 6, the same
                     sum), `adapter_names` per row: the peer a user would pick today; its logits are checked against
                     the fused ones
@@ -59,7 +59,7 @@ DTYPE = torch.float32 if CPU else torch.bfloat16
 BUDGET = OPTIONS.budget or (60.0 if CPU else 120.0)
 GRAPH_RESERVE = 40.0  # seconds a CUDA-graph row may take (its compile): none starts with less left
 START = time.perf_counter()
-RANK, ALPHA, DOCS, LIBRARY = 2, 16.0, 3, 8  # 3 documents per row of 8 loaded, as the kernel report's per-row keys
+RANK, ALPHA, DOCS, LIBRARY = 2, 16.0, 3, 32  # 3 documents per row of the pool's default 32, as prag serve runs
 PROMPT, NEW = (8, 4) if CPU else (64, 32)
 BATCHES = (1, 4) if CPU else (1, 4, 16)
 TRAIN_BATCHES = (1, 2) if CPU else (1, 8, 32)

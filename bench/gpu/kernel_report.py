@@ -22,14 +22,14 @@ In run order (the budget cuts from the end), after the peak DRAM bandwidth (a 1 
      table's path).
   2. timings per key (dtype, FFN shape, M, rows): bf16 for Llama-3-8B, Llama-3.2-1B and SmolLM2-135M (up: hidden →
      intermediate, and down), then fp16 in the same order; M in 1, 4, 16, 64, 512, 4096; rows "all" (3 documents)
-     and "per-row" (3 of 8 loaded documents per row, row_mask). Each thing timed first has its output checked
-     against the float64 reference: F.linear; path "fused" for every config the autotuner's pruner allows (and
-     which one the autotuner picks); path "delta" for every DELTA_CONFIGS entry the compile gate compiled for the
-     call (and which one is the rule's); unfused torch F.linear(x, W) + α ((x B) ⊙ w) Aᵀ; merge + linear +
-     restore (rows "all"); PEFT's mixed-adapter forward (per-row, eager, one operand set, where peft is
-     installed). Then the key's table entry is written (the fastest correct candidate; never a path that failed a
-     correctness check in its dtype) and the public op (fused_lora_linear_cat, backend="triton": what the table
-     picks) is timed, graph and eager.
+     and "per-row" (3 of 32 loaded documents per row, row_mask: the document pool's default, what prag serve
+     runs). Each thing timed first has its output checked against the float64 reference: F.linear; path "fused"
+     for every config the autotuner's pruner allows (and which one the autotuner picks); path "delta" for every
+     DELTA_CONFIGS entry the compile gate compiled for the call (and which one is the rule's); unfused torch
+     F.linear(x, W) + α ((x B) ⊙ w) Aᵀ; merge + linear + restore (rows "all"); PEFT's mixed-adapter forward
+     (per-row, eager, one operand set, where peft is installed). Then the key's table entry is written (the
+     fastest correct candidate; never a path that failed a correctness check in its dtype) and the public op
+     (fused_lora_linear_cat, backend="triton": what the table picks) is timed, graph and eager.
   3. host µs of one decode call, piece by piece (after the bf16 Llama-3-8B keys).
 
 graph = GPU µs per call: back-to-back calls captured in one CUDA graph, the graph replayed (median of 5 batches);
@@ -93,7 +93,8 @@ if CPU:
     torch.set_num_threads(1)  # tiny shapes: on a loaded machine thread barriers cost more than threads give
 START = time.perf_counter()
 BUDGET = OPTIONS.budget if OPTIONS.budget is not None else (90.0 if CPU else 300.0)
-ALPHA, RANK, DOCS, LOADED = 16.0, 2, 3, 8
+# per-row keys: 3 documents of the 32 a default document pool holds (MAX_COLUMNS // rank: R_PAD 64), as in serving
+ALPHA, RANK, DOCS, LOADED = 16.0, 2, 3, 32
 DEVICE = "cpu" if CPU else "cuda"
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 NAMES = dispatch.DTYPES  # dtype -> "bf16", "fp16", "fp32"
@@ -459,8 +460,8 @@ def failed_paths(dtype):
 
 
 def weight_sets(k, n, dtype, seed):
-    """Copies of W (n, k) and of 8 documents' pairs, enough that together they exceed the L2 three times (one on the
-    CPU): the timed calls rotate over them, so W streams from DRAM as it does across a model's layers."""
+    """Copies of W (n, k) and of LOADED documents' pairs, enough that together they exceed the L2 three times (one on
+    the CPU): the timed calls rotate over them, so W streams from DRAM as it does across a model's layers."""
     one = (n * k + LOADED * RANK * (n + k)) * torch.empty((), dtype=dtype).element_size()
     count = 1 if CPU else min(MAX_SETS, math.ceil(3 * REPORT["meta"]["l2_bytes"] / one))
     sets = [operands(k, n, 0, dtype, LOADED, seed=seed + i) for i in range(count)]
