@@ -7,8 +7,8 @@ import torch
 from tiny import TINY_ARCHS, random_doc_params, tiny_model
 
 from prag_core.model.inject import (
-    _ACTIVE,
     InjectedLinear,
+    active_documents,
     eject,
     ffn_module_paths,
     inject,
@@ -124,7 +124,7 @@ def test_nesting_inner_replaces_outer_per_model():
             assert torch.equal(logits(model, ids), only_d0)
         assert torch.equal(logits(other, ids), other_base)
     assert torch.equal(logits(model, ids), base)
-    assert _ACTIVE.get() == {}
+    assert active_documents() == {}
 
 
 def test_two_threads_same_model_different_documents():
@@ -205,7 +205,7 @@ def test_exceptions_restore_everything():
     with pytest.raises(RuntimeError, match="boom"):
         with use_documents(model, docs):
             raise RuntimeError("boom")
-    assert _ACTIVE.get() == {}
+    assert active_documents() == {}
     with pytest.raises(RuntimeError, match="boom"):
         with merged_documents(model, docs):
             assert rel(logits(model, ids), base) > 1e-3

@@ -1,5 +1,7 @@
 """prag_core's layers: a module imports only from its own layer or those below (never upward), so there is
-no import cycle between subpackages. The order is prag_core/__init__.py's docstring's."""
+no import cycle between subpackages. The order is prag_core/__init__.py's docstring's. And no module of prag_core or
+prag_kernels imports another module's private name (one with a leading underscore): what crosses a module
+boundary is public."""
 
 import ast
 from pathlib import Path
@@ -55,3 +57,38 @@ def test_every_module_is_in_a_layer_and_under_400_lines():
         rel = path.relative_to(CORE)
         layer_of("prag_core." + (rel.parts[0] if len(rel.parts) > 1 else rel.stem.replace("__init__", "")))
         assert len(path.read_text(encoding="utf-8").splitlines()) <= 400, f"{rel}: over 400 lines"
+
+
+KERNELS = Path(__file__).resolve().parents[1] / "kernels" / "prag_kernels"
+
+
+def module_name(path, root, package):
+    """The dotted name of the module in `path`, under the package `package` whose folder is `root`."""
+    rel = path.relative_to(root).with_suffix("")
+    return ".".join((package, *(rel.parts[:-1] if rel.name == "__init__" else rel.parts)))
+
+
+def private_imports(path, root, package):
+    """(module, name) for every `from module import _name` in `path` that names another module's private name
+    (relative imports resolved)."""
+    me = module_name(path, root, package)
+    home = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]  # the package relative imports start from
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        module = node.module or ""
+        if node.level:
+            parts = home.split(".")
+            module = ".".join(parts[: len(parts) - node.level + 1] + ([module] if module else []))
+        if module != me:
+            yield from ((module, a.name) for a in node.names if a.name.startswith("_") and not a.name.startswith("__"))
+
+
+@pytest.mark.parametrize(
+    "path,root,package",
+    [(p, CORE, "prag_core") for p in MODULES] + [(p, KERNELS, "prag_kernels") for p in sorted(KERNELS.rglob("*.py"))],
+    ids=lambda v: v.name if isinstance(v, Path) else None,
+)
+def test_no_module_imports_a_private_name_of_another(path, root, package):
+    found = list(private_imports(path, root, package))
+    assert not found, f"{path.name} imports private names of other modules: {found}"

@@ -15,7 +15,7 @@ from tiny import tiny_llama, tiny_tokenizer
 from prag_core.cli import main
 from prag_core.offline import distributed
 from prag_core.pairs.doc_params import DocParams
-from prag_core.storage.payloads import _Shard
+from prag_core.storage.payloads import Shard
 from prag_core.storage.store import Store
 
 DOCS = [{"id": f"d{i}", "text": f"Person {i} owns {i + 2} red kites. They fly over town {i} in May."} for i in range(6)]
@@ -117,7 +117,7 @@ def test_worker_dying_mid_batch_is_retried_and_every_document_written_once(setup
     assert marker.exists()  # a worker did die
     assert sorted(puts) == sorted(d["id"] for d in DOCS)
     shards = sorted((work / "store" / "shards").iterdir())
-    slots = [_Shard(p).field(s, "doc_id") for p in shards for s in range(len(_Shard(p).documents))]
+    slots = [Shard(p).field(s, "doc_id") for p in shards for s in range(len(Shard(p).documents))]
     assert len(shards) == 2 and sorted(slots) == sorted(d["id"] for d in DOCS)
     _assert_same_store(_tensors(setup / "single"), _tensors(work))
     assert main(["store", "verify", "--workdir", str(work)]) == 0

@@ -54,8 +54,8 @@ from prag_core.answer.requests import (
     PromptTooLong,
     Request,
     Row,
+    RowStops,
     UnknownDocument,
-    _RowStops,
     check_request,
 )
 from prag_core.corpus import iter_corpus
@@ -380,7 +380,7 @@ class Pipeline:
         ids, mask = left_pad([r.prompt for r in rows], pad)
         width = ids.shape[1]
         device = self.model.device
-        stops = _RowStops(self.tokenizer, width, rows)
+        stops = RowStops(self.tokenizer, width, rows)
         out = self.model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),

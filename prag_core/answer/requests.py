@@ -5,7 +5,7 @@ Request    one question with its own options (mode, top_k, explicit documents, a
 Row        a checked Request, ready to generate: its documents, combined pairs and prompt
 Answer     what comes back: the prediction, documents, scores, token counts, finish reason, and its hops
 Hop        one Retrieve-Update-Generate round of a question: the documents it applied and the answer it wrote
-_RowStops  per-row stopping during one batched generate call: a complete answer, end of turn, the row's
+RowStops  per-row stopping during one batched generate call: a complete answer, end of turn, the row's
            max_new_tokens, or its cancel event; it streams each row's settled answer text
 The answer format: the continuation of ANSWER_PREFIX cut at the first newline or sentence end (cut_answer).
 """
@@ -227,7 +227,7 @@ class RowProgress:
         return self.finish
 
 
-class _RowStops(StoppingCriteria):
+class RowStops(StoppingCriteria):
     """RowProgress for each row of a generate call over left-padded prompts `prompt_width` tokens wide."""
 
     def __init__(self, tokenizer, prompt_width, rows):

@@ -62,7 +62,7 @@ def _request_error(err):
     return error(400, str(err), param)
 
 
-class _ApiKey:
+class ApiKey:
     """ASGI middleware: /v1/ routes need `Authorization: Bearer KEY` (checked before the body is read)."""
 
     def __init__(self, app, key):
@@ -77,7 +77,7 @@ class _ApiKey:
         await self.app(scope, receive, send)
 
 
-class _BodyLimit:
+class BodyLimit:
     """ASGI middleware: a request whose body is over `limit` bytes gets 413 before any of it is parsed: at once
     when its Content-Length says so, else as soon as the bytes streamed in pass the limit. The body (at most
     `limit` bytes) is read here and handed on whole."""
@@ -142,9 +142,9 @@ def create_app(
 
     app = FastAPI(title="prag", lifespan=lifespan)
     app.state.batcher = batcher
-    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
     if api_key:  # added last: outermost, so a request without the key is refused before its body is read
-        app.add_middleware(_ApiKey, key=api_key)
+        app.add_middleware(ApiKey, key=api_key)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc):

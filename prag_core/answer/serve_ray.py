@@ -49,7 +49,7 @@ from starlette.routing import Route
 
 from prag_core.answer.parts import open_index
 from prag_core.answer.schema import ChatRequest, PragOptions
-from prag_core.answer.serve import _ApiKey, _BodyLimit, error, open_app
+from prag_core.answer.serve import ApiKey, BodyLimit, error, open_app
 from prag_core.errors import PragError
 
 log = logging.getLogger("prag.serve")
@@ -138,9 +138,9 @@ class Router:
 
     def __serve_build_asgi_app__(self):
         app = Starlette(routes=[Route("/{path:path}", self.forward, methods=METHODS)])
-        app.add_middleware(_BodyLimit, limit=self.config.max_body_bytes)
+        app.add_middleware(BodyLimit, limit=self.config.max_body_bytes)
         if self.config.api_key:  # outermost, as in serve.create_app
-            app.add_middleware(_ApiKey, key=self.config.api_key)
+            app.add_middleware(ApiKey, key=self.config.api_key)
         return _Disconnects(app)
 
     def key(self, path, body):

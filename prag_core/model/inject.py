@@ -21,6 +21,11 @@ replaces the outer one for the model it names (`use_documents(model, [])`
 switches documents off inside); other models keep theirs. Leaving a context,
 also by exception, restores the outer state.
 
+The documents active for a layer are anything that implements `ActiveDocuments`
+(the scale α and, per call, the stacked pairs and per-row column weights):
+`use_documents` activates a per-call document set, prag_core.model.pool's
+DocumentPool its device-resident slots, both through `activated(...)`.
+
 `merged_documents(model, docs)` is the merge baseline: W += scale·Σ_j A_j B_jᵀ in
 place, restored bit-exactly on exit. It mutates shared weights, so it is not
 thread-safe; it works on injected and plain models alike.
@@ -29,6 +34,7 @@ thread-safe; it works on injected and plain models alike.
 import weakref
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -55,8 +61,34 @@ ARCHITECTURES = {
     "gpt2": ("transformer.h", ("c_fc", "c_proj")),
 }
 
-# layer -> the _Documents active for it in this context, or None (documents switched off)
+# layer -> the ActiveDocuments active for it in this context, or None (documents switched off)
 _ACTIVE: ContextVar[dict] = ContextVar("prag_active_documents", default={})
+
+
+class ActiveDocuments(Protocol):
+    """What an InjectedLinear asks of the documents active for it: scale (α) and, for one call of `layer` on x,
+    prag_kernels.fused_lora_linear_cat's operands: a_cat (out, R), b_cat (in, R) and the per-row column weights
+    ((rows or batch, R), or None when every row uses every column)."""
+
+    scale: float
+
+    def operands(self, layer: "InjectedLinear", x: torch.Tensor) -> tuple: ...
+
+
+@contextmanager
+def activated(active):
+    """Inside the block, each InjectedLinear in `active` ({layer: ActiveDocuments or None}) uses those documents (None:
+    none); every other layer keeps what the enclosing context gave it. Restored on exit, also by exception."""
+    token = _ACTIVE.set({**_ACTIVE.get(), **active})
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active_documents():
+    """{layer: ActiveDocuments or None} of the current context (a copy; empty outside every context)."""
+    return dict(_ACTIVE.get())
 
 
 def architecture(model_type):
@@ -254,8 +286,8 @@ def _stack(docs, path, like, weights=None):
 
 
 class _Documents:
-    """One context's documents for one model, prepared on entry: per layer the pairs stacked along rank
-    (one set: with its weights folded into A), and for per-row sets the (batch, D·r) column weights
+    """One context's documents for one model (an ActiveDocuments), prepared on entry: per layer the pairs stacked
+    along rank (one set: with its weights folded into A), and for per-row sets the (batch, D·r) column weights
     (row b weighs column j by the summed weights of its slots that hold j's document; one row per batch
     element serves every sequence length). Trainable documents (tensors requiring grad) are stacked on
     every call instead, so gradients reach them and optimizer steps are seen."""
@@ -288,7 +320,8 @@ class _Documents:
         return a_cat, b_cat, self.masks[key]
 
 
-def _ffn_modules(model):
+def ffn_modules(model):
+    """{module path: module} of every FFN projection (InjectedLinear once injected)."""
     return {path: model.get_submodule(path) for path in ffn_module_paths(model)}
 
 
@@ -300,7 +333,7 @@ def use_documents(model, docs, scale=None, weights=None):
     differ in length, or be empty). scale: α; default the documents' alpha (they must agree).
     weights: a factor per document, nested like docs (default 1): document j adds scale·w_j·A_j B_jᵀ.
     The model must be injected. Gradients flow to documents whose tensors require grad."""
-    modules = _ffn_modules(model)
+    modules = ffn_modules(model)
     layers = list(modules.values())
     if not all(isinstance(m, InjectedLinear) for m in layers):
         raise ValueError("the model is not injected: call prag_core.model.inject.inject(model) first")
@@ -308,14 +341,8 @@ def use_documents(model, docs, scale=None, weights=None):
     scale = _check_documents(modules, distinct, scale)
     covered = [m for m in layers if distinct and m.path in distinct[0].pairs]
     state = _Documents(distinct, doc_weights, scale, row_index, row_weights, covered)
-    active = dict(_ACTIVE.get())
-    active.update({m: None for m in layers})
-    active.update({m: state for m in covered})
-    token = _ACTIVE.set(active)
-    try:
+    with activated({m: state if m in covered else None for m in layers}):
         yield
-    finally:
-        _ACTIVE.reset(token)
 
 
 @contextmanager
@@ -326,7 +353,7 @@ def merged_documents(model, docs, scale=None, weights=None):
     distinct, doc_weights, row_index, _ = _document_sets(docs, weights)
     if row_index is not None:
         raise ValueError("merged_documents takes one document set for the whole batch, not one per row")
-    modules = _ffn_modules(model)
+    modules = ffn_modules(model)
     scale = _check_documents(modules, distinct, scale)
     backups = []
     try:

@@ -3,7 +3,7 @@
 For every injected projection the pool preallocates, on the model's device and dtype,
 
     A_pool (out, P·r)   B_pool (in, P·r)     slot s = columns [s·r, (s+1)·r), rank-major (A_poolᵀ, and on CUDA
-                                             B_poolᵀ, contiguous: the layout inject._stack builds)
+                                             B_poolᵀ, contiguous: the layout use_documents stacks)
 
 and one (max_rows, P·r) column-weight tensor W_rows. Row m of a batch computes
 
@@ -27,7 +27,7 @@ from contextlib import contextmanager
 import torch
 
 from prag_core.corpus import json_digest
-from prag_core.model.inject import _ACTIVE, InjectedLinear, _ffn_modules, weight_out_in
+from prag_core.model.inject import InjectedLinear, activated, ffn_modules, weight_out_in
 
 MAX_COLUMNS = 64  # prag_kernels.fused_lora_triton.MAX_RANK: the stacked columns one Triton launch takes
 
@@ -37,8 +37,9 @@ class PoolFull(RuntimeError):
 
 
 class DocumentPool:
-    """P slots of rank-r pairs on an injected model (see the module docstring). Documents are keyed by the
-    caller (a document id); rows are 0..max_rows-1 of the batch the model is called with inside activate()."""
+    """P slots of rank-r pairs on an injected model (see the module docstring), an inject.ActiveDocuments. Documents
+    are keyed by the caller (a document id); rows are 0..max_rows-1 of the batch the model is called with inside
+    activate()."""
 
     def __init__(self, model, rank, alpha, slots=None, max_rows=16):
         slots = slots or MAX_COLUMNS // rank
@@ -46,7 +47,7 @@ class DocumentPool:
             raise ValueError(f"pool: rank ({rank}), slots ({slots}) and max_rows ({max_rows}) must be ≥ 1")
         weight = next(model.parameters())
         self.model, self.rank, self.alpha, self.slots = model, rank, float(alpha), slots
-        layers = [m for m in _ffn_modules(model).values() if isinstance(m, InjectedLinear)]
+        layers = [m for m in ffn_modules(model).values() if isinstance(m, InjectedLinear)]
         if not layers:
             raise ValueError("pool: the model is not injected (prag_core.model.inject.inject)")
         self.columns = {}  # layer -> (A_pool, B_pool)
@@ -121,11 +122,8 @@ class DocumentPool:
         """Inside the block, the model's batch row m uses the documents assigned to row m (batch ≤ max_rows)."""
         if self.loaded is not None:
             torch.cuda.current_stream(self.loaded.device).wait_event(self.loaded)
-        token = _ACTIVE.set({**_ACTIVE.get(), **{layer: self for layer in self.columns}})
-        try:
+        with activated(dict.fromkeys(self.columns, self)):
             yield self
-        finally:
-            _ACTIVE.reset(token)
 
     scale = property(lambda self: self.alpha)
 

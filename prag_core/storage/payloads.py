@@ -26,22 +26,22 @@ from prag_core.pairs.doc_params import DocParams, DocParamsError
 SHARD_FORMAT = "prag.shard"
 
 
-def _sha256(data):
+def sha256_hex(data):
     return hashlib.sha256(data).hexdigest()
 
 
 def _digest(flat):
-    return _sha256(flat.contiguous().view(torch.uint8).numpy())
+    return sha256_hex(flat.contiguous().view(torch.uint8).numpy())
 
 
-def _read_file(path, fingerprint=None, device="cpu", dtype=None, digest=None):
+def read_document_file(path, fingerprint=None, device="cpu", dtype=None, digest=None):
     """(DocParams, bytes) of a document file, its bytes checked against `digest` when given."""
     try:
         with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as f:  # a link: ELOOP
             data = f.read()
     except OSError as err:
         raise DocParamsError(f"{path}: unreadable ({err.strerror})") from None
-    if digest is not None and _sha256(data) != digest:
+    if digest is not None and sha256_hex(data) != digest:
         raise DocParamsError(f"{path}: sha256 of its bytes does not match the catalog: corrupted")
     try:
         header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
@@ -51,7 +51,7 @@ def _read_file(path, fingerprint=None, device="cpu", dtype=None, digest=None):
     return DocParams.decode(path, metadata, tensors, fingerprint, device, dtype), data
 
 
-class _Shard:
+class Shard:
     """An open shard: its safe_open handle (memory-mapped) and decoded header."""
 
     def __init__(self, path):
@@ -155,5 +155,5 @@ def file_name(doc_id, digest):
     return f"{slug}-{hashlib.sha256(doc_id.encode('utf-8')).hexdigest()[:12]}.{digest[:12]}.safetensors"
 
 
-def _seq(path):
+def file_seq(path):
     return int(Path(path).name.split(".", 1)[0])

@@ -62,7 +62,7 @@ from prag_core.storage.folder import (
     payload_files,
     refuse_pre_release,
 )
-from prag_core.storage.payloads import _read_file, _seq, _sha256, _Shard, file_name, shard_bytes
+from prag_core.storage.payloads import Shard, file_name, file_seq, read_document_file, sha256_hex, shard_bytes
 
 STORAGE_DTYPES = ("float32", "bfloat16", "float16")
 _META = {  # the catalog's meta values, each with what it must be (else the catalog is damaged)
@@ -88,7 +88,7 @@ def training_tag(training):
     return json_digest(training)
 
 
-def _check_fingerprint(folder, stored, fingerprint):
+def check_fingerprint(folder, stored, fingerprint):
     for key in FINGERPRINT_FIELDS:
         if stored.get(key) != fingerprint.get(key):
             raise StoreError(
@@ -131,7 +131,7 @@ class Store(Mapping):
             self._create(fingerprint, storage_dtype, shard_size)
         meta = self._meta()
         if fingerprint is not None:
-            _check_fingerprint(self.folder, meta["fingerprint"], fingerprint)
+            check_fingerprint(self.folder, meta["fingerprint"], fingerprint)
         if storage_dtype not in (None, meta["dtype"]):
             raise StoreError(
                 f"{self.folder}: stores pairs in {meta['dtype']}; storing {storage_dtype} needs another work directory"
@@ -143,7 +143,7 @@ class Store(Mapping):
         self.dtype = torch.promote_types(getattr(torch, self.storage_dtype), compute_dtype) if compute_dtype else None
         self._buffer = []  # (doc, DocParams) put, not yet in a shard
         self._present = None  # shard files on disk, listed once for done()
-        self._shard = functools.lru_cache(maxsize=64)(lambda file: _Shard(located(self.folder, self.root, file)))
+        self._shard = functools.lru_cache(maxsize=64)(lambda file: Shard(located(self.folder, self.root, file)))
         self._load = functools.lru_cache(maxsize=256)(self._read)
         if training is not None and self.shard_size:
             self._set("shard_size", self.shard_size)
@@ -159,7 +159,7 @@ class Store(Mapping):
             )
         if self.training is None or fingerprint is None:
             raise StoreError(f"{self.folder}: no parameter store here (no {CATALOG}); run `prag build` first")
-        _write_catalog(
+        write_catalog(
             self.path,
             {
                 "fingerprint": fingerprint,
@@ -226,7 +226,7 @@ class Store(Mapping):
         path, problem = self.folder / str(row.file), outside(self.root, row.file)  # outside: not read
         if problem is None and row.slot is None:
             try:
-                problem = None if _sha256(path.read_bytes()) == row.bytes_sha256 else "bytes do not match: corrupted"
+                problem = None if sha256_hex(path.read_bytes()) == row.bytes_sha256 else "bytes do not match: corrupted"
             except OSError:
                 problem = "missing"
         elif problem is None:
@@ -247,7 +247,7 @@ class Store(Mapping):
             self._buffer.append((doc, params))
             return
         data = params.to_bytes(f"{self.folder}: document {doc.id!r}")
-        digest = _sha256(data)
+        digest = sha256_hex(data)
         name = file_name(doc.id, digest)
         write_bytes_atomic(self.folder / name, data)
         self._commit(name, len(data), [(doc.id, doc.sha256, self.tag, name, None, digest)])
@@ -301,13 +301,13 @@ class Store(Mapping):
     def _adopt(self):
         """Commit the shards a killed build wrote but did not commit (sequence numbers from next_shard on)."""
         for path in payload_files(self.folder):  # never a symbolic link
-            if path.parent != self.folder and path.name[0].isdigit() and _seq(path) >= self._meta()["next_shard"]:
+            if path.parent != self.folder and path.name[0].isdigit() and file_seq(path) >= self._meta()["next_shard"]:
                 try:
-                    rows = _shard_rows(self.folder, _Shard(path))
+                    rows = shard_rows(self.folder, Shard(path))
                 except DocParamsError as err:
                     warnings.warn(f"{err}; an unlisted shard, ignored (its documents are encoded again)", stacklevel=3)
                     rows = []
-                self._commit(path.relative_to(self.folder).as_posix(), path.stat().st_size, rows, _seq(path) + 1)
+                self._commit(path.relative_to(self.folder).as_posix(), path.stat().st_size, rows, file_seq(path) + 1)
 
     def retain(self, doc_ids):
         """Drop every document not in `doc_ids` (they left the corpus); close() deletes their bytes."""
@@ -324,7 +324,9 @@ class Store(Mapping):
     def _read(self, file, slot, digest):
         if slot is not None:
             return self._shard(file).read(slot, self.fingerprint, self.device, self.dtype, digest)
-        return _read_file(located(self.folder, self.root, file), self.fingerprint, self.device, self.dtype, digest)[0]
+        return read_document_file(
+            located(self.folder, self.root, file), self.fingerprint, self.device, self.dtype, digest
+        )[0]
 
     def __getitem__(self, doc_id):
         row = self._row(doc_id)
@@ -350,7 +352,7 @@ class Store(Mapping):
         return self._query("SELECT count(*) FROM documents")[0][0]
 
 
-def _shard_rows(folder, shard):
+def shard_rows(folder, shard):
     """The catalog rows of a shard's documents, from its header."""
     file = shard.path.relative_to(folder).as_posix()
     return [
@@ -366,7 +368,7 @@ def _shard_rows(folder, shard):
     ]
 
 
-def _write_catalog(path, meta, rows, sizes):
+def write_catalog(path, meta, rows, sizes):
     """A whole catalog, atomically: written and committed under a temporary name, then renamed over `path`.
     rows: the documents' rows; sizes: payload file -> bytes."""
     tmp = path.with_name(f".{path.name}.tmp")

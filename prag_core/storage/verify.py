@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 
 from prag_core.pairs.doc_params import DocParamsError
 from prag_core.storage.folder import CATALOG, StoreError, check_links, located, payload_files, refuse_pre_release
-from prag_core.storage.payloads import _read_file, _seq, _sha256, _Shard
-from prag_core.storage.store import Store, _check_fingerprint, _shard_rows, _write_catalog, training_tag
+from prag_core.storage.payloads import Shard, file_seq, read_document_file, sha256_hex
+from prag_core.storage.store import Store, check_fingerprint, shard_rows, training_tag, write_catalog
 
 
 def _scan(folder):
@@ -27,7 +27,7 @@ def _scan(folder):
     for path in payload_files(folder):  # never a symbolic link
         try:
             if path.parent == folder:
-                params, data = _read_file(path)
+                params, data = read_document_file(path)
                 meta = params.meta
                 if "doc_id" not in meta or "doc_sha256" not in meta:
                     raise DocParamsError(f"{path}: metadata fields 'doc_id'/'doc_sha256' are missing")
@@ -38,15 +38,15 @@ def _scan(folder):
                         training_tag(meta.get("training")),
                         path.name,
                         None,
-                        _sha256(data),
+                        sha256_hex(data),
                     )
                 ]
             else:
-                shard = _Shard(path)
-                found, params = _shard_rows(folder, shard), shard.read(0)
+                shard = Shard(path)
+                found, params = shard_rows(folder, shard), shard.read(0)
                 largest = max(largest, len(found))
             fingerprint = fingerprint or params.meta["fingerprint"]
-            _check_fingerprint(path, params.meta["fingerprint"], fingerprint)
+            check_fingerprint(path, params.meta["fingerprint"], fingerprint)
         except (DocParamsError, StoreError) as err:
             warnings.warn(f"{err}; left out of the catalog (its documents are encoded again)", stacklevel=3)
             continue
@@ -66,14 +66,14 @@ def rebuild_catalog(folder):
     rows, sizes, first, largest = _scan(folder)
     if first is None:
         raise StoreError(f"{folder}: no readable payload files to list in a new catalog")
-    shards = [_seq(file) for file in sizes if file.startswith("shards/")]
+    shards = [file_seq(file) for file in sizes if file.startswith("shards/")]
     meta = {
         "fingerprint": first.meta["fingerprint"],
         "dtype": str(first.tensors()[0].dtype).removeprefix("torch."),
         "shard_size": largest or None,
         "next_shard": max(shards, default=-1) + 1,
     }
-    _write_catalog(folder / CATALOG, meta, list(rows.values()), sizes)
+    write_catalog(folder / CATALOG, meta, list(rows.values()), sizes)
     return len(rows)
 
 
