@@ -32,10 +32,10 @@ def defaults():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # importing prag_kernels must not need a GPU
     from sweep import config_label
 
-    from prag_core.answer.requests import COMBINATION, TEMPERATURE, TOP_K
+    from prag_core.answer.config import COMBINATION, TEMPERATURE, TOP_K
     from prag_core.cli import WARMUP_DEFAULT
     from prag_core.offline.build import BuildConfig
-    from prag_core.offline.train import TrainConfig
+    from prag_core.offline.train_config import TrainConfig
     from prag_core.retrieval.retrievers import RETRIEVER
 
     return {
@@ -209,10 +209,10 @@ def defaults_section(d, names):
     c = d["training"]
     return (
         "## Today's defaults on dev and test\n\n"
-        f"Training: {training_name(c)} (`TrainConfig()` of prag_core/offline/train.py with `prag build`'s "
+        f"Training: {training_name(c)} (`TrainConfig()` of prag_core/offline/train_config.py with `prag build`'s "
         f"augmenter and warm-up); retriever: {d['retriever']} (`RETRIEVER`, prag_core/retrieval/retrievers.py); "
         f"serving: top-{d['top_k']}, combination {d['combination']} (T={d['temperature']:g}; "
-        "prag_core/answer/pipeline.py). F1 / EM: SQuAD's, max over aliases. "
+        "prag_core/answer/config.py). F1 / EM: SQuAD's, max over aliases. "
         "vanilla retrieves nothing; rag puts the retrieved passages in the prompt; prag applies their pairs; "
         "combine does both. Test is for reporting only: nothing was tuned on it.\n\n"
         + table(

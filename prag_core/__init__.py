@@ -15,6 +15,13 @@ cli.py (`prag`), demo.py (`prag demo`) and this module's load_model sit on top (
 
 __version__ = "0.1.0"
 
-from prag_core.model.load import load_model  # noqa: E402
-
 __all__ = ["__version__", "load_model"]
+
+
+def __getattr__(name):
+    """prag_core.load_model, imported on first use: `import prag_core` (and `prag --help`) must not import torch."""
+    if name == "load_model":
+        from prag_core.model.load import load_model
+
+        return load_model
+    raise AttributeError(f"module 'prag_core' has no attribute {name!r}")

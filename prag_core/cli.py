@@ -23,8 +23,8 @@ WARMUP_DEFAULT = "shipped"  # `prag build --warmup` (docs/decisions.md, Warm-up 
 
 
 def _add_build(sub):
-    from prag_core.offline.train import DTYPES, OBJECTIVES, TrainConfig
-    from prag_core.pairs.doc_params import INITS
+    from prag_core.offline.train_config import DTYPE_NAMES, OBJECTIVES, TrainConfig
+    from prag_core.pairs.choices import INITS
     from prag_core.retrieval.retrievers import RETRIEVER, RETRIEVERS
 
     p = sub.add_parser("build", help="index + augment + encode a corpus into a work directory (resumable)")
@@ -38,7 +38,7 @@ def _add_build(sub):
         "--epochs", type=_positive_int, default=TrainConfig.epochs, help="passes over a document's sequences"
     )
     p.add_argument("--targets", default=None, help="FFN projections to train, comma-separated (default: all)")
-    p.add_argument("--dtype", default=TrainConfig.dtype, choices=list(DTYPES), help="model and pair dtype")
+    p.add_argument("--dtype", default=TrainConfig.dtype, choices=list(DTYPE_NAMES), help="model and pair dtype")
     p.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of the B init")
     p.add_argument(
         "--warmup",
@@ -169,7 +169,7 @@ def _add_ray(p, does):
 
 
 def _add_serve(sub):
-    from prag_core.answer.requests import MAX_BODY_BYTES
+    from prag_core.answer.config import MAX_BODY_BYTES
 
     p = _workdir_command(sub, "serve", help="an OpenAI-compatible HTTP API over a work directory (prag[serve])")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
@@ -267,8 +267,8 @@ def _workdir_command(sub, name, help):
 
 def _add_answer_options(p):
     """The flags of pipeline.AnswerConfig (commands._answer_config reads them back)."""
-    from prag_core.answer.requests import COMBINATION, MAX_HOPS, TEMPERATURE, TOP_K
-    from prag_core.pairs.combine import SCHEMES
+    from prag_core.answer.config import COMBINATION, MAX_HOPS, TEMPERATURE, TOP_K
+    from prag_core.pairs.choices import SCHEMES
     from prag_core.retrieval.retrievers import RETRIEVERS
 
     p.add_argument(

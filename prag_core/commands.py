@@ -15,7 +15,7 @@ def cmd_build(args):
     import torch
 
     from prag_core.offline.build import BuildConfig, build
-    from prag_core.offline.train import TrainConfig
+    from prag_core.offline.train_config import TrainConfig
 
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"prag: warning: {message}", file=sys.stderr)
@@ -146,6 +146,6 @@ def _config(cls, args, **given):
 
 def _answer_config(args, rows):
     """The AnswerConfig of cli._add_answer_options' flags, for batches of up to `rows` questions."""
-    from prag_core.answer.requests import AnswerConfig
+    from prag_core.answer.config import AnswerConfig
 
     return _config(AnswerConfig, args, pool_rows=rows)

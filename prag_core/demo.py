@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
+from prag_core.answer.config import MODES, AnswerConfig
 from prag_core.answer.evaluate import evaluate, table, write_results
 from prag_core.answer.pipeline import Pipeline
-from prag_core.answer.requests import MODES, AnswerConfig
 from prag_core.corpus import DEMO_CORPUS, DEMO_QUESTIONS, read_questions
 from prag_core.model.load import cache_dir
-from prag_core.offline.train import TrainConfig
+from prag_core.offline.train_config import TrainConfig
 from prag_core.storage.workdir import Workdir
 
 BATCH_SIZE = 8

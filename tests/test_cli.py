@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny import tiny_llama, tiny_tokenizer
 
-from prag_core.answer.requests import MODES
+from prag_core.answer.config import MODES
 from prag_core.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -438,7 +438,7 @@ def test_every_flag_reaches_its_config_field():
     from prag_core.answer.serve import ServeConfig
     from prag_core.cli import build_parser
     from prag_core.commands import _answer_config, _config
-    from prag_core.offline.train import TrainConfig
+    from prag_core.offline.train_config import TrainConfig
 
     args = build_parser().parse_args(
         ["serve", "--workdir", "W", "--batch-window-ms", "5", "--max-queue", "7", "--threads", "1", "--top-k", "2"]

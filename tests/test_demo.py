@@ -6,9 +6,9 @@ import pytest
 from test_cli import DOCS, QA, save_tiny, write
 
 from prag_core import demo
-from prag_core.answer.requests import MODES
+from prag_core.answer.config import MODES
 from prag_core.corpus import read_questions
-from prag_core.offline.train import TrainConfig
+from prag_core.offline.train_config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = dict(config=TrainConfig(epochs=1), augmenter="fallback", batch_docs=4)

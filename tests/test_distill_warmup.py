@@ -17,7 +17,8 @@ from prag_core.model.inject import inject, use_documents
 from prag_core.offline.augment import augment
 from prag_core.offline.encode import encode_warmup
 from prag_core.offline.samples import build_samples, distill_items
-from prag_core.offline.train import TrainConfig, train_documents
+from prag_core.offline.train import train_documents
+from prag_core.offline.train_config import TrainConfig
 from prag_core.pairs.combine import combine
 from prag_core.pairs.doc_params import DocParams
 

@@ -13,8 +13,9 @@ import sys
 import pytest
 from tiny import tiny_llama, tiny_tokenizer
 
+from prag_core.answer.config import AnswerConfig
 from prag_core.answer.pipeline import Pipeline
-from prag_core.answer.requests import AnswerConfig, Request, UnknownDocument
+from prag_core.answer.requests import Request, UnknownDocument
 from prag_core.cli import main
 from prag_core.corpus import text_sha256
 from prag_core.storage.store import Store

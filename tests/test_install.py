@@ -66,6 +66,28 @@ def test_cli_version_and_help():
     assert out.returncode == 0 and "demo" in out.stdout
 
 
+def test_import_and_every_help_do_not_import_torch():
+    """`import prag_core` and `prag [COMMAND] --help` stay under a second: they import neither torch nor
+    transformers (the parser's defaults and choices live in torch-free modules: offline/train_config.py,
+    answer/config.py, pairs/choices.py); load_model is imported on first use."""
+    commands = ["build", "demo", "ask", "eval", "export-peft", "store", "serve", "store verify".split()]
+    probe = (
+        f"COMMANDS = {commands!r}\n"
+        "import sys, contextlib, io\n"
+        "import prag_core\n"
+        "from prag_core.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "for command in ([], *([c] if isinstance(c, str) else c for c in COMMANDS)):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        parser.parse_args([*command, '--help'])\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'prag_kernels') if m in sys.modules))\n"
+        "print(callable(prag_core.load_model), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["[]", "True True"]
+
+
 @pytest.mark.slow
 def test_wheel_installs_and_imports(tmp_path):
     """A non-editable wheel provides prag_kernels and prag_core (the package_dir mapping works)."""

@@ -7,9 +7,9 @@ import pytest
 import torch
 from tiny import random_doc_params, tiny_llama, tiny_tokenizer
 
+from prag_core.answer.config import MODES
 from prag_core.answer.pipeline import Pipeline, prompt_ids
 from prag_core.answer.requests import (
-    MODES,
     PipelineError,
     PromptTooLong,
     Request,

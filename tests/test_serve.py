@@ -24,7 +24,8 @@ import uvicorn
 from test_cli import built  # noqa: F401  (the fixture: a tiny work directory written by `prag build`)
 from test_pipeline import QUESTIONS, TEXTS, make_pipe
 
-from prag_core.answer.requests import MODES, Request
+from prag_core.answer.config import MODES
+from prag_core.answer.requests import Request
 from prag_core.answer.serve import create_app
 from prag_core.cli import main
 

@@ -16,7 +16,7 @@ import pytest
 from test_cli import QA, built  # noqa: F401  (the fixture: a tiny work directory written by `prag build`)
 from test_serve import free_port, http, prag_serve, running, user, wait_for
 
-from prag_core.answer.requests import AnswerConfig
+from prag_core.answer.config import AnswerConfig
 from prag_core.answer.serve import ServeConfig, open_app
 from prag_core.cli import main
 

@@ -12,7 +12,8 @@ from transformers import PreTrainedTokenizerFast
 from prag_core.model.inject import use_documents
 from prag_core.offline.augment import augment
 from prag_core.offline.samples import build_samples, sequence_ids
-from prag_core.offline.train import TrainConfig, train_documents
+from prag_core.offline.train import train_documents
+from prag_core.offline.train_config import TrainConfig
 from prag_core.prompts import ANSWER_PREFIX, qa_messages, render
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
+from prag_core.answer.config import AnswerConfig
 from prag_core.answer.evaluate import evaluate
 from prag_core.answer.pipeline import Pipeline
-from prag_core.answer.requests import AnswerConfig
 from prag_core.corpus import read_questions
 
 BENCH = Path(__file__).resolve().parents[1]

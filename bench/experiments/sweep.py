@@ -37,9 +37,9 @@ from prag_core.corpus import read_corpus, read_questions
 from prag_core.model.load import cache_dir, load_model
 from prag_core.offline.augment import LMGenerator, augment_documents
 from prag_core.offline.encode import encode
-from prag_core.offline.train import TrainConfig
+from prag_core.offline.train_config import TrainConfig
 from prag_core.offline.warmup import WARMUP_CORPUS, warmup_pair
-from prag_core.pairs.combine import SCHEMES
+from prag_core.pairs.choices import SCHEMES
 from prag_core.pairs.doc_params import model_fingerprint
 from prag_core.retrieval.bm25 import BM25Index
 from prag_core.retrieval.dense import DenseIndex, load_embedder

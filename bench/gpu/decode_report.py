@@ -48,7 +48,8 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # noqa
 
 from prag_core.model.inject import inject, merged_documents  # noqa: E402
 from prag_core.model.pool import DocumentPool  # noqa: E402
-from prag_core.offline.train import TrainConfig, train_documents  # noqa: E402
+from prag_core.offline.train import train_documents  # noqa: E402
+from prag_core.offline.train_config import TrainConfig  # noqa: E402
 from prag_core.pairs.doc_params import DocParams  # noqa: E402
 
 CPU = OPTIONS.cpu

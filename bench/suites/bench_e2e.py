@@ -18,8 +18,8 @@ from pathlib import Path
 
 from common import SMOKE, documents, interleave, tiny_llama, tiny_tokenizer
 
+from prag_core.answer.config import MODES
 from prag_core.answer.pipeline import Pipeline, prompt_ids
-from prag_core.answer.requests import MODES
 from prag_core.corpus import DEMO_CORPUS, DEMO_QUESTIONS, read_corpus, read_questions
 from prag_core.model.load import cache_dir
 from prag_core.retrieval.bm25 import BM25Index

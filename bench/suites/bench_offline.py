@@ -18,7 +18,8 @@ from prag_core.corpus import DEMO_CORPUS, read_corpus
 from prag_core.offline.augment import Augmentation, LMGenerator, augment_many, fallback_qa, fallback_rewrites
 from prag_core.offline.encode import encode
 from prag_core.offline.samples import build_samples
-from prag_core.offline.train import TrainConfig, train_documents
+from prag_core.offline.train import train_documents
+from prag_core.offline.train_config import TrainConfig
 from prag_core.pairs.doc_params import DocParams
 
 GROUPS = (1, 2) if SMOKE else (1, 4, 8)

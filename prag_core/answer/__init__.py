@@ -1,5 +1,6 @@
 """Answering: Retrieve-Update-Generate with its hops (pipeline.py) over a work directory's parts (parts.py), the
-per-row contract (requests.py), evaluation (evaluate.py), and the OpenAI-compatible server (serve.py) with its
+per-row contract (requests.py), the modes, serving defaults and AnswerConfig (config.py, torch-free: `prag --help`
+reads it), evaluation (evaluate.py), and the OpenAI-compatible server (serve.py) with its
 continuous-batching scheduler (batcher.py over continuous.py).
 
 Imports everything below it but offline/; cli.py and demo.py sit above it.

@@ -20,8 +20,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from prag_core.answer.config import PAIR_MODES
 from prag_core.answer.continuous import RunningBatch
-from prag_core.answer.requests import PAIR_MODES, PipelineError, Request
+from prag_core.answer.requests import PipelineError, Request
 from prag_core.pairs.doc_params import DocParamsError
 from prag_core.retrieval.bm25 import RetrievalError
 from prag_core.storage.store import StoreError

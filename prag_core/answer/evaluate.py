@@ -33,7 +33,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from prag_core.answer.requests import MODES, AnswerConfig, PipelineError
+from prag_core.answer.config import MODES, AnswerConfig
+from prag_core.answer.requests import PipelineError
 from prag_core.corpus import source_of, write_text_atomic
 from prag_core.metrics import scores, ungrounded
 from prag_core.storage.workdir import check_output

@@ -42,14 +42,9 @@ from contextlib import contextmanager, nullcontext
 import torch
 from transformers import StoppingCriteriaList
 
+from prag_core.answer.config import COMBINATION, MAX_HOPS, PAIR_MODES, TEMPERATURE, TOP_K, AnswerConfig
 from prag_core.answer.parts import document_pool, open_parts
 from prag_core.answer.requests import (
-    COMBINATION,
-    MAX_HOPS,
-    PAIR_MODES,
-    TEMPERATURE,
-    TOP_K,
-    AnswerConfig,
     PipelineError,
     PromptTooLong,
     Request,

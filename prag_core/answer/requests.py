@@ -18,40 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria
 
+from prag_core.answer.config import MODES, UPDATES
 from prag_core.corpus import lone_surrogate
 from prag_core.errors import PragError
-from prag_core.pairs.combine import check_scheme
-
-MODES = ("vanilla", "rag", "prag", "combine")
-PAIR_MODES = ("prag", "combine")  # the modes that apply documents' pairs
-UPDATES = ("fused", "merge")
-# Serving defaults: documents per question and how their pairs combine (docs/decisions.md, Top-k: 3, combined
-# by score at T = 1).
-TOP_K = 3
-COMBINATION = "score"
-TEMPERATURE = 1.0
-MAX_HOPS = 2  # Retrieve-Update-Generate rounds per question (docs/decisions.md, Hops)
-MAX_BODY_BYTES = 2**20  # `prag serve --max-body-bytes`: a chat request is a few KiB, 1 MiB is far more than fits
-
-
-@dataclass(frozen=True)
-class AnswerConfig:
-    """How a work directory answers (`prag ask`, `eval`, `serve`): each request's defaults, and where.
-    retriever None: the work directory's; device None: cuda when available. pool_slots > 0: fused batches of
-    up to pool_rows rows take their documents from a model.pool.DocumentPool of that many slots, decoding over a
-    static KV cache (fixed shapes: on CUDA, Hugging Face's generate compiles the step into CUDA graphs).
-    max_hops: Retrieve-Update-Generate rounds a question may take (answer/pipeline.py, Hops)."""
-
-    top_k: int = TOP_K
-    combination: str = COMBINATION
-    temperature: float = TEMPERATURE
-    retriever: str | None = None
-    max_new_tokens: int = 32
-    device: str | None = None
-    pool_slots: int = 0
-    pool_rows: int = 16
-    max_hops: int = MAX_HOPS
-
+from prag_core.pairs.choices import check_scheme
 
 _ANSWER_END = re.compile(r"[.!?](?=\s|$)|\n")
 # What the next characters may still change at the end of an unfinished continuation: spaces and sentence

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from prag_core.answer.requests import MODES, UPDATES
+from prag_core.answer.config import MODES, UPDATES
 
 
 class _Strict(BaseModel):

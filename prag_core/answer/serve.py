@@ -21,16 +21,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from prag_core.answer.batcher import REQUEST_ERRORS, Batcher, Busy
+from prag_core.answer.config import MAX_BODY_BYTES, AnswerConfig
 from prag_core.answer.pipeline import Pipeline
-from prag_core.answer.requests import (
-    MAX_BODY_BYTES,
-    AnswerConfig,
-    PipelineError,
-    PromptTooLong,
-    Request,
-    UnknownDocument,
-    check_request,
-)
+from prag_core.answer.requests import PipelineError, PromptTooLong, Request, UnknownDocument, check_request
 from prag_core.answer.schema import ChatRequest, PragOptions, RetrieveRequest
 from prag_core.model.load import EMBEDDED
 from prag_core.retrieval.bm25 import RetrievalError

@@ -38,7 +38,8 @@ from prag_core.offline.augment import LMGenerator, augment_documents, cache_sett
 from prag_core.offline.encode import encode
 from prag_core.offline.passages import split_passages
 from prag_core.offline.samples import CONSTRUCTIONS
-from prag_core.offline.train import DTYPES, TrainConfig, TrainingError
+from prag_core.offline.train import DTYPES, TrainingError
+from prag_core.offline.train_config import TrainConfig
 from prag_core.offline.warmup import WARMUP_CORPUS, warmup_pair
 from prag_core.pairs.doc_params import model_fingerprint
 from prag_core.retrieval.bm25 import RetrievalError

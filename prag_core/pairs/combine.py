@@ -19,17 +19,8 @@ rank r (a mean over k tensors per projection), weight 1.
 
 import math
 
+from prag_core.pairs.choices import check_scheme
 from prag_core.pairs.doc_params import DocParams
-
-SCHEMES = ("sum", "mean", "score", "dyprag")
-
-
-def check_scheme(scheme, temperature=1.0):
-    """ValueError for an unknown scheme or a temperature that is not a positive finite number."""
-    if scheme not in SCHEMES:
-        raise ValueError(f"combination: unknown {scheme!r}; choose from {', '.join(SCHEMES)}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
 
 
 def softmax_weights(scores, temperature):

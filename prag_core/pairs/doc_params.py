@@ -26,6 +26,7 @@ from safetensors.torch import save as safetensors_bytes
 from prag_core.corpus import read_safetensors, write_bytes_atomic
 from prag_core.errors import PragError
 from prag_core.model.inject import architecture, ffn_module_paths, ffn_paths, weight_out_in
+from prag_core.pairs.choices import INITS
 
 FORMAT = "prag.doc_params"
 FORMAT_VERSION = 1
@@ -41,7 +42,6 @@ FINGERPRINT_FIELDS = (
     "weight_hash",
 )
 HASH_SAMPLES = 1024  # weight elements hashed per projection
-INITS = ("shared", "document", "orthogonal")  # how a document's B starts (DocParams.init)
 
 
 class DocParamsError(PragError):
