@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from safetensors.torch import save_file
 from tiny import random_doc_params, tiny_model
 
 from prag_core.model.inject import ffn_module_paths, inject
-from prag_core.pairs.doc_params import DocCache, DocParams, DocParamsError, model_fingerprint
+from prag_core.pairs.doc_params import DocParams, DocParamsError, model_fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -167,21 +166,3 @@ def test_unreadable_files(tmp_path, model):
     with pytest.raises(DocParamsError, match="non-finite"):
         bad.save(tmp_path / "bad.safetensors")
     assert list(tmp_path.iterdir()) == [junk]  # nothing written
-
-
-def test_cache_reuses_until_the_file_changes(saved, tmp_path):
-    doc, path = saved
-    cache = DocCache(max_items=2)
-    first = cache.get(path)
-    assert cache.get(path) is first
-    assert cache.get(path, dtype=torch.bfloat16) is not first
-    doc.alpha = 4.0
-    doc.save(path)
-    os.utime(path, ns=(1, 1))  # a changed file (mtime) is a new entry even if saved within the same tick
-    changed = cache.get(path)
-    assert changed is not first and changed.alpha == 4.0
-    other = tmp_path / "other.safetensors"
-    doc.save(other)
-    cache.get(other)
-    cache.get(path, dtype=torch.bfloat16)  # evicts the least recently used: `changed`
-    assert cache.get(path) is not changed

@@ -15,8 +15,6 @@ import hashlib
 import json
 import math
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -263,41 +261,3 @@ def _validate(path, metadata, tensors):
         pairs[p] = (tensors[f"{p}.lora_a"], tensors[f"{p}.lora_b"])
     meta = {k: v for k, v in header.items() if k not in ("format", "format_version", "alpha")}
     return float(alpha), meta, pairs
-
-
-class DocCache:
-    """A small LRU of loaded documents, keyed by (file, its mtime and size, device, dtype, fingerprint),
-    so serving a query does not re-read and re-upload documents it saw recently. Thread-safe.
-    The cached DocParams are shared: do not modify their tensors."""
-
-    def __init__(self, max_items=256):
-        self.max_items = max_items
-        self._items = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, path, device="cpu", dtype=None, fingerprint=None):
-        path = Path(path).resolve()
-        try:
-            stat = path.stat()
-        except OSError:
-            raise DocParamsError(f"{path}: no such file") from None
-        fp = None if fingerprint is None else json.dumps(fingerprint, sort_keys=True)
-        key = (str(path), stat.st_mtime_ns, stat.st_size, str(torch.device(device)), dtype, fp)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        doc = DocParams.load(path, fingerprint=fingerprint, device=device, dtype=dtype)
-        with self._lock:
-            self._items[key] = doc
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
-        return doc
-
-
-DEFAULT_CACHE = DocCache()
-
-
-def load_cached(path, device="cpu", dtype=None, fingerprint=None):
-    """DocParams.load through the process-wide DEFAULT_CACHE."""
-    return DEFAULT_CACHE.get(path, device=device, dtype=dtype, fingerprint=fingerprint)
