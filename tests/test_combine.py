@@ -2,12 +2,14 @@
 the pipeline's answers; and the B inits (shared, document, orthogonal)."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from test_pipeline import QUESTIONS, make_pipe, predictions
 from tiny import random_doc_params, tiny_llama
 
+from prag_core.answer.config import AnswerConfig
 from prag_core.answer.pipeline import Pipeline
 from prag_core.answer.requests import PipelineError
 from prag_core.model.inject import inject, merged_documents, use_documents
@@ -147,17 +149,7 @@ def test_weights_must_be_nested_like_docs(model, docs):
 
 @pytest.mark.parametrize("scheme, temperature", SETTINGS)
 def test_pipeline_fused_and_merge_answer_alike_for_every_scheme(pipe, scheme, temperature):
-    p = Pipeline(
-        pipe.model,
-        pipe.tokenizer,
-        pipe.index,
-        pipe.store,
-        pipe.documents_text,
-        top_k=3,
-        max_new_tokens=10,
-        combination=scheme,
-        temperature=temperature,
-    )
+    p = Pipeline(pipe.kb, AnswerConfig(top_k=3, max_new_tokens=10, combination=scheme, temperature=temperature))
     fused = p.answer(QUESTIONS, "prag", "fused")  # one batch, per-row documents and weights
     assert predictions(fused) == predictions(p.answer(QUESTIONS, "prag", "merge"))
     assert predictions(fused) == predictions([p.answer([q], "prag")[0] for q in QUESTIONS])
@@ -167,24 +159,15 @@ def test_pipeline_fused_and_merge_answer_alike_for_every_scheme(pipe, scheme, te
 def test_pipeline_schemes_differ_and_bad_ones_are_refused(pipe):
     answers = {
         s: predictions(
-            Pipeline(
-                pipe.model,
-                pipe.tokenizer,
-                pipe.index,
-                pipe.store,
-                pipe.documents_text,
-                top_k=3,
-                max_new_tokens=10,
-                combination=s,
-            ).answer(QUESTIONS, "prag")
+            Pipeline(pipe.kb, AnswerConfig(top_k=3, max_new_tokens=10, combination=s)).answer(QUESTIONS, "prag")
         )
         for s in ("sum", "mean")
     }
     assert answers["sum"] != answers["mean"]
     with pytest.raises(PipelineError, match="combination: unknown 'max'"):
-        Pipeline(pipe.model, pipe.tokenizer, pipe.index, pipe.store, pipe.documents_text, combination="max")
+        Pipeline(pipe.kb, AnswerConfig(combination="max"))
     with pytest.raises(PipelineError, match="temperature"):
-        Pipeline(pipe.model, pipe.tokenizer, pipe.index, pipe.store, pipe.documents_text, temperature=0)
+        Pipeline(pipe.kb, AnswerConfig(temperature=0))
 
 
 class _Scaled:
@@ -203,20 +186,13 @@ def test_score_temperature_is_in_the_retriever_score_scale(pipe):
     def answers(index, temperature):
         return predictions(
             Pipeline(
-                pipe.model,
-                pipe.tokenizer,
-                index,
-                pipe.store,
-                pipe.documents_text,
-                top_k=3,
-                max_new_tokens=10,
-                combination="score",
-                temperature=temperature,
+                replace(pipe.kb, index=index),
+                AnswerConfig(top_k=3, max_new_tokens=10, combination="score", temperature=temperature),
             ).answer(QUESTIONS, "prag")
         )
 
-    sharp = answers(pipe.index, 0.05)
-    assert answers(_Scaled(pipe.index), 1.0) == sharp != answers(pipe.index, 1.0)
+    sharp = answers(pipe.kb.index, 0.05)
+    assert answers(_Scaled(pipe.kb.index), 1.0) == sharp != answers(pipe.kb.index, 1.0)
 
 
 def test_b_inits():

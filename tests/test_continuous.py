@@ -4,11 +4,13 @@ the document pool; the cache stays as wide as its longest row; a cancelled row l
 that cannot be padded (sliding-window layers) takes new rows only when empty."""
 
 import threading
+from dataclasses import replace
 
 import pytest
 from test_pipeline import QUESTIONS, make_pipe
 from test_serve import request_specs
 
+from prag_core.answer.config import AnswerConfig
 from prag_core.answer.continuous import RunningBatch
 from prag_core.answer.requests import Request
 from prag_core.model.pool import DocumentPool
@@ -66,7 +68,7 @@ def test_rows_joining_between_steps_answer_as_alone(pipe, per_join):
 
 def test_rows_through_the_document_pool_answer_as_alone(pipe):
     specs = [s for s in request_specs() if s["mode"] in ("prag", "combine")]
-    pipe.pool = DocumentPool(pipe.model, rank=2, alpha=16.0, slots=8, max_rows=16)
+    pipe.pool = DocumentPool(pipe.kb.model, rank=2, alpha=16.0, slots=8, max_rows=16)
     try:
         answers, _ = run_joining(RunningBatch(pipe), pipe, specs, 3)
         assert pipe.pool.users == [0] * 8 and pipe.pool.slot_of  # loaded once, released when the rows left
@@ -104,7 +106,7 @@ def test_a_sliding_window_cache_takes_rows_only_when_empty(pipe):
 
     model = tiny_model("gemma2").double()
     assert model.config.sliding_window
-    slides = Pipeline(model, pipe.tokenizer, pipe.index, {}, pipe.documents_text, top_k=2, max_new_tokens=6)
+    slides = Pipeline(replace(pipe.kb, model=model, store={}), AnswerConfig(top_k=2, max_new_tokens=6))
     batch = RunningBatch(slides)
     specs = [{"question": q, "mode": m} for q in QUESTIONS[:3] for m in ("vanilla", "rag")]
     rows = [slides.prepare(request(s)) for s in specs]

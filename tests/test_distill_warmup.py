@@ -3,6 +3,7 @@ does not, the loss goes down, batched == sequential; the warm-up is counted once
 pipeline (fused and merge) and in training; `prag build --objective/--warmup` end to end."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from test_pipeline import QUESTIONS, make_pipe, predictions
 from test_train import TEXTS, word_tokenizer
 from tiny import random_doc_params, tiny_llama, tiny_tokenizer
 
+from prag_core.answer.config import AnswerConfig
 from prag_core.answer.pipeline import Pipeline
 from prag_core.answer.requests import Request
 from prag_core.cli import main
@@ -115,44 +117,25 @@ def test_warmup_pair_trains_and_is_frozen_beside_each_document():
 def test_warmup_is_counted_once_under_every_scheme(scheme):
     """The pipeline's update is exactly warm-up (weight 1) + the combined documents, fused and merged."""
     pipe = make_pipe()
-    warm = random_doc_params(pipe.model, 1, seed=11, std=0.3)[0]
-    p = Pipeline(
-        pipe.model,
-        pipe.tokenizer,
-        pipe.index,
-        pipe.store,
-        pipe.documents_text,
-        top_k=3,
-        max_new_tokens=10,
-        combination=scheme,
-        warmup=warm,
-    )
+    warm = random_doc_params(pipe.kb.model, 1, seed=11, std=0.3)[0]
+    p = Pipeline(replace(pipe.kb, warmup=warm), AnswerConfig(top_k=3, max_new_tokens=10, combination=scheme))
     question = QUESTIONS[0]
     ids, scores = p.retrieve(question)
-    docs, weights = combine([pipe.store[d] for d in ids], scores, scheme)
+    docs, weights = combine([pipe.kb.store[d] for d in ids], scores, scheme)
     x = torch.randint(3, 250, (1, 7))
-    with use_documents(p.model, [warm, *docs], weights=[1.0, *weights]):
-        expected = p.model(x).logits
-    with use_documents(p.model, docs + [warm] * 2, weights=[*weights, 1.0, 1.0]):  # counted twice: different
-        twice = p.model(x).logits
+    with use_documents(p.kb.model, [warm, *docs], weights=[1.0, *weights]):
+        expected = p.kb.model(x).logits
+    with use_documents(p.kb.model, docs + [warm] * 2, weights=[*weights, 1.0, 1.0]):  # counted twice: different
+        twice = p.kb.model(x).logits
     for update in ("fused", "merge"):
         with p._update([p.prepare(Request(question, "prag"))], update):
-            got = p.model(x).logits
+            got = p.kb.model(x).logits
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
         assert not torch.allclose(got, twice)
     answers = p.answer(QUESTIONS, "prag")
     assert predictions(answers) == predictions(p.answer(QUESTIONS, "prag", "merge"))
     assert predictions(answers) != predictions(
-        Pipeline(
-            pipe.model,
-            pipe.tokenizer,
-            pipe.index,
-            pipe.store,
-            pipe.documents_text,
-            top_k=3,
-            max_new_tokens=10,
-            combination=scheme,
-        ).answer(QUESTIONS, "prag")
+        Pipeline(pipe.kb, AnswerConfig(top_k=3, max_new_tokens=10, combination=scheme)).answer(QUESTIONS, "prag")
     )
 
 

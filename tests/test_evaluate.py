@@ -1,6 +1,7 @@
 """The evaluation loop: batching, scores per question and per mode, the results.json format, the table."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,10 +25,10 @@ EXPECTED = {
 class Scripted:
     """A pipeline double that answers from PREDICTIONS and records the batches it was given."""
 
-    documents_text = {"d0": "Oswin Tarrow built the tower.", "d1": "It opened in 1847.", "d2": "Its lamp is red."}
-
     def __init__(self):
         self.calls = []
+        texts = {"d0": "Oswin Tarrow built the tower.", "d1": "It opened in 1847.", "d2": "Its lamp is red."}
+        self.kb = SimpleNamespace(documents_text=texts)
 
     def answer(self, questions, mode, update):
         self.calls.append((mode, update, len(questions)))

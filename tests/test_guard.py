@@ -236,7 +236,7 @@ def test_a_document_dropped_or_replaced_while_a_pipeline_is_open(root, work, tmp
     for mode in ("prag", "combine", "rag"):
         [answer] = pipe.answer([question], mode)
         assert "dog" not in answer.docs and set(answer.docs) <= {"kite", "bell", "figs"}, mode
-    assert pipe.store["bell"].meta["doc_sha256"] == text_sha256(bell["text"])
+    assert pipe.kb.store["bell"].meta["doc_sha256"] == text_sha256(bell["text"])
     with pytest.raises(UnknownDocument, match="documents: unknown document id 'dog'"):
         pipe.prepare(Request(question, "prag", documents=["dog", "kite"]))
     row = pipe.prepare(Request(question, "prag", documents=["kite"]))

@@ -5,12 +5,15 @@ batch and each answers as it does alone."""
 
 import re
 import threading
+from dataclasses import replace
 
 import pytest
 from test_pipeline import QUESTIONS, make_pipe
 from test_serve import chat, client, running, user
 from tiny import random_doc_params, tiny_llama, tiny_tokenizer
 
+from prag_core.answer.config import AnswerConfig
+from prag_core.answer.knowledge_base import KnowledgeBase
 from prag_core.answer.pipeline import Pipeline
 from prag_core.answer.requests import Request
 from prag_core.answer.serve import create_app
@@ -50,7 +53,9 @@ def ship():
     model = tiny_llama(seed=1).double()
     docs = [Document(i, t, None, text_sha256(t)) for i, t in SHIP.items()]
     store = dict(zip(SHIP, random_doc_params(model, n=len(SHIP), seed=3)))
-    pipe = Pipeline(model, tokenizer, BM25Index.build(docs), store, SHIP, top_k=1, max_hops=3)
+    pipe = Pipeline(
+        KnowledgeBase(model, tokenizer, BM25Index.build(docs), store, SHIP), AnswerConfig(top_k=1, max_hops=3)
+    )
     calls = []
 
     def generate(rows):
@@ -77,7 +82,7 @@ def test_the_bridge_retrieves_the_second_document(ship):
 
 def test_one_hop_is_todays_answer(ship):
     pipe, calls = ship
-    pipe.max_hops = 1
+    pipe.config = replace(pipe.config, max_hops=1)
     assert pipe.answer([TWO_HOPS], "prag")[0].prediction == "Captain Tobiah Wrenslow" and len(calls) == 1
 
 
@@ -100,7 +105,7 @@ def test_a_batch_mixing_hops_answers_each_row_as_alone(ship):
 def test_stopping_rules(ship):
     pipe, calls = ship
     pipe._generate = lambda rows: [(" Captain Tobiah Wrenslow.", 4, "stop") for _ in rows]  # never changes
-    pipe.top_k = 2
+    pipe.config = replace(pipe.config, top_k=2)
     answer = pipe.answer([TWO_HOPS], "prag")[0]
     assert len(answer.hops) == 2  # hop 2 brought a new document, gave the same answer: no third hop
     assert len(pipe.answer([TWO_HOPS], "vanilla")[0].hops) == 1  # no documents, no hops
@@ -139,7 +144,7 @@ def test_serve_rows_at_different_hops_share_the_batch(caplog):
     import logging
 
     pipe = make_pipe()
-    pipe.index, pipe.max_hops = BridgeIndex(pipe.index, QUESTIONS), 2
+    pipe.kb.index, pipe.config = BridgeIndex(pipe.kb.index, QUESTIONS), replace(pipe.config, max_hops=2)
     pipe._about = lambda doc_id, text: True  # the random model's answers name no document's subject
     expected = {(q, m): pipe.answer([q], m)[0] for q in QUESTIONS for m in ("vanilla", "prag", "combine")}
     assert {len(a.hops) for a in expected.values()} == {1, 2}
@@ -174,5 +179,5 @@ def test_a_hop_goes_only_to_a_document_about_the_answer(ship):
     pipe, _ = ship
     assert pipe._about("wrenslow", "Captain Tobiah Wrenslow") and not pipe._about("corraveen", "Tobiah Wrenslow")
     assert pipe._about("bell", "Harrow Abbey") and not pipe._about("bell", "1420")  # the year is not in its opening
-    pipe.documents_text = {**pipe.documents_text, "wrenslow": "A memoir, The Salt Ledger: " + SHIP["wrenslow"]}
+    pipe.kb.documents_text = {**pipe.kb.documents_text, "wrenslow": "A memoir, The Salt Ledger: " + SHIP["wrenslow"]}
     assert len(pipe.answer([TWO_HOPS], "prag")[0].hops) == 1  # its document no longer opens with his name

@@ -2,12 +2,14 @@
 
 import string
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
 from tiny import random_doc_params, tiny_llama, tiny_tokenizer
 
-from prag_core.answer.config import MODES
+from prag_core.answer.config import MODES, AnswerConfig
+from prag_core.answer.knowledge_base import KnowledgeBase
 from prag_core.answer.pipeline import Pipeline, prompt_ids
 from prag_core.answer.requests import (
     PipelineError,
@@ -63,7 +65,9 @@ def make_pipe():
     model = ascii_only(tiny_llama(seed=1).double(), tokenizer)
     docs = [Document(i, t, None, text_sha256(t)) for i, t in TEXTS.items()]
     store = dict(zip(TEXTS, random_doc_params(model, n=len(TEXTS), seed=3, std=0.3)))
-    return Pipeline(model, tokenizer, BM25Index.build(docs), store, TEXTS, top_k=2, max_new_tokens=10)
+    return Pipeline(
+        KnowledgeBase(model, tokenizer, BM25Index.build(docs), store, TEXTS), AnswerConfig(top_k=2, max_new_tokens=10)
+    )
 
 
 def predictions(answers):
@@ -96,7 +100,7 @@ def test_settled_answer_only_grows_into_the_answer(text):
 
 
 def test_prompt_holds_passages_only_in_rag_modes(pipe):
-    tok = pipe.tokenizer
+    tok = pipe.kb.tokenizer
     with_passages = tok.decode(prompt_ids(tok, "Who designed it?", [TEXTS["bridge"], TEXTS["toad"]]))
     alone = tok.decode(prompt_ids(tok, "Who designed it?"))
     assert with_passages.endswith(ANSWER_PREFIX) and alone.endswith(ANSWER_PREFIX)
@@ -105,7 +109,7 @@ def test_prompt_holds_passages_only_in_rag_modes(pipe):
 
 
 def test_retrieval_and_documents_used_per_mode(pipe):
-    expected = [[d for d, _ in pipe.index.search(q, k=2)] for q in QUESTIONS]
+    expected = [[d for d, _ in pipe.kb.index.search(q, k=2)] for q in QUESTIONS]
     assert [e[0] for e in expected] == list(TEXTS)  # each question finds its own document first
     for mode in MODES:
         answers = pipe.answer(QUESTIONS, mode)
@@ -122,11 +126,11 @@ def test_documents_change_the_answers(pipe):
 
 @pytest.mark.parametrize("mode", ["prag", "combine"])
 def test_fused_and_merge_give_the_same_answers(pipe, mode):
-    weights = [p.detach().clone() for p in pipe.model.parameters()]
+    weights = [p.detach().clone() for p in pipe.kb.model.parameters()]
     fused = predictions([pipe.answer([q], mode, "fused")[0] for q in QUESTIONS])
     merged = predictions(pipe.answer(QUESTIONS, mode, "merge"))  # merge answers one question at a time
     assert merged == fused
-    assert all(torch.equal(w, p) for w, p in zip(weights, pipe.model.parameters()))  # restored exactly
+    assert all(torch.equal(w, p) for w, p in zip(weights, pipe.kb.model.parameters()))  # restored exactly
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -142,7 +146,7 @@ def test_pool_answers_equal_the_per_row_path(pipe, mode):
     """With a document pool (fixed slots, static KV cache) every row answers as on the per-row path; documents
     stay loaded for the next batch, and no row holds a slot after its batch."""
     per_row = pipe.answer(QUESTIONS, mode)
-    pipe.pool = DocumentPool(pipe.model, rank=2, alpha=16.0, slots=8, max_rows=len(QUESTIONS))
+    pipe.pool = DocumentPool(pipe.kb.model, rank=2, alpha=16.0, slots=8, max_rows=len(QUESTIONS))
     try:
         pooled = pipe.answer(QUESTIONS, mode)
         loaded = dict(pipe.pool.slot_of)
@@ -155,9 +159,8 @@ def test_pool_answers_equal_the_per_row_path(pipe, mode):
 
 
 def test_document_missing_from_the_store_is_named(pipe):
-    partial = Pipeline(
-        pipe.model, pipe.tokenizer, pipe.index, {k: v for k, v in pipe.store.items() if k != "toad"}, TEXTS, top_k=1
-    )
+    store = {k: v for k, v in pipe.kb.store.items() if k != "toad"}
+    partial = Pipeline(replace(pipe.kb, store=store), AnswerConfig(top_k=1))
     assert partial.answer([QUESTIONS[0]], "rag")[0].docs == ["bridge"]  # passages need no parameters
     with pytest.raises(PipelineError, match="'toad'.*not in the parameter store"):
         partial.answer([QUESTIONS[1]], "prag")

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from contextlib import contextmanager
+from dataclasses import replace
 from http.client import HTTPConnection
 
 import openai
@@ -154,7 +155,7 @@ def test_plain_and_streamed_completions_with_the_openai_client(server, pipe):
     assert merged[0] == alone(pipe, QUESTIONS[2], mode="combine", documents=["mill", "lamp"]).prediction
     assert http(f"{url}/health")[2]["status"] == "ok"
     hits = http(f"{url}/v1/retrieve", {"question": QUESTIONS[3], "top_k": 3})[2]["data"]
-    assert [(h["id"], h["score"]) for h in hits] == [(d, s) for d, s in pipe.index.search(QUESTIONS[3], k=3)]
+    assert [(h["id"], h["score"]) for h in hits] == [(d, s) for d, s in pipe.kb.index.search(QUESTIONS[3], k=3)]
 
 
 def request_specs():
@@ -346,10 +347,11 @@ def test_api_key_and_a_full_queue(pipe, monkeypatch):
 def test_a_client_that_disconnects_mid_stream_frees_its_row_only(monkeypatch, caplog):
     """A model that never ends an answer: the streamed row would run for 380 tokens unless it is freed."""
     endless = make_pipe()
-    endless.max_hops = 1  # one hop: the stream sends its answer as it settles (with hops, once it is final)
-    tok = endless.tokenizer
+    # one hop: the stream sends its answer as it settles (with hops, once it is final)
+    endless.config = replace(endless.config, max_hops=1)
+    tok = endless.kb.tokenizer
     ends = [i for i in range(len(tok)) if tok.decode([i]) in (".", "\n")] + [tok.eos_token_id]
-    endless.model.generation_config.suppress_tokens += ends
+    endless.kb.model.generation_config.suppress_tokens += ends
     caplog.set_level(logging.INFO, logger="prag.serve")
     app = create_app(endless, MODEL, max_batch=4, window_s=0.01)
     with running(app) as url:

@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -56,7 +57,7 @@ def main(argv=None):
         todo = [m for m in modes if (args.split, name, m) not in done]
         if not todo:
             continue
-        pipe.max_hops = max_hops
+        pipe.config = replace(pipe.config, max_hops=max_hops)
         start = time.perf_counter()
         results = evaluate(pipe, questions, todo, batch_size=args.batch_size, progress=True)
         for mode in todo:

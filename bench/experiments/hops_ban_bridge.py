@@ -61,13 +61,13 @@ def main(argv=None):
     original = pipeline.Pipeline._generate
 
     def patched(self, rows):
-        real = self.model.generate
+        real = self.kb.model.generate
         width = max(len(r.prompt) for r in rows)
-        self.model.generate = generate_banning_the_bridge(real, self.tokenizer, rows, width)
+        self.kb.model.generate = generate_banning_the_bridge(real, self.kb.tokenizer, rows, width)
         try:
             return original(self, rows)
         finally:
-            self.model.generate = real
+            self.kb.model.generate = real
 
     pipeline.Pipeline._generate = patched
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,7 +31,9 @@ from pathlib import Path
 
 import torch
 
+from prag_core.answer.config import AnswerConfig
 from prag_core.answer.evaluate import evaluate
+from prag_core.answer.knowledge_base import KnowledgeBase
 from prag_core.answer.pipeline import Pipeline
 from prag_core.corpus import read_corpus, read_questions
 from prag_core.model.load import cache_dir, load_model
@@ -118,7 +120,7 @@ def run(args):
     def measure(key, pipeline, mode, **fields):
         """Answer every question in `mode` and append the row, unless a row with this key exists."""
         key = json.dumps(
-            [args.split, key, mode, pipeline.top_k, pipeline.combination, pipeline.temperature]
+            [args.split, key, mode, pipeline.config.top_k, pipeline.config.combination, pipeline.config.temperature]
             + ([args.retriever] if args.retriever != "bm25" else [])
         )  # bm25 rows predate the option
         if key in done:
@@ -129,9 +131,9 @@ def run(args):
             "split": args.split,
             "docs": len(docs),
             "mode": mode,
-            "k": pipeline.top_k,
-            "scheme": pipeline.combination,
-            "temperature": pipeline.temperature,
+            "k": pipeline.config.top_k,
+            "scheme": pipeline.config.combination,
+            "temperature": pipeline.config.temperature,
             "retriever": args.retriever,
             **fields,
             **{
@@ -146,7 +148,7 @@ def run(args):
         done.add(key)
 
     for k in sorted({1, args.k}) if args.baselines else ():
-        base = Pipeline(model, tokenizer, index, {}, texts, top_k=k, combination="sum")  # no pairs: any scheme
+        base = Pipeline(KnowledgeBase(model, tokenizer, index, {}, texts), AnswerConfig(top_k=k, combination="sum"))
         if k == 1 and args.retriever == "bm25":  # vanilla retrieves nothing
             measure("base", base, "vanilla")
         measure("base", base, "rag")
@@ -204,20 +206,11 @@ def run(args):
             "final_loss": round(sum(p.meta["losses"][-1] for p in params) / len(params), 3),
         }
         for mode in args.modes.split(","):
-            measure(key, Pipeline(model, tokenizer, index, store, texts, top_k=1, warmup=warm), mode, **fields)
+            kb = KnowledgeBase(model, tokenizer, index, store, texts, warmup=warm)
+            measure(key, Pipeline(kb, AnswerConfig(top_k=1)), mode, **fields)
             for scheme, temperature in schemes:
-                pipeline = Pipeline(
-                    model,
-                    tokenizer,
-                    index,
-                    store,
-                    texts,
-                    top_k=args.k,
-                    combination=scheme,
-                    temperature=temperature,
-                    warmup=warm,
-                )
-                measure(key, pipeline, mode, **fields)
+                answering = AnswerConfig(top_k=args.k, combination=scheme, temperature=temperature)
+                measure(key, Pipeline(kb, answering), mode, **fields)
 
 
 def retriever(name, docs):

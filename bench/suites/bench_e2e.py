@@ -18,7 +18,8 @@ from pathlib import Path
 
 from common import SMOKE, documents, interleave, tiny_llama, tiny_tokenizer
 
-from prag_core.answer.config import MODES
+from prag_core.answer.config import MODES, AnswerConfig
+from prag_core.answer.knowledge_base import KnowledgeBase
 from prag_core.answer.pipeline import Pipeline, prompt_ids
 from prag_core.corpus import DEMO_CORPUS, DEMO_QUESTIONS, read_corpus, read_questions
 from prag_core.model.load import cache_dir
@@ -41,9 +42,8 @@ def setting():
         model = tiny_llama()
         model.config.max_position_embeddings = 4096  # byte-level prompts with 3 demo passages pass 512 (RoPE: no table)
         store = dict(zip((d.id for d in corpus), documents(model, len(corpus))))
-        pipeline = Pipeline(
-            model, tiny_tokenizer(), BM25Index.build(corpus), store, {d.id: d.text for d in corpus}, max_new_tokens=8
-        )
+        kb = KnowledgeBase(model, tiny_tokenizer(), BM25Index.build(corpus), store, {d.id: d.text for d in corpus})
+        pipeline = Pipeline(kb, AnswerConfig(max_new_tokens=8))
         return "tiny random Llama", pipeline, questions
     # the demo's work directory as `prag demo` left it; built here first (not timed) if there is none
     workdir = Path(os.environ.get("PRAG_BENCH_WORKDIR") or cache_dir() / "demo")
@@ -53,7 +53,7 @@ def setting():
         build(DEMO_CORPUS, workdir)
     pipeline = Pipeline.open(workdir)
     for doc in corpus:  # read every document's pairs now, so no timing pays a first load from disk
-        pipeline.store[doc.id]
+        pipeline.kb.store[doc.id]
     name = Workdir(workdir).read_config().get("model") or "SmolLM2-135M"  # None: embedded
     return name, pipeline, questions
 
@@ -61,14 +61,14 @@ def setting():
 def describe(benchmark, kind):
     name, pipeline, _ = setting()
     benchmark.group = f"e2e {kind}"
-    benchmark.extra_info.update(suite="e2e", kind=kind, model=name, top_k=pipeline.top_k)
+    benchmark.extra_info.update(suite="e2e", kind=kind, model=name, top_k=pipeline.config.top_k)
 
 
 def test_modes(benchmark):
     """Round k asks question k in every mode (interleaved); the first round warms up."""
     _, pipeline, questions = setting()
     asked = questions[::3][: PER_MODE + 1]  # about different documents
-    tokenizer = pipeline.tokenizer
+    tokenizer = pipeline.kb.tokenizer
     said = {f"{mode}-{update}": [] for mode, update in MODE_CASES}
 
     def variant(mode, update):
@@ -76,7 +76,7 @@ def test_modes(benchmark):
         prompts = [
             len(
                 prompt_ids(
-                    tokenizer, q, [pipeline.documents_text[d] for d in pipeline.retrieve(q)[0]] if passages else None
+                    tokenizer, q, [pipeline.kb.documents_text[d] for d in pipeline.retrieve(q)[0]] if passages else None
                 )
             )
             for q in asked[1:]

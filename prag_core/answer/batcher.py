@@ -82,7 +82,9 @@ class Batcher:
             if self.admitted >= self.max_queue:
                 raise Busy(f"{self.admitted} requests in flight")
             self.admitted += 1
-        job = Job(request, update, asyncio.get_running_loop(), stream_at_end=stream and self.pipeline.max_hops > 1)
+        job = Job(
+            request, update, asyncio.get_running_loop(), stream_at_end=stream and self.pipeline.config.max_hops > 1
+        )
         request.cancel = threading.Event()
         if stream and not job.stream_at_end:
             request.on_text = lambda piece: job.emit("text", piece)

@@ -58,7 +58,7 @@ class RunningBatch:
     drives it."""
 
     def __init__(self, pipeline):
-        self.pipeline, self.model, self.tokenizer = pipeline, pipeline.model, pipeline.tokenizer
+        self.pipeline, self.model, self.tokenizer = pipeline, pipeline.kb.model, pipeline.kb.tokenizer
         config = copy.deepcopy(self.model.generation_config)
         config.do_sample = False
         self.processors = self.model._get_logits_processor(config, device=self.model.device)

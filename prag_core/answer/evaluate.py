@@ -77,7 +77,7 @@ def answer_rows(pipeline, questions, modes=MODES, update="fused", batch_size=1, 
                 answers = pipeline.answer([q.question for q in batch], mode, update)
                 rows = []
                 for q, a in zip(batch, answers):
-                    sources = [q.question] + [pipeline.documents_text.get(d, "") for d in a.docs]
+                    sources = [q.question] + [pipeline.kb.documents_text.get(d, "") for d in a.docs]
                     recall = _recall(a.docs, q.docs) if q.docs and mode != "vanilla" else None
                     rows.append(
                         {
@@ -196,11 +196,11 @@ def run(workdir, questions_path, answering=AnswerConfig(), modes=MODES, update="
             save(rows, False)
             print(f"prag: kept the {len(rows)} answers so far in {out}", file=sys.stderr)
         raise
-    recall = retrieval_recall(pipeline.index, questions)
-    results = save(rows, True, {"retriever": pipeline.index.name, **recall} if recall is not None else None)
+    recall = retrieval_recall(pipeline.kb.index, questions)
+    results = save(rows, True, {"retriever": pipeline.kb.index.name, **recall} if recall is not None else None)
     print(table(results["modes"]))
     if recall is not None:
-        print(f"retrieval ({pipeline.index.name}): " + "  ".join(f"{k} {v:.3f}" for k, v in recall.items()))
+        print(f"retrieval ({pipeline.kb.index.name}): " + "  ".join(f"{k} {v:.3f}" for k, v in recall.items()))
     if out is not None:
         print(f"wrote {out}")
     return results

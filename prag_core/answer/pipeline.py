@@ -42,8 +42,8 @@ from contextlib import contextmanager, nullcontext
 import torch
 from transformers import StoppingCriteriaList
 
-from prag_core.answer.config import COMBINATION, MAX_HOPS, PAIR_MODES, TEMPERATURE, TOP_K, AnswerConfig
-from prag_core.answer.parts import document_pool, open_parts
+from prag_core.answer.config import PAIR_MODES, AnswerConfig
+from prag_core.answer.knowledge_base import KnowledgeBase, document_pool
 from prag_core.answer.requests import (
     PipelineError,
     PromptTooLong,
@@ -62,7 +62,6 @@ from prag_core.model.pool import pool_key
 from prag_core.pairs.combine import combine
 from prag_core.prompts import ANSWER_PREFIX, left_pad, qa_messages, render
 from prag_core.retrieval.bm25 import RetrievalError
-from prag_core.storage.workdir import Workdir
 
 SUBJECT_WORDS = 8  # a document names its subject among its first words (Pipeline._about)
 
@@ -75,52 +74,21 @@ def prompt_ids(tokenizer, question, passages=None):
 
 
 class Pipeline:
-    """Answers questions over one knowledge base: a model, a retriever (prag_core.retrieval.retrievers), document
-    parameters, passages.
+    """Answers questions over one knowledge base (knowledge_base.KnowledgeBase: model, retriever, document
+    parameters, passages, warm-up pair, training tag) as an AnswerConfig says: top_k documents per question, how
+    their pairs combine (prag_core.pairs.combine), answer length, hops, and a DocumentPool when pool_slots > 0.
+    The model is injected in place. config is frozen: a variant is Pipeline(kb, dataclasses.replace(config, ...))
+    or pipeline.config = replace(pipeline.config, ...)."""
 
-    store: a mapping from document id to DocParams (a dict, or a work directory's store.Store).
-    documents_text: a mapping from document id to its passage text (for rag and combine).
-    combination, temperature: how the top_k documents' pairs combine (prag_core.pairs.combine).
-    warmup: the warm-up pair (prag_core.offline.warmup), active with weight 1 beside every question's documents in
-    the pair modes, or None.
-    training: the training tag (TrainConfig.to_dict()) every served document must carry, so a store left
-    half re-encoded by an interrupted rebuild is refused, not mixed; None = not checked."""
-
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        index,
-        store,
-        documents_text,
-        top_k=TOP_K,
-        max_new_tokens=32,
-        combination=COMBINATION,
-        temperature=TEMPERATURE,
-        warmup=None,
-        training=None,
-        workdir=None,
-        pool=None,
-        max_hops=MAX_HOPS,
-    ):
-        check_request(combination=combination, temperature=temperature)
-        if not (isinstance(max_hops, int) and max_hops >= 1):
-            raise PipelineError(f"max_hops: expected a positive integer, got {max_hops!r}", field="max_hops")
-        if tokenizer.pad_token_id is None:
+    def __init__(self, kb, config=AnswerConfig()):
+        check_request(combination=config.combination, temperature=config.temperature)
+        if not (isinstance(config.max_hops, int) and config.max_hops >= 1):
+            raise PipelineError(f"max_hops: expected a positive integer, got {config.max_hops!r}", field="max_hops")
+        if kb.tokenizer.pad_token_id is None:
             raise PipelineError("the tokenizer has no pad token (load_model sets one)")
-        self.model = inject(model)
-        self.tokenizer = tokenizer
-        self.index = index
-        self.store = store
-        self.documents_text = documents_text
-        self.pool = pool  # a model.pool.DocumentPool on this model, or None
-        self.top_k = top_k
-        self.max_new_tokens = max_new_tokens
-        self.combination, self.temperature = combination, temperature
-        self.warmup = warmup
-        self.training = training
-        self.workdir = workdir  # storage.workdir.Workdir, to see documents leave it; None: a fixed knowledge base
-        self.max_hops = max_hops
+        inject(kb.model)
+        self.kb, self.config = kb, config
+        self.pool = document_pool(kb.model, kb.training, config)  # a model.pool.DocumentPool on kb.model, or None
         self._corpus_seen = (None, None)  # (corpus.jsonl's stat key, its ids)
 
     @classmethod
@@ -129,29 +97,12 @@ class Pipeline:
         retriever (W/config.json's, or config.retriever), corpus passages and parameter store, checked against
         each other."""
         check_request(combination=config.combination, temperature=config.temperature)  # before the model loads
-        model, tokenizer, index, store, texts, warmup, training = open_parts(workdir, config.device, config.retriever)
-        workdir = Workdir(workdir)
-        return cls(
-            model,
-            tokenizer,
-            index,
-            store,
-            texts,
-            config.top_k,
-            config.max_new_tokens,
-            config.combination,
-            config.temperature,
-            warmup,
-            training,
-            workdir,
-            document_pool(model, training, config),
-            config.max_hops,
-        )
+        return cls(KnowledgeBase.open(workdir, config.device, config.retriever), config)
 
     def retrieve(self, question, k=None):
         """(ids, scores) of the top k documents for `question` (default top_k), best first, less any that has
         left the work directory's corpus since the pipeline opened."""
-        hits = self.index.search(question, k=self.top_k if k is None else k)
+        hits = self.kb.index.search(question, k=self.config.top_k if k is None else k)
         current = self._current_ids()
         if current is not None:
             hits = [(doc_id, score) for doc_id, score in hits if doc_id in current]
@@ -160,16 +111,16 @@ class Pipeline:
     def _current_ids(self):
         """The ids of the work directory's corpus.jsonl as it is now (read again only when the file changed), or
         None: no work directory, or its corpus unreadable."""
-        if self.workdir is None:
+        if self.kb.workdir is None:
             return None
         try:
-            st = os.stat(self.workdir.corpus)
+            st = os.stat(self.kb.workdir.corpus)
         except OSError:
             return None
         key, ids = self._corpus_seen
         if key != (st.st_ino, st.st_mtime_ns, st.st_size):
             try:
-                ids = frozenset(d.id for d in iter_corpus(self.workdir.corpus))  # one document at a time
+                ids = frozenset(d.id for d in iter_corpus(self.kb.workdir.corpus))  # one document at a time
             except (PragError, OSError):
                 return None
             self._corpus_seen = ((st.st_ino, st.st_mtime_ns, st.st_size), ids)
@@ -197,7 +148,7 @@ class Pipeline:
         its prompt. A PipelineError (naming the field) for what the request gets wrong."""
         mode = request.mode
         check_request(request.question, mode)
-        k = self.top_k if request.top_k is None else request.top_k
+        k = self.config.top_k if request.top_k is None else request.top_k
         if not (isinstance(k, int) and k >= 1):
             raise PipelineError(f"top_k: expected a positive integer, got {k!r}", field="top_k")
         ids, scores = [], []
@@ -205,7 +156,7 @@ class Pipeline:
             ids, scores = self.retrieve(request.question, k)
         elif mode != "vanilla":
             ids = list(request.documents)
-            unknown = [d for d in ids if d not in self.documents_text or self._gone(d)]
+            unknown = [d for d in ids if d not in self.kb.documents_text or self._gone(d)]
             if unknown:
                 raise UnknownDocument(f"documents: unknown document id {unknown[0]!r}", field="documents")
             scores = [None] * len(ids)  # not ranked: the scheme weighs them as equals
@@ -224,11 +175,11 @@ class Pipeline:
         and those that name their documents take one round."""
         hops = answer.hops
         request = row.request
-        if len(hops) >= self.max_hops or request.mode == "vanilla" or request.documents is not None:
+        if len(hops) >= self.config.max_hops or request.mode == "vanilla" or request.documents is not None:
             return None
         if not answer.prediction or (len(hops) > 1 and hops[-1].answer == hops[-2].answer):
             return None
-        k = self.top_k if request.top_k is None else request.top_k
+        k = self.config.top_k if request.top_k is None else request.top_k
         try:
             ids, scores = self.retrieve(answer.prediction, k)
         except RetrievalError:  # an answer with no word to search for ("3.5%" for BM25) points nowhere
@@ -243,7 +194,7 @@ class Pipeline:
         """Whether the document is about `text`: every word of it is among the document's first SUBJECT_WORDS
         words, where a document names its subject ("Tomas Hallbeck was a builder of ...")."""
         words = set(normalize_answer(text).split())
-        opening = normalize_answer(" ".join(self.documents_text.get(doc_id, "").split()[:SUBJECT_WORDS])).split()
+        opening = normalize_answer(" ".join(self.kb.documents_text.get(doc_id, "").split()[:SUBJECT_WORDS])).split()
         return bool(words) and words <= set(opening)
 
     def _row(self, request, ids, scores, hops=()):
@@ -255,8 +206,8 @@ class Pipeline:
             ids, scores = [d for d, _, _ in found], [s for _, s, _ in found]
         with_passages = mode in ("rag", "combine")
         passages = [self._text(d) for d in ids] if with_passages else None
-        prompt = prompt_ids(self.tokenizer, request.question, passages)
-        max_new = self.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
+        prompt = prompt_ids(self.kb.tokenizer, request.question, passages)
+        max_new = self.config.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
         self._check_fits(request, prompt, with_passages, max_new)
         params, weights = ([], [])
         if mode in PAIR_MODES:
@@ -288,7 +239,7 @@ class Pipeline:
     def _check_fits(self, request, prompt, with_passages, max_new_tokens):
         """PromptTooLong when the prompt leaves no room for max_new_tokens of answer in the model's context: the
         request's max_new_tokens is at fault when the prompt alone fits, else the question."""
-        context = context_length(self.model, self.tokenizer)
+        context = context_length(self.kb.model, self.kb.tokenizer)
         if len(prompt) + max_new_tokens <= context:
             return
         passages = " with the passages" if with_passages else ""
@@ -308,16 +259,16 @@ class Pipeline:
         )
 
     def _text(self, doc_id):
-        if doc_id not in self.documents_text:
+        if doc_id not in self.kb.documents_text:
             raise PipelineError(
                 f"document {doc_id!r} is in the index but not in the corpus; rebuild the work directory"
             )
-        return self.documents_text[doc_id]
+        return self.kb.documents_text[doc_id]
 
     def _params(self, doc_id):
         """The document's pairs; None when it has left the work directory's corpus (a rebuild dropped it)."""
         try:
-            params = self.store[doc_id]
+            params = self.kb.store[doc_id]
         except KeyError:
             if self._gone(doc_id):
                 return None
@@ -325,7 +276,7 @@ class Pipeline:
                 f"document {doc_id!r} was retrieved but is not in the parameter store; "
                 f"run `prag build` again to encode it"
             ) from None
-        if self.training is not None and params.meta.get("training") != self.training:
+        if self.kb.training is not None and params.meta.get("training") != self.kb.training:
             raise PipelineError(
                 f"document {doc_id!r} was trained with other settings than the work directory's "
                 f"config.json records (an interrupted `prag build` with new settings?); run that "
@@ -336,10 +287,10 @@ class Pipeline:
     def _combined(self, params, scores):
         """(documents, weights) to activate for one question: its documents' pairs combined by the scheme, and
         the warm-up pair, when there is one, once with weight 1 whatever the scheme."""
-        temperature = self.temperature * self.index.score_scale  # in the retriever's score units
-        docs, weights = combine(params, scores, self.combination, temperature)
-        if self.warmup is not None:
-            return [self.warmup, *docs], [1.0, *weights]
+        temperature = self.config.temperature * self.kb.index.score_scale  # in the retriever's score units
+        docs, weights = combine(params, scores, self.config.combination, temperature)
+        if self.kb.warmup is not None:
+            return [self.kb.warmup, *docs], [1.0, *weights]
         return docs, weights
 
     def _update(self, rows, update):
@@ -348,13 +299,13 @@ class Pipeline:
         if not any(params):
             return nullcontext()
         if update == "merge":
-            return merged_documents(self.model, params[0], weights=weights[0])
+            return merged_documents(self.kb.model, params[0], weights=weights[0])
         if self.pool is not None and len(rows) <= self.pool.row_weights.shape[0]:
             return self._pooled(params, weights)
         # One set for the batch when there is one row (the kernel's plain path), else one set per row.
         if len(params) == 1:
-            return use_documents(self.model, params[0], weights=weights[0])
-        return use_documents(self.model, params, weights=weights)
+            return use_documents(self.kb.model, params[0], weights=weights[0])
+        return use_documents(self.kb.model, params, weights=weights)
 
     @contextmanager
     def _pooled(self, params, weights):
@@ -371,22 +322,22 @@ class Pipeline:
     @torch.inference_mode()
     def _generate(self, rows):
         """(text, tokens, finish) per row: the greedy continuation of its prompt, batched with left padding."""
-        pad = self.tokenizer.pad_token_id
+        pad = self.kb.tokenizer.pad_token_id
         ids, mask = left_pad([r.prompt for r in rows], pad)
         width = ids.shape[1]
-        device = self.model.device
-        stops = RowStops(self.tokenizer, width, rows)
-        out = self.model.generate(
+        device = self.kb.model.device
+        stops = RowStops(self.kb.tokenizer, width, rows)
+        out = self.kb.model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=max(r.max_new_tokens for r in rows),
             do_sample=False,
             stopping_criteria=StoppingCriteriaList([stops]),
             pad_token_id=pad,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=self.kb.tokenizer.eos_token_id,
             **({"cache_implementation": "static"} if self.pool is not None else {}),
         )
         return [
-            (self.tokenizer.decode(out[i, width : width + n], skip_special_tokens=True), n, finish)
+            (self.kb.tokenizer.decode(out[i, width : width + n], skip_special_tokens=True), n, finish)
             for i, (n, finish) in enumerate(zip(stops.tokens, stops.finish))
         ]

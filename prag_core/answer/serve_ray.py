@@ -47,7 +47,7 @@ from starlette.applications import Starlette
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from prag_core.answer.parts import open_index
+from prag_core.answer.knowledge_base import open_index
 from prag_core.answer.schema import ChatRequest, PragOptions
 from prag_core.answer.serve import ApiKey, BodyLimit, error, open_app
 from prag_core.errors import PragError
