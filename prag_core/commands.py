@@ -89,7 +89,8 @@ def cmd_serve(args):
         raise PragError("prag serve needs FastAPI and uvicorn: pip install 'prag[serve]'")
     if args.replicas is not None and args.ray is None:
         raise PragError("--replicas applies to --ray serving")
-    from prag_core.answer.serve import ServeConfig, serve
+    from prag_core.answer.config import ServeConfig
+    from prag_core.answer.serve import serve
 
     answering = _answer_config(args, args.max_batch)
     config = _config(

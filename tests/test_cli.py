@@ -435,7 +435,7 @@ def test_eval_with_a_document_pool_gives_the_same_results(capsys, built, tmp_pat
 
 def test_every_flag_reaches_its_config_field():
     """commands._config fills a config from the flags named as its fields; the differently named ones are given."""
-    from prag_core.answer.serve import ServeConfig
+    from prag_core.answer.config import ServeConfig
     from prag_core.cli import build_parser
     from prag_core.commands import _answer_config, _config
     from prag_core.offline.train_config import TrainConfig

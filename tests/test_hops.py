@@ -12,7 +12,7 @@ from test_pipeline import QUESTIONS, make_pipe
 from test_serve import chat, client, running, user
 from tiny import random_doc_params, tiny_llama, tiny_tokenizer
 
-from prag_core.answer.config import AnswerConfig
+from prag_core.answer.config import AnswerConfig, ServeConfig
 from prag_core.answer.knowledge_base import KnowledgeBase
 from prag_core.answer.pipeline import Pipeline
 from prag_core.answer.requests import Request
@@ -149,7 +149,7 @@ def test_serve_rows_at_different_hops_share_the_batch(caplog):
     expected = {(q, m): pipe.answer([q], m)[0] for q in QUESTIONS for m in ("vanilla", "prag", "combine")}
     assert {len(a.hops) for a in expected.values()} == {1, 2}
     caplog.set_level(logging.INFO, logger="prag.serve")
-    app = create_app(pipe, "tiny", max_batch=4, window_s=0.01)
+    app = create_app(pipe, ServeConfig(served_model_names=("tiny",), max_batch=4, window_ms=10))
     results = {}
     with running(app) as url:
         c = client(url)

@@ -25,7 +25,7 @@ import uvicorn
 from test_cli import built  # noqa: F401  (the fixture: a tiny work directory written by `prag build`)
 from test_pipeline import QUESTIONS, TEXTS, make_pipe
 
-from prag_core.answer.config import MODES
+from prag_core.answer.config import MODES, ServeConfig
 from prag_core.answer.requests import Request
 from prag_core.answer.serve import create_app
 from prag_core.cli import main
@@ -98,7 +98,7 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def server(pipe):
-    app = create_app(pipe, MODEL, max_batch=16, window_s=0.01)
+    app = create_app(pipe, ServeConfig(served_model_names=(MODEL,), max_batch=16, window_ms=10))
     with running(app) as url:
         yield url, app.state.batcher
 
@@ -264,7 +264,7 @@ def test_a_body_over_the_limit_gets_413_at_once(server, pipe):
     status, reply, seconds = post(server[0], headers={"Content-Length": "20000000"})  # 20 MB announced, not sent
     assert (status, reply["error"]["code"], seconds < 10) == (413, "request_too_large", True), reply
     assert "limit of 1048576 bytes (prag serve --max-body-bytes)" in reply["error"]["message"]
-    with running(create_app(pipe, MODEL, max_body_bytes=3000)) as url:
+    with running(create_app(pipe, ServeConfig(served_model_names=(MODEL,), max_body_bytes=3000))) as url:
         body = json.dumps({"messages": user("why " * 800)}).encode()
         status, reply, _ = post(url, iter([body[i : i + 500] for i in range(0, len(body), 500)]))
         assert (status, reply["error"]["code"]) == (413, "request_too_large"), reply
@@ -321,7 +321,8 @@ def test_a_bug_is_a_500_without_traceback_and_the_server_goes_on(server, pipe, m
 
 
 def test_api_key_and_a_full_queue(pipe, monkeypatch):
-    app = create_app(pipe, MODEL, max_batch=1, window_s=0.01, max_queue=2, api_key="sekret")
+    config = ServeConfig(served_model_names=(MODEL,), max_batch=1, window_ms=10, max_queue=2, api_key="sekret")
+    app = create_app(pipe, config)
     with running(app) as url:
         for headers in ({}, {"Authorization": "Bearer wrong"}):
             code, _, reply = http(f"{url}/v1/chat/completions", {"messages": user("Who?")}, headers)
@@ -353,7 +354,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row_only(monkeypatch, ca
     ends = [i for i in range(len(tok)) if tok.decode([i]) in (".", "\n")] + [tok.eos_token_id]
     endless.kb.model.generation_config.suppress_tokens += ends
     caplog.set_level(logging.INFO, logger="prag.serve")
-    app = create_app(endless, MODEL, max_batch=4, window_s=0.01)
+    app = create_app(endless, ServeConfig(served_model_names=(MODEL,), max_batch=4, window_ms=10))
     with running(app) as url:
         c = client(url)
         mate = {}

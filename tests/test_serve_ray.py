@@ -16,8 +16,8 @@ import pytest
 from test_cli import QA, built  # noqa: F401  (the fixture: a tiny work directory written by `prag build`)
 from test_serve import free_port, http, prag_serve, running, user, wait_for
 
-from prag_core.answer.config import AnswerConfig
-from prag_core.answer.serve import ServeConfig, open_app
+from prag_core.answer.config import AnswerConfig, ServeConfig
+from prag_core.answer.serve import open_app
 from prag_core.cli import main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

@@ -1,5 +1,5 @@
-"""How a work directory answers: the modes, the serving defaults and AnswerConfig, without importing torch
-(`prag --help` reads them)."""
+"""How a work directory answers and serves: the modes, the serving defaults, AnswerConfig and ServeConfig, without
+importing torch (`prag --help` reads them)."""
 
 from dataclasses import dataclass
 
@@ -32,3 +32,25 @@ class AnswerConfig:
     pool_slots: int = 0
     pool_rows: int = 16
     max_hops: int = MAX_HOPS
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How `prag serve` listens and batches. window_ms: how long a batch waits for more requests after its first;
+    max_queue: requests admitted at once (more get 503); threads: torch CPU threads (None: torch's);
+    max_body_bytes: a larger request body gets 413 before it is read; served_model_names: the names clients may
+    give as `model` (the first is listed and answered as; empty: the model folder's name); ray: None, this process
+    serves; else the address of the Ray cluster whose Serve runs `replicas` copies of this server behind one
+    entry point ("": a new local cluster; answer/serve_ray.py)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 16
+    window_ms: float = 10.0
+    max_queue: int = 64
+    api_key: str | None = None
+    threads: int | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    served_model_names: tuple = ()
+    ray: str | None = None
+    replicas: int = 1

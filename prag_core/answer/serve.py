@@ -12,7 +12,6 @@ import logging
 import signal
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -21,13 +20,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from prag_core.answer.batcher import REQUEST_ERRORS, Batcher, Busy
-from prag_core.answer.config import MAX_BODY_BYTES, AnswerConfig
+from prag_core.answer.config import AnswerConfig, ServeConfig
 from prag_core.answer.pipeline import Pipeline
 from prag_core.answer.requests import PipelineError, PromptTooLong, Request, UnknownDocument, check_request
 from prag_core.answer.schema import ChatRequest, PragOptions, RetrieveRequest
 from prag_core.model.load import EMBEDDED
 from prag_core.retrieval.bm25 import RetrievalError
-from prag_core.storage.workdir import Workdir
 
 log = logging.getLogger("prag.serve")
 
@@ -113,19 +111,11 @@ def _sse(obj):
     return f"data: {json.dumps(obj)}\n\n"
 
 
-def create_app(
-    pipeline,
-    model_id,
-    max_batch=16,
-    window_s=0.01,
-    max_queue=64,
-    api_key=None,
-    max_body_bytes=MAX_BODY_BYTES,
-    aliases=(),
-):
-    """The FastAPI app serving `pipeline` as model `model_id` (also answering requests that name it by one of
-    `aliases`); its Batcher runs while the app does."""
-    batcher = Batcher(pipeline, max_batch, window_s, max_queue)
+def create_app(pipeline, config=ServeConfig()):
+    """The FastAPI app serving `pipeline` as `config` says (batching, queue, API key, body limit), listed and
+    answered as served_names(...) gives; its Batcher runs while the app does."""
+    batcher = Batcher(pipeline, config.max_batch, config.window_ms / 1000, config.max_queue)
+    model_id, aliases = served_names(pipeline.kb.workdir, config.served_model_names)
     names = {model_id, *aliases}
 
     async def lifespan(app):
@@ -135,9 +125,9 @@ def create_app(
 
     app = FastAPI(title="prag", lifespan=lifespan)
     app.state.batcher = batcher
-    app.add_middleware(BodyLimit, limit=max_body_bytes)
-    if api_key:  # added last: outermost, so a request without the key is refused before its body is read
-        app.add_middleware(ApiKey, key=api_key)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    if config.api_key:  # added last: outermost, so a request without the key is refused before its body is read
+        app.add_middleware(ApiKey, key=config.api_key)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc):
@@ -289,33 +279,16 @@ def served_names(workdir, names=()):
     """(the name the server lists and answers as, the other names requests may give): the first of `names`
     (`--served-model-name`), else the work directory's model as `prag build` got it, a folder by its name only
     (not its path, which says where the server's files are); requests naming that model in any of those ways are
-    answered too."""
-    model = Workdir(workdir).read_config().get("model") or EMBEDDED
+    answered too. workdir: a storage.workdir.Workdir, or None for a knowledge base built in memory, which must be
+    given its names."""
+    if workdir is None:
+        if not names:
+            raise ValueError("served_model_names: a knowledge base without a work directory needs a name to serve as")
+        return names[0], tuple(names[1:])
+    model = workdir.read_config().get("model") or EMBEDDED
     own = Path(model).name if Path(model).is_absolute() else model
     names = tuple(names) or (own,)
     return names[0], tuple(dict.fromkeys((*names[1:], own, model)))
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """How `prag serve` listens and batches. window_ms: how long a batch waits for more requests after its first;
-    max_queue: requests admitted at once (more get 503); threads: torch CPU threads (None: torch's);
-    max_body_bytes: a larger request body gets 413 before it is read; served_model_names: the names clients may
-    give as `model` (the first is listed and answered as; empty: the model folder's name); ray: None, this process
-    serves; else the address of the Ray cluster whose Serve runs `replicas` copies of this server behind one
-    entry point ("": a new local cluster; answer/serve_ray.py)."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch: int = 16
-    window_ms: float = 10.0
-    max_queue: int = 64
-    api_key: str | None = None
-    threads: int | None = None
-    max_body_bytes: int = MAX_BODY_BYTES
-    served_model_names: tuple = ()
-    ray: str | None = None
-    replicas: int = 1
 
 
 def open_app(workdir, answering=AnswerConfig(), config=ServeConfig()):
@@ -325,18 +298,7 @@ def open_app(workdir, answering=AnswerConfig(), config=ServeConfig()):
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    pipeline = Pipeline.open(workdir, answering)
-    name, aliases = served_names(workdir, config.served_model_names)
-    return create_app(
-        pipeline,
-        name,
-        config.max_batch,
-        config.window_ms / 1000,
-        config.max_queue,
-        config.api_key,
-        config.max_body_bytes,
-        aliases,
-    )
+    return create_app(Pipeline.open(workdir, answering), config)
 
 
 def serve(workdir, answering=AnswerConfig(), config=ServeConfig()):
