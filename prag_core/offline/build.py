@@ -97,9 +97,10 @@ class BuildConfig:
             raise BuildError(f"passage_words must be at least 1, got {self.passage_words}")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class BuildPlan:
-    """What an executor needs: the loaded model, the open store, and the documents it lacks."""
+    """What an executor needs: the loaded model, the open store, and the documents it lacks (fields by name only:
+    twelve in a row are easy to swap)."""
 
     corpus: Path
     workdir: Workdir
@@ -261,7 +262,18 @@ def plan_build(corpus, workdir, config, options, lock):
     store.retain([d.id for d in docs])
     store.flush()
     return BuildPlan(
-        corpus, workdir, config, options, model_name, lm, tokenizer, generator, warm, store, pending, len(docs)
+        corpus=corpus,
+        workdir=workdir,
+        config=config,
+        options=options,
+        model_name=model_name,
+        model=lm,
+        tokenizer=tokenizer,
+        generator=generator,
+        warm=warm,
+        store=store,
+        pending=pending,
+        total=len(docs),
     )
 
 
