@@ -2,7 +2,7 @@
 retriever, store, passages, warm-up pair, opened from a work directory in one step), the per-row contract
 (requests.py), the modes, serving defaults and AnswerConfig (config.py, torch-free: `prag --help`
 reads it), evaluation (evaluate.py), and the OpenAI-compatible server (serve.py) with its
-continuous-batching scheduler (batcher.py over continuous.py).
+continuous-batching scheduler (batcher.py over running_batch.py).
 
 Imports everything below it but offline/; cli.py and demo.py sit above it.
 """

@@ -1,6 +1,6 @@
 """The scheduler of `prag serve` (answer/serve.py is its HTTP layer): continuous batching.
 
-Batcher: one thread owns the model and a RunningBatch (answer/continuous.py). Between two decode steps it takes
+Batcher: one thread owns the model and a RunningBatch (answer/running_batch.py). Between two decode steps it takes
 the requests waiting, up to max_batch rows in all, prepares each (Pipeline.prepare: a bad request fails alone)
 and joins them to the batch after their prefill; a row that finishes leaves at once and is answered, so its
 place is free for the next request at the next step. Each row has its own mode and documents (the kernel's
@@ -21,8 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from prag_core.answer.config import PAIR_MODES
-from prag_core.answer.continuous import RunningBatch
 from prag_core.answer.requests import PipelineError, Request
+from prag_core.answer.running_batch import RunningBatch
 from prag_core.pairs.doc_params import DocParamsError
 from prag_core.retrieval.bm25 import RetrievalError
 from prag_core.storage.store import StoreError

@@ -1,4 +1,4 @@
-"""Continuous batching (answer/continuous.py) on the tiny float64 pipeline: rows that join a running batch between
+"""Continuous batching (answer/running_batch.py) on the tiny float64 pipeline: rows that join a running batch between
 decode steps, and leave as they finish, answer as they do alone (Pipeline.run), on the per-row path and through
 the document pool; the cache stays as wide as its longest row; a cancelled row leaves at the next step; a cache
 that cannot be padded (sliding-window layers) takes new rows only when empty."""
@@ -11,8 +11,8 @@ from test_pipeline import QUESTIONS, make_pipe
 from test_serve import request_specs
 
 from prag_core.answer.config import AnswerConfig
-from prag_core.answer.continuous import RunningBatch
 from prag_core.answer.requests import Request
+from prag_core.answer.running_batch import RunningBatch
 from prag_core.model.pool import DocumentPool
 
 pytestmark = pytest.mark.usefixtures("one_thread")
