@@ -53,7 +53,7 @@ def rel(y, ref):
     return ((y - ref).norm() / ref.norm()).item()
 
 
-def make_case(seed, m, k, n, docs, rank, bias=True, dtype=torch.float32, rows="none", slots=3, device="cpu"):
+def make_case(seed, m, k, n, docs, rank, bias=True, dtype=torch.float32, rows="none", slots=3, device="cpu"):  # noqa: PLR0913 (a case is its shape)
     """Random operands sized so the base and the LoRA term are of similar size; rows: none | mixed."""
     g = torch.Generator().manual_seed(seed)
 
