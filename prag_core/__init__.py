@@ -1,7 +1,8 @@
 """prag_core: Parametric RAG on the fused LoRA kernel (prag_kernels).
 
-Subpackages, each importing only those listed before it (and this package's foundation: corpus.py for the
-JSONL formats, the shipped data and atomic writes, errors.py, metrics.py, prompts.py):
+Subpackages, each importing only those listed before it (and this package's foundation: corpus.py for the corpus
+and question formats and the shipped data, files.py for safe JSON/JSONL/safetensors reads and atomic writes,
+errors.py, metrics.py, prompts.py):
 
     model/      loading a causal LM; injecting the fused LoRA linear into its FFN
     pairs/      a document's LoRA pairs, their file format, how documents combine, PEFT export

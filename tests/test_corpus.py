@@ -5,18 +5,8 @@ import json
 
 import pytest
 
-from prag_core.corpus import (
-    CorpusError,
-    CorpusTexts,
-    Document,
-    Question,
-    corpus_sha256,
-    read_corpus,
-    read_questions,
-    write_bytes_atomic,
-    write_jsonl_atomic,
-    write_text_atomic,
-)
+from prag_core.corpus import CorpusError, CorpusTexts, Document, Question, corpus_sha256, read_corpus, read_questions
+from prag_core.files import write_bytes_atomic, write_jsonl_atomic, write_text_atomic
 
 
 def _write(path, lines):

@@ -10,7 +10,7 @@ import pytest
 
 CORE = Path(__file__).resolve().parents[1] / "prag_core"
 LAYERS = [
-    {"corpus", "errors", "metrics", "prompts"},
+    {"corpus", "errors", "files", "metrics", "prompts"},
     {"model"},
     {"pairs"},
     {"retrieval"},

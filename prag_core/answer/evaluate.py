@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 
 from prag_core.answer.config import MODES, AnswerConfig
 from prag_core.answer.requests import PipelineError
-from prag_core.corpus import source_of, write_text_atomic
+from prag_core.corpus import source_of
+from prag_core.files import write_text_atomic
 from prag_core.metrics import scores, ungrounded
 from prag_core.storage.workdir import check_output
 

@@ -19,8 +19,8 @@ import torch
 from transformers import StoppingCriteria
 
 from prag_core.answer.config import MODES, UPDATES
-from prag_core.corpus import lone_surrogate
 from prag_core.errors import PragError
+from prag_core.files import lone_surrogate
 from prag_core.pairs.choices import check_scheme
 
 _ANSWER_END = re.compile(r"[.!?](?=\s|$)|\n")

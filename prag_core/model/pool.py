@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 import torch
 
-from prag_core.corpus import json_digest
+from prag_core.files import json_digest
 from prag_core.model.inject import InjectedLinear, activated, ffn_modules, weight_out_in
 
 MAX_COLUMNS = 64  # prag_kernels.fused_lora_triton.MAX_RANK: the stacked columns one Triton launch takes

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from prag_core.corpus import append_line, write_jsonl_atomic
 from prag_core.errors import BuildError
+from prag_core.files import append_line, write_jsonl_atomic
 from prag_core.metrics import acc, normalize_answer
 from prag_core.prompts import PROMPT_VERSION, left_pad, qa_messages, qa_pairs_messages, render, rewrite_messages
 

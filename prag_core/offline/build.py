@@ -30,8 +30,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from prag_core.corpus import json_digest, read_corpus, text_sha256
+from prag_core.corpus import read_corpus, text_sha256
 from prag_core.errors import BuildError
+from prag_core.files import json_digest
 from prag_core.model.inject import ffn_module_paths, inject
 from prag_core.model.load import context_length, load_model
 from prag_core.offline.augment import LMGenerator, augment_documents, cache_settings, check_words

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from prag_core.corpus import read_safetensors, write_bytes_atomic
 from prag_core.errors import PragError
+from prag_core.files import read_safetensors, write_bytes_atomic
 from prag_core.model.inject import architecture, ffn_module_paths, ffn_paths, weight_out_in
 from prag_core.pairs.choices import INITS
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from prag_core.corpus import write_bytes_atomic, write_text_atomic
+from prag_core.files import write_bytes_atomic, write_text_atomic
 from prag_core.pairs.doc_params import FINGERPRINT_FIELDS
 
 CONFIG_NAME = "adapter_config.json"

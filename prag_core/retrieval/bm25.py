@@ -20,7 +20,7 @@ A build reuses the term counts of documents whose indexed text is unchanged (by 
 tokenizes only the new ones; the statistics (N, avgdl, idf) change with every document, so the matrix is recomputed
 (vectorized numpy: seconds at 1M documents).
 
-On disk: one safetensors file (no pickle), memory-mapped when opened (corpus.mmap_safetensors): nothing is read
+On disk: one safetensors file (no pickle), memory-mapped when opened (files.mmap_safetensors): nothing is read
 until a query touches it. Tensors: score (nnz,) float64, score_doc (nnz,) int32 and score_ptr (V+1,) int64,
 the CSC matrix (term t's documents are score_doc[score_ptr[t]:score_ptr[t+1]], in corpus order);
 count_term, count_tf (nnz,) int32 and count_ptr (N+1,) int64, the term counts per document (CSR, for the next
@@ -40,8 +40,9 @@ import numpy as np
 from safetensors.numpy import save as safetensors_bytes
 from tqdm.auto import tqdm
 
-from prag_core.corpus import corpus_sha256, mmap_safetensors, write_bytes_atomic
+from prag_core.corpus import corpus_sha256
 from prag_core.errors import PragError
+from prag_core.files import mmap_safetensors, write_bytes_atomic
 
 FORMAT = "prag-bm25"
 VERSION = "2"

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from prag_core.corpus import corpus_sha256, read_safetensors, text_sha256, write_bytes_atomic
+from prag_core.corpus import corpus_sha256, text_sha256
+from prag_core.files import read_safetensors, write_bytes_atomic
 from prag_core.model.load import cached_folder, first_line, package_file
 from prag_core.retrieval.bm25 import REBUILD, RetrievalError, indexed_text
 

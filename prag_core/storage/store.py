@@ -51,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from prag_core.corpus import json_digest, write_bytes_atomic
+from prag_core.files import json_digest, write_bytes_atomic
 from prag_core.pairs.doc_params import FINGERPRINT_FIELDS, DocParamsError
 from prag_core.storage.folder import (
     CATALOG,

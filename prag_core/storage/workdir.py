@@ -31,8 +31,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from prag_core.corpus import read_corpus, read_json, write_jsonl_atomic, write_text_atomic
+from prag_core.corpus import read_corpus
 from prag_core.errors import PragError
+from prag_core.files import read_json, write_jsonl_atomic, write_text_atomic
 from prag_core.pairs.peft_export import CONFIG_NAME, WEIGHTS_NAME, export_peft
 from prag_core.retrieval.bm25 import BM25Index, RetrievalError
 from prag_core.retrieval.dense import DenseIndex, embedder_id, load_embedder
