@@ -63,7 +63,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The GPU report, one prepared command (≤ 8 min on an H100/H200: it fits twice in a 15-minute lease), on a CUDA
+# The GPU report, one prepared command (budgeted to ≤ 8 min on an H100/H200, so it fits twice in a 15-minute lease;
+# not yet run on a GPU), on a CUDA
 # machine with torch, triton, transformers and peft already there (no install: a lent GPU has no network):
 # kernel_report.py checks and times both Triton paths and writes the dispatch table
 # (kernels/prag_kernels/dispatch_table.json), decode_report.py decodes through that table, then the kernel report's

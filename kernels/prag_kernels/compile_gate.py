@@ -47,6 +47,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from . import dispatch
 from . import fused_lora_triton as ft
 
 TARGETS = {80: 163 * 1024, 90: 227 * 1024}  # compute capability -> shared memory per block (opt-in maximum)
@@ -102,7 +103,7 @@ def calls():
 
 def delta_configs(x, lora_b):
     """The DELTA_CONFIGS entries a call may run with: its operand size, its R_PAD within reach, its M family."""
-    r_pad = max(16, triton.next_power_of_2(lora_b.shape[0] * lora_b.shape[2]))
+    r_pad = dispatch.r_pad(lora_b.shape[0] * lora_b.shape[2])
     decode = x.shape[0] <= ft.DECODE_M
     return [
         c

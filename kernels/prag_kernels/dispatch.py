@@ -3,7 +3,7 @@
 Two paths compute the same y = x Wᵀ + bias + scale · ((x B_cat) ⊙ w) A_catᵀ (fused_lora_triton.py):
 
     "fused"  one K-loop for x Wᵀ and x B_cat, the expand in the epilogue (one launch; split-K decode: two)
-    "delta"  the vendor GEMM (cuBLAS through torch.addmm) writes x Wᵀ + bias, then one Triton launch
+    "delta"  the vendor GEMM (cuBLAS through F.linear) writes x Wᵀ + bias, then one Triton launch
              (_delta_kernel: shrink and expand fused) adds the documents' term into it, in place
 
 dispatch_table.json, shipped in the package like vLLM's tuned-config JSONs, is written by the GPU report
@@ -42,7 +42,8 @@ def m_class(m):
 
 
 def r_pad(total_rank):
-    """The stacked rank as the kernels pad it: the next power of two ≥ total_rank, at least 16."""
+    """The stacked rank as the kernels pad it (their R_PAD, one rule for the launcher, the table and the compile
+    gate): the next power of two ≥ total_rank, at least 16 (a 16-bit tl.dot needs K ≥ 16)."""
     return max(16, 1 << max(total_rank - 1, 0).bit_length())
 
 

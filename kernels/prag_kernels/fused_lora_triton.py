@@ -528,7 +528,7 @@ def _plan(path, device, dtype, m, n, k, total, rank, has_bias, groups, fp32_exac
         path, chosen = dispatch.choose_for(device, dtype, m, k, n, total, groups > 0)
         config = config or tuple((chosen or {}).items())
     sms, element_size = sms or _sm_count(device), dtype.itemsize
-    meta = dict(R_PAD=max(16, next_power_of_2(total)), PRECISION="ieee" if fp32_exact else "tf32")
+    meta = dict(R_PAD=dispatch.r_pad(total), PRECISION="ieee" if fp32_exact else "tf32")
     head = (m, n, k)
     ranks = (total, max(rank, 1), max(groups, 1))
     flags = (int(has_bias), int(groups > 0))  # has_bias, has_rows
